@@ -66,7 +66,7 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(f"{path}: expected a uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
     with atomic_output(path) as fh:
-        Image.fromarray(image, mode="RGB").save(fh, format="PNG")
+        Image.fromarray(image).save(fh, format="PNG")
 
 
 @dataclass(frozen=True)
