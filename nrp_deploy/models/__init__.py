@@ -1,9 +1,31 @@
-"""Torch models: the published NRP / NRP_resG architectures, checkpoint loading and the model registry."""
+"""Torch models: the published NRP and NRP_resG architectures, checkpoint loading and the model registry.
 
-from nrp_deploy.models.architectures import NRP, NRP_resG
-from nrp_deploy.models.checkpoint import build_from_state, detect_spec, read_state_dict
-from nrp_deploy.models.loading import LoadedModel, load_model
-from nrp_deploy.models.spec import ModelSpec
+The names below are loaded lazily (PEP 562) so that the torch-free submodules, ``spec`` and ``registry``,
+can be imported without torch: the torch-free runtime resolves registry names and reads receptive fields
+through them, and importing a submodule always runs this package's ``__init__`` first.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nrp_deploy.models.architectures import NRP, NRP_resG
+    from nrp_deploy.models.checkpoint import build_from_state, detect_spec, read_state_dict
+    from nrp_deploy.models.loading import LoadedModel, load_model
+    from nrp_deploy.models.spec import ModelSpec
+
+_EXPORTS = {
+    "NRP": "architectures",
+    "NRP_resG": "architectures",
+    "build_from_state": "checkpoint",
+    "detect_spec": "checkpoint",
+    "read_state_dict": "checkpoint",
+    "LoadedModel": "loading",
+    "load_model": "loading",
+    "ModelSpec": "spec",
+}
 
 __all__ = [
     "NRP",
@@ -15,3 +37,11 @@ __all__ = [
     "load_model",
     "read_state_dict",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
