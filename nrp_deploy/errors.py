@@ -31,3 +31,11 @@ class BackendUnavailableError(NRPDeployError):
 
 class StaleArtifactError(NRPDeployError):
     """An engine or ONNX artifact built from another source, tool version or GPU than the one at hand."""
+
+
+class ExportError(NRPDeployError):
+    """An export, precision conversion or its check failed, or its calibration data is missing or empty."""
+
+
+class MetadataError(NRPDeployError):
+    """An artifact's metadata sidecar (``<artifact>.json``) is missing, unreadable or malformed."""
