@@ -1,0 +1,180 @@
+"""PGD through a tiny purifier to a tiny classifier: objectives, gradient modes, reproducibility."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nrp_deploy.attacks.pgd import attack_gradient, pgd_attack, random_targets
+from nrp_deploy.errors import InputError
+from nrp_deploy.models.eager import dynamic_input
+
+EPS = 16 / 255
+NUM_CLASSES = 10
+
+
+class TinyPurifier(nn.Module):
+    """x + a small learned correction: differentiable, not the identity, output may leave [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.3 * self.conv2(torch.tanh(self.conv1(x)))
+
+
+def _models(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(seed)
+    classifier = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, NUM_CLASSES),
+    )
+    return classifier.eval().requires_grad_(False), TinyPurifier().eval().requires_grad_(False)
+
+
+def _images(n: int = 4, size: int = 16, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _defended_probs(classifier, purifier, x):
+    with torch.no_grad():
+        return classifier(purifier(x).clamp(0, 1)).softmax(1)
+
+
+@pytest.mark.parametrize("mode", ["full", "bpda", "eot"])
+def test_targeted_pgd_raises_the_target_probability(mode):
+    classifier, purifier = _models()
+    x = _images()
+    result = pgd_attack(
+        x,
+        classifier,
+        purifier,
+        mode=mode,
+        targeted=True,
+        eot_samples=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    with torch.no_grad():
+        clean_pred = classifier(x).argmax(1)
+    assert result.targeted and torch.all(result.labels != clean_pred)
+    idx = torch.arange(len(x))
+    before = _defended_probs(classifier, purifier, x)[idx, result.labels]
+    after = _defended_probs(classifier, purifier, result.adversarial)[idx, result.labels]
+    assert torch.all(after > before)
+    assert (result.adversarial - x).abs().max() <= EPS + 1e-6
+    assert result.adversarial.min() >= 0 and result.adversarial.max() <= 1
+
+
+def test_untargeted_pgd_lowers_the_clean_label_probability():
+    classifier, purifier = _models()
+    x = _images()
+    result = pgd_attack(x, classifier, purifier, mode="full", targeted=False)
+    with torch.no_grad():
+        assert torch.equal(result.labels, classifier(x).argmax(1))
+    idx = torch.arange(len(x))
+    before = _defended_probs(classifier, purifier, x)[idx, result.labels]
+    after = _defended_probs(classifier, purifier, result.adversarial)[idx, result.labels]
+    assert torch.all(after < before)
+
+
+def test_bpda_gradient_is_the_classifier_gradient_at_the_purified_image():
+    classifier, purifier = _models()
+    x = _images()
+    labels = torch.tensor([1, 2, 3, 4])
+    got = attack_gradient(x, labels, classifier, purifier, mode="bpda")
+    z = purifier(x).clamp(0, 1).detach().requires_grad_(True)
+    (expected,) = torch.autograd.grad(F.cross_entropy(classifier(z), labels, reduction="sum"), z)
+    assert torch.allclose(got, expected, atol=1e-7)
+    full = attack_gradient(x, labels, classifier, purifier, mode="full")
+    assert not torch.allclose(full, got, atol=1e-4)  # the purifier's Jacobian is not the identity
+
+
+def test_full_gradient_matches_autograd_through_the_pipeline():
+    classifier, purifier = _models()
+    x = _images().requires_grad_(True)
+    labels = torch.tensor([0, 5, 9, 2])
+    loss = F.cross_entropy(classifier(purifier(x).clamp(0, 1)), labels, reduction="sum")
+    (expected,) = torch.autograd.grad(loss, x)
+    assert torch.allclose(attack_gradient(x.detach(), labels, classifier, purifier, mode="full"), expected)
+
+
+def test_eot_gradient_averages_n_noise_draws():
+    classifier, purifier = _models()
+    x = _images()
+    labels = torch.tensor([3, 3, 7, 1])
+    n = 4
+    got = attack_gradient(
+        x,
+        labels,
+        classifier,
+        purifier,
+        mode="eot",
+        eot_samples=n,
+        generator=torch.Generator().manual_seed(11),
+    )
+    gen = torch.Generator().manual_seed(11)
+    draws = []
+    for _ in range(n):
+        xr = x.clone().requires_grad_(True)
+        noisy = dynamic_input(xr, generator=gen)
+        loss = F.cross_entropy(classifier(purifier(noisy).clamp(0, 1)), labels, reduction="sum")
+        draws.append(torch.autograd.grad(loss, xr)[0])
+    assert torch.allclose(got, torch.stack(draws).mean(0), atol=1e-6)
+    assert not torch.allclose(got, draws[0], atol=1e-4)  # really more than one draw
+    again = attack_gradient(
+        x,
+        labels,
+        classifier,
+        purifier,
+        mode="eot",
+        eot_samples=n,
+        generator=torch.Generator().manual_seed(11),
+    )
+    assert torch.equal(got, again)
+
+
+def test_random_targets_differ_from_labels_and_cover_the_other_classes():
+    labels = torch.full((4000,), 3)
+    targets = random_targets(labels, NUM_CLASSES, torch.Generator().manual_seed(0))
+    assert not torch.any(targets == 3)
+    assert set(targets.tolist()) == set(range(NUM_CLASSES)) - {3}
+    again = random_targets(labels, NUM_CLASSES, torch.Generator().manual_seed(0))
+    assert torch.equal(targets, again)
+
+
+def test_pgd_is_reproducible_and_leaves_no_gradients_behind():
+    classifier, purifier = _models()
+    for p in list(classifier.parameters()) + list(purifier.parameters()):
+        p.requires_grad_(True)
+    x = _images()
+    a = pgd_attack(
+        x, classifier, purifier, mode="eot", eot_samples=2, generator=torch.Generator().manual_seed(4)
+    )
+    b = pgd_attack(
+        x, classifier, purifier, mode="eot", eot_samples=2, generator=torch.Generator().manual_seed(4)
+    )
+    assert torch.equal(a.adversarial, b.adversarial) and torch.equal(a.labels, b.labels)
+    assert all(p.grad is None for p in list(classifier.parameters()) + list(purifier.parameters()))
+    assert x.grad is None and not a.adversarial.requires_grad
+
+
+def test_pgd_rejects_bad_arguments():
+    classifier, purifier = _models()
+    x = _images()
+    with pytest.raises(InputError, match="gradient mode"):
+        pgd_attack(x, classifier, purifier, mode="straight")
+    with pytest.raises(InputError, match="labels"):
+        pgd_attack(x, classifier, purifier, labels=torch.tensor([1, 2]))
+    with pytest.raises(InputError, match="noise sample"):
+        pgd_attack(x, classifier, purifier, mode="eot", eot_samples=0)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        pgd_attack(x * 2, classifier, purifier)
