@@ -92,16 +92,30 @@ def _box_muller(wa: np.ndarray, wb: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return r * np.sin(t), r * np.cos(t)
 
 
+def group_normals(key: np.ndarray, image: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """The four float32 normals of Philox group ``group`` of image ``image`` under ``key`` (..., 2).
+
+    ``key``'s leading axes, ``image`` and ``group`` broadcast; the result has shape (..., 4), lanes in
+    element order. This is the per-element primitive; ``dynamic_noise`` lays it out over whole images.
+    """
+    key = np.asarray(key, dtype=np.uint64)
+    g = np.asarray(group, dtype=np.uint64)
+    n = np.asarray(image, dtype=np.uint64)
+    words = _rounds(g & _MASK32, g >> _SHIFT32, n, np.uint64(0), key[..., 0], key[..., 1])
+    words = [w.astype(np.uint32) for w in words]
+    shape = np.broadcast_shapes(*(w.shape for w in words))
+    out = np.empty((*shape, 4), dtype=np.float32)
+    out[..., 0], out[..., 1] = _box_muller(words[0], words[1])
+    out[..., 2], out[..., 3] = _box_muller(words[2], words[3])
+    return out
+
+
 def _noise_images(key: tuple[int, int], first_image: int, count: int, elements: int) -> np.ndarray:
     """Normals for ``count`` images from Philox image index ``first_image``: (count, elements) float32."""
     groups = -(-elements // 4)
     g = np.arange(groups, dtype=np.uint64)[None, :]
     n = np.arange(first_image, first_image + count, dtype=np.uint64)[:, None]
-    words = _rounds(g & _MASK32, g >> _SHIFT32, n, np.uint64(0), np.uint64(key[0]), np.uint64(key[1]))
-    words = [w.astype(np.uint32) for w in words]
-    out = np.empty((count, groups, 4), dtype=np.float32)
-    out[..., 0], out[..., 1] = _box_muller(words[0], words[1])
-    out[..., 2], out[..., 3] = _box_muller(words[2], words[3])
+    out = group_normals(np.array(key, dtype=np.uint64), n, g)
     return out.reshape(count, groups * 4)[:, :elements]
 
 
