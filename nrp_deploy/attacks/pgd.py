@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nrp_deploy.attacks.ssp import check_attack_inputs, project
+from nrp_deploy.attacks.ssp import check_budget, check_images, project
 from nrp_deploy.errors import InputError
 from nrp_deploy.models.eager import DYNAMIC_EPS, DYNAMIC_SIGMA, dynamic_input
 
@@ -47,6 +47,19 @@ class PGDResult:
     adversarial: torch.Tensor
     labels: torch.Tensor
     targeted: bool
+
+
+def check_pgd_options(mode: str, eps: float, step: float, iterations: int, eot_samples: int) -> None:
+    """Raise ``InputError`` for a gradient mode or budget PGD cannot run with."""
+    _check_mode(mode, eot_samples)
+    check_budget(eps, step, iterations)
+
+
+def _check_mode(mode: str, eot_samples: int) -> None:
+    if mode not in GRADIENT_MODES:
+        raise InputError(f"unknown gradient mode {mode!r}; choose one of {', '.join(GRADIENT_MODES)}")
+    if mode == "eot" and eot_samples < 1:
+        raise InputError(f"EOT needs at least one noise sample, got {eot_samples}")
 
 
 def random_targets(
@@ -73,8 +86,7 @@ def attack_gradient(
     Summed (not averaged) over the batch, so each image's gradient is independent of the batch size.
     ``eot`` draws its ``eot_samples`` noise tensors from ``generator`` (on the images' device).
     """
-    if mode not in GRADIENT_MODES:
-        raise InputError(f"unknown gradient mode {mode!r}; choose one of {', '.join(GRADIENT_MODES)}")
+    _check_mode(mode, eot_samples)
     x = images.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         if mode == "full":
@@ -84,8 +96,6 @@ def attack_gradient(
                 purified = purifier(x).clamp(0.0, 1.0)
             straight_through = x + (purified - x).detach()  # value: purified; d/dx: identity
             return _grad(classifier(straight_through), labels, x)
-        if eot_samples < 1:
-            raise InputError(f"EOT needs at least one noise sample, got {eot_samples}")
         total = torch.zeros_like(x)
         for _ in range(eot_samples):
             noisy = dynamic_input(x, sigma=sigma, eps=dynamic_eps, generator=generator)
@@ -117,9 +127,8 @@ def pgd_attack(
     ``labels`` default to random targets != the clean prediction (targeted) or to the clean prediction
     (untargeted). ``generator`` draws the targets and the EOT noise, so a seeded one makes a run replayable.
     """
-    check_attack_inputs(images, eps, step, iterations)
-    if mode not in GRADIENT_MODES:
-        raise InputError(f"unknown gradient mode {mode!r}; choose one of {', '.join(GRADIENT_MODES)}")
+    check_pgd_options(mode, eps, step, iterations, eot_samples)
+    check_images(images)
     clean = images.detach().clone()
     if labels is None:
         with torch.no_grad():

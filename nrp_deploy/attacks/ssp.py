@@ -34,17 +34,21 @@ def project(adversarial: torch.Tensor, clean: torch.Tensor, eps: float) -> torch
     return torch.clamp(torch.min(torch.max(adversarial, clean - eps), clean + eps), 0.0, 1.0)
 
 
-def check_attack_inputs(images: torch.Tensor, eps: float, step: float, iterations: int) -> None:
-    """Raise ``InputError`` for a batch or budget an attack cannot run on."""
+def check_budget(eps: float, step: float, iterations: int) -> None:
+    """Raise ``InputError`` for an attack budget that cannot run."""
+    if not eps > 0 or not step > 0:
+        raise InputError(f"eps and step must be > 0, got eps={eps}, step={step}")
+    if iterations < 0:
+        raise InputError(f"iterations must be >= 0, got {iterations}")
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Raise ``InputError`` unless ``images`` is a float NCHW batch in [0, 1]."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images)
         raise InputError(f"attack input must be a float NCHW tensor in [0, 1], got {got}")
     if images.numel() and (images.min() < 0 or images.max() > 1):
         raise InputError("attack input must lie in [0, 1] (divide uint8 images by 255)")
-    if not eps > 0 or not step > 0:
-        raise InputError(f"eps and step must be > 0, got eps={eps}, step={step}")
-    if iterations < 0:
-        raise InputError(f"iterations must be >= 0, got {iterations}")
 
 
 def feature_distance(
@@ -70,7 +74,8 @@ def ssp_attack(
     ``features`` maps [0, 1] images to a feature map (e.g. ``build_feature_extractor()``); ``generator``
     (on the images' device) draws the random start.
     """
-    check_attack_inputs(images, eps, step, iterations)
+    check_budget(eps, step, iterations)
+    check_images(images)
     clean = images.detach().clone()  # clone: also turns an inference-mode tensor into a normal one
     with torch.no_grad():
         reference = features(clean)
