@@ -1,0 +1,91 @@
+"""The backend registry: which backends exist, which work here, and opening one by name.
+
+Each backend lives in its own module, imported only when used, that provides:
+
+- ``INSTALL_HINT``: what to install when it is missing;
+- ``unavailable_reason() -> str | None``: a cheap check (imports, devices) without loading any model;
+- ``open_backend(source: ModelSource, precision: str | None, device: str | None, options: Mapping)
+  -> Backend``: an inactive backend, or ``BackendUnavailableError`` saying why it cannot run this source
+  here. ``precision`` None means "not asked" (the artifact's own, fp32 for a checkpoint); ``device`` None
+  means the backend's best device here; ``options`` holds ``threads`` when the caller gave it, and any
+  backend-specific options (unknown ones are an ``InputError``).
+
+``AUTO_ORDER`` is the preference of ``backend="auto"``: native TensorRT, then ONNX Runtime (which takes its
+CUDA provider when a GPU is usable, else the CPU), then eager torch. The ``tensorrt`` slot is filled by
+``nrp_deploy.runtime.backends.tensorrt``; until that module exists the slot reports itself unavailable.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+from nrp_deploy.errors import BackendUnavailableError
+from nrp_deploy.runtime.backends.base import (
+    PRECISIONS,
+    Backend,
+    DeviceBackend,
+    ModelSource,
+    ShapeProfile,
+    TensorSpec,
+)
+
+_MODULES = {
+    "tensorrt": "nrp_deploy.runtime.backends.tensorrt",
+    "onnxruntime": "nrp_deploy.runtime.backends.ort",
+    "torch": "nrp_deploy.runtime.backends.torch_eager",
+}
+BACKENDS = tuple(_MODULES)
+AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+
+__all__ = [
+    "AUTO_ORDER",
+    "BACKENDS",
+    "PRECISIONS",
+    "Backend",
+    "DeviceBackend",
+    "ModelSource",
+    "ShapeProfile",
+    "TensorSpec",
+    "available_backends",
+    "backend_module",
+    "open_backend",
+]
+
+
+def backend_module(name: str) -> ModuleType:
+    """The module implementing backend ``name``; BackendUnavailableError if this build lacks it."""
+    if name not in _MODULES:
+        raise BackendUnavailableError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+    try:
+        return importlib.import_module(_MODULES[name])
+    except ModuleNotFoundError as exc:
+        if exc.name != _MODULES[name]:
+            raise
+        raise BackendUnavailableError(
+            f"the {name} backend is not part of this version of nrp-deploy"
+        ) from exc
+
+
+def available_backends() -> dict[str, str | None]:
+    """Each backend name -> None when it can run here, else the reason (with what to install)."""
+    result: dict[str, str | None] = {}
+    for name in BACKENDS:
+        try:
+            result[name] = backend_module(name).unavailable_reason()
+        except BackendUnavailableError as exc:
+            result[name] = str(exc)
+    return result
+
+
+def open_backend(
+    name: str, source: ModelSource, precision: str | None, device: str | None, options: Mapping[str, Any]
+) -> Backend:
+    """Open backend ``name`` (not ``auto``) for ``source``; raises BackendUnavailableError with the reason."""
+    module = backend_module(name)
+    reason = module.unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {name} is unavailable: {reason}")
+    return module.open_backend(source, precision, device, options)

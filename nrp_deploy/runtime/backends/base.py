@@ -1,0 +1,121 @@
+"""The protocol every inference backend implements, in the spirit of Polygraphy's runners.
+
+A backend wraps one inference engine for one model: ``activate()`` loads it (session, engine, module),
+``deactivate()`` frees it, ``infer()`` maps a float32 NCHW host array to the float32 NCHW output. The
+Purifier does everything else (validation, pre/post-processing, the dynamic defence, tiling, batching), so a
+backend stays small and all backends share that one path.
+
+GPU backends also implement ``DeviceBackend.infer_device`` on device buffers, so that the fused CUDA
+pre/post-processing kernels can write the engine's input and read its output without a host round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from nrp_deploy.models.spec import ModelSpec
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, numpy dtype name and shape of an engine tensor; -1 marks a dynamic dimension."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """The (batch, height, width) range an engine accepts and the shape it runs fastest at.
+
+    Backends with fully dynamic shapes (ONNX Runtime, torch) have no profile; TensorRT engines and
+    fixed-shape CUDA graphs do, and the Purifier tiles and pads images to fit them.
+    """
+
+    min: tuple[int, int, int]
+    opt: tuple[int, int, int]
+    max: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        for lo, mid, hi in zip(self.min, self.opt, self.max, strict=True):
+            if not 1 <= lo <= mid <= hi:
+                raise ValueError(f"invalid shape profile min={self.min} opt={self.opt} max={self.max}")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model file the runtime was asked to run, resolved and identified (torch-free).
+
+    ``kind`` is ``checkpoint`` (.pth / .safetensors), ``onnx`` or ``engine`` (a TensorRT plan). ``spec`` is
+    the architecture when known (registry entry or artifact sidecar) and ``precision`` the precision an
+    artifact was made at (None for checkpoints, and for artifacts without a sidecar).
+    """
+
+    kind: str
+    path: Path
+    name: str
+    sha256: str
+    spec: ModelSpec | None = None
+    precision: str | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One engine for one model; see the module docstring.
+
+    ``name`` is the concrete choice (``onnxruntime-cpu``, ``onnxruntime-cuda``, ``torch-cpu``, ``tensorrt``);
+    ``device`` is ``cpu`` or ``cuda:N``; ``precision`` what it runs (fp32 / fp16 / int8); ``spec`` the
+    architecture when the backend learnt it (checkpoint, artifact metadata), else None. ``thread_safe``
+    says whether ``infer`` may run from several threads at once; the Purifier serialises calls with a lock
+    when it is False.
+    """
+
+    name: str
+    device: str
+    precision: str
+    spec: ModelSpec | None
+    thread_safe: bool
+
+    @property
+    def input_spec(self) -> TensorSpec: ...
+
+    @property
+    def output_spec(self) -> TensorSpec: ...
+
+    @property
+    def profile(self) -> ShapeProfile | None: ...
+
+    def activate(self) -> None: ...
+
+    def deactivate(self) -> None: ...
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """float32 NCHW host array in [0, 1] -> float32 NCHW host array (unclamped model output)."""
+        ...
+
+
+@runtime_checkable
+class DeviceBackend(Backend, Protocol):
+    """A GPU backend that also runs on device buffers.
+
+    ``infer_device`` reads ``shape`` (N, C, H, W) elements of ``input_spec.dtype`` at device pointer
+    ``in_ptr`` and writes the output (``output_spec.dtype``, same shape) to ``out_ptr``. The work is ordered
+    after everything already enqueued on the CUDA stream ``stream`` (a ``cudaStream_t`` as an int; 0 is the
+    legacy default stream), and the output is complete for anything enqueued on ``stream`` after the call
+    returns. ``stream`` (the attribute) is the stream the backend itself enqueues on; a caller that launches
+    its kernels there avoids any cross-stream synchronisation. All pointers live in the device's primary
+    context, which TensorRT, ONNX Runtime, torch and the NVRTC kernels share.
+    """
+
+    stream: int
+
+    def infer_device(
+        self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int
+    ) -> None: ...

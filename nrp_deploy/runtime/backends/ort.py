@@ -1,0 +1,316 @@
+"""The ONNX Runtime backend: CPU, CUDA and TensorRT execution providers.
+
+CPU: one session with full graph optimisation (NCHWc layout transforms, conv + activation fusion),
+sequential execution and ``threads`` intra-op threads. ``InferenceSession.run`` is thread-safe, so one
+session serves every thread of a Purifier.
+
+CUDA (the ``onnxruntime-gpu`` wheel): inputs and outputs go through I/O binding, so the output stays on the
+device until it is copied out once; the provider options that matter for these all-convolution networks
+are set: exhaustive cuDNN algorithm search (the first call per shape is slow, the rest fast), the maximum
+cuDNN workspace, TF32 off for FP32 (fidelity against the FP32 reference), and NHWC kernels for FP16/INT8
+models (tensor cores). ``cuda_graph=True`` with a ``fixed_shape`` captures the whole run in a CUDA graph
+over persistent device buffers: that session serves one shape only (the Purifier tiles and pads to it) and
+is serialised with a lock. ``execution_provider="tensorrt"`` puts ONNX Runtime's TensorRT EP first (it
+needs TensorRT's libraries; the native ``tensorrt`` backend is the better route where TensorRT exists).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nrp_deploy.errors import BackendUnavailableError, InputError
+from nrp_deploy.models.spec import ModelSpec
+from nrp_deploy.runtime.backends.base import ModelSource, ShapeProfile, TensorSpec
+
+INSTALL_HINT = "pip install 'nrp-deploy[cpu]' (ONNX Runtime for CPU) or 'nrp-deploy[gpu]' (ONNX Runtime CUDA)"
+_CPU, _CUDA, _TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+_NUMPY_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+OPTIONS = frozenset(
+    {"threads", "execution_provider", "cuda_graph", "fixed_shape", "stream", "provider_options"}
+)
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(f"ONNX Runtime is not installed ({exc}); {INSTALL_HINT}") from exc
+    return onnxruntime
+
+
+def unavailable_reason() -> str | None:
+    """None when ONNX Runtime imports, else why not and what to install."""
+    try:
+        _ort()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def gpu_usable() -> bool:
+    """Whether the CUDA execution provider is built in and the driver sees a device."""
+    from nrp_deploy.kernels.cuda_api import cuda_device_count
+
+    return _CUDA in _ort().get_available_providers() and cuda_device_count() > 0
+
+
+def open_backend(
+    source: ModelSource, precision: str | None, device: str | None, options: Mapping[str, Any]
+) -> OrtBackend:
+    """An inactive ONNX Runtime backend for ``source`` (a checkpoint is exported to a cached ONNX first).
+
+    ``precision=None`` means the artifact's own precision (fp32 for a checkpoint); ``device=None`` takes
+    CUDA when it is usable here, else the CPU.
+    """
+    unknown = set(options) - OPTIONS
+    if unknown:
+        raise InputError(f"unknown onnxruntime backend option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
+    if source.kind == "engine":
+        raise BackendUnavailableError(f"ONNX Runtime cannot run the TensorRT engine {source.path}")
+    ort = _ort()
+    if device is None:
+        device = "cuda:0" if gpu_usable() else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"onnxruntime runs on 'cpu' or 'cuda[:N]', not {device!r}")
+    if device.startswith("cuda") and _CUDA not in ort.get_available_providers():
+        raise BackendUnavailableError(
+            f"this ONNX Runtime build has no CUDA execution provider (it has {ort.get_available_providers()}); "
+            "pip uninstall onnxruntime && pip install 'nrp-deploy[gpu]'"
+        )
+    from nrp_deploy.runtime.artifacts import artifact_spec, onnx_for
+
+    precision = precision or source.precision or "fp32"
+    path = onnx_for(source, precision)
+    spec = source.spec or artifact_spec(path)
+    return OrtBackend(path, precision=precision, device=device, spec=spec, **options)
+
+
+class OrtBackend:
+    """ONNX Runtime session for one ONNX file; see the module docstring for the options."""
+
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        precision: str = "fp32",
+        device: str = "cpu",
+        spec: ModelSpec | None = None,
+        threads: int | None = None,
+        execution_provider: str | None = None,
+        cuda_graph: bool = False,
+        fixed_shape: tuple[int, int, int] | None = None,
+        stream: int | None = None,
+        provider_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(onnx_path)
+        self.precision = precision
+        self.device = device
+        self.spec = spec
+        self.threads = threads
+        self.device_id = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
+        self.on_gpu = device.startswith("cuda")
+        if execution_provider not in (None, "cpu", "cuda", "tensorrt"):
+            raise InputError(f"execution_provider must be cpu, cuda or tensorrt, not {execution_provider!r}")
+        self.execution_provider = execution_provider or ("cuda" if self.on_gpu else "cpu")
+        if self.execution_provider != "cpu" and not self.on_gpu:
+            raise InputError(f"execution_provider {self.execution_provider!r} needs a cuda device")
+        if cuda_graph and (not self.on_gpu or fixed_shape is None):
+            raise InputError("cuda_graph=True needs a cuda device and a fixed_shape (batch, height, width)")
+        self.cuda_graph = cuda_graph
+        self.fixed_shape = tuple(fixed_shape) if fixed_shape else None
+        self.stream = int(stream or 0)
+        self.extra_provider_options = dict(provider_options or {})
+        self.name = "onnxruntime-" + self.execution_provider
+        # Session.run is thread-safe; a CUDA-graph session replays one set of buffers, so it is not.
+        self.thread_safe = not cuda_graph
+        self._session: Any = None
+        self._input: TensorSpec | None = None
+        self._output: TensorSpec | None = None
+        self._graph_lock = threading.Lock()
+        self._graph_buffers: tuple[Any, Any, Any] | None = None
+
+    # -- Backend protocol ------------------------------------------------------------------------------
+
+    def activate(self) -> None:
+        if self._session is not None:
+            return
+        ort = _ort()
+        if not self.path.is_file():
+            raise InputError(f"ONNX model {self.path} does not exist")
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), sess_options=self._session_options(), providers=self._providers()
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / RuntimeException types
+            raise BackendUnavailableError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise InputError(
+                f"{self.path}: a purifier has one input and one output, got {len(inputs)} and {len(outputs)}"
+            )
+        self._input, self._output = (self._spec(arg) for arg in (inputs[0], outputs[0]))
+        if self.on_gpu:
+            self._check_provider_active()
+
+    def deactivate(self) -> None:
+        self._session = None
+        self._graph_buffers = None
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        return self._specs()[0]
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        return self._specs()[1]
+
+    @property
+    def profile(self) -> ShapeProfile | None:
+        if self.fixed_shape is None:
+            return None
+        return ShapeProfile(self.fixed_shape, self.fixed_shape, self.fixed_shape)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        session = self._active()._session
+        x = np.ascontiguousarray(x, dtype=self.input_spec.dtype)
+        if self.cuda_graph:
+            with self._graph_lock:
+                return self._infer_graph(x)
+        if self.on_gpu:
+            binding = session.io_binding()
+            binding.bind_cpu_input(self._input.name, x)
+            binding.bind_output(self._output.name, "cuda", self.device_id)
+            session.run_with_iobinding(binding)
+            y = binding.copy_outputs_to_cpu()[0]
+        else:
+            y = session.run([self._output.name], {self._input.name: x})[0]
+        return y.astype(np.float32, copy=False)
+
+    def infer_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int) -> None:
+        """Run on device buffers (DeviceBackend). ONNX Runtime's Run waits for its compute stream before
+        returning, so the output is complete for any later work; the caller's stream is synchronised
+        first when it is not the stream this session computes on, so its pending writes are visible."""
+        session = self._active()._session
+        if not self.on_gpu:
+            raise InputError("infer_device needs the CUDA execution provider; this session runs on the CPU")
+        if int(stream) != self.stream:
+            from nrp_deploy.kernels.cuda_api import check, driver_module
+
+            check(driver_module().cuStreamSynchronize(int(stream)), "cuStreamSynchronize")
+        binding = session.io_binding()
+        for bind, spec, ptr in (
+            (binding.bind_input, self._input, in_ptr),
+            (binding.bind_output, self._output, out_ptr),
+        ):
+            bind(spec.name, "cuda", self.device_id, np.dtype(spec.dtype), list(shape), int(ptr))
+        session.run_with_iobinding(binding)
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _active(self) -> OrtBackend:
+        if self._session is None:
+            raise InputError(f"backend {self.name} is not active: call activate() first")
+        return self
+
+    def _specs(self) -> tuple[TensorSpec, TensorSpec]:
+        if self._input is None or self._output is None:
+            raise InputError(
+                f"backend {self.name} is not active: its tensor specs are known after activate()"
+            )
+        return self._input, self._output
+
+    @staticmethod
+    def _spec(arg: Any) -> TensorSpec:
+        dtype = _NUMPY_DTYPES.get(arg.type)
+        if dtype is None:
+            raise InputError(f"tensor {arg.name!r} has type {arg.type}; a purifier takes float or float16")
+        shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+        return TensorSpec(arg.name, dtype, shape)
+
+    def _session_options(self) -> Any:
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        if self.threads:
+            opts.intra_op_num_threads = int(self.threads)
+        opts.inter_op_num_threads = 1  # a purifier is one chain of convolutions: no parallel branches to run
+        if self.cuda_graph:
+            # CUDA-graph capture needs every node on the GPU; memory patterns are pointless for one shape.
+            opts.enable_mem_pattern = False
+        return opts
+
+    def _providers(self) -> list[Any]:
+        if not self.on_gpu:
+            return [_CPU]
+        cuda = {
+            "device_id": self.device_id,
+            "cudnn_conv_algo_search": "EXHAUSTIVE",
+            "cudnn_conv_use_max_workspace": "1",
+            "use_tf32": "0" if self.precision == "fp32" else "1",
+            "prefer_nhwc": "0" if self.precision == "fp32" else "1",
+            "enable_cuda_graph": "1" if self.cuda_graph else "0",
+        }
+        if self.stream:
+            cuda.update(has_user_compute_stream="1", user_compute_stream=str(self.stream))
+        if self.execution_provider == "tensorrt":
+            return [(_TRT, {**self._trt_options(), **self.extra_provider_options}), (_CUDA, cuda), _CPU]
+        return [(_CUDA, {**cuda, **self.extra_provider_options}), _CPU]
+
+    def _trt_options(self) -> dict[str, Any]:
+        from nrp_deploy.runtime.artifacts import cache_dir
+
+        cache = cache_dir() / "ort-trt"
+        cache.mkdir(parents=True, exist_ok=True)
+        opts: dict[str, Any] = {
+            "device_id": self.device_id,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+            "trt_cuda_graph_enable": self.cuda_graph,
+        }
+        if self.fixed_shape:
+            n, h, w = self.fixed_shape
+            shape = f"input:{n}x3x{h}x{w}"
+            opts.update(
+                trt_profile_min_shapes=shape, trt_profile_opt_shapes=shape, trt_profile_max_shapes=shape
+            )
+        if self.stream:
+            opts.update(has_user_compute_stream=True, user_compute_stream=str(self.stream))
+        return opts
+
+    def _check_provider_active(self) -> None:
+        wanted = _TRT if self.execution_provider == "tensorrt" else _CUDA
+        active = self._session.get_providers()
+        if wanted not in active:
+            self._session = None
+            raise BackendUnavailableError(
+                f"ONNX Runtime could not start {wanted} on {self.device} (active: {active}); check the CUDA "
+                "driver and libraries" + (" and that TensorRT is installed" if wanted == _TRT else "")
+            )
+
+    def _infer_graph(self, x: np.ndarray) -> np.ndarray:
+        """CUDA-graph run: copy into the persistent input buffer, replay, copy the output out."""
+        ort = _ort()
+        n, h, w = self.fixed_shape or (0, 0, 0)
+        if x.shape != (n, 3, h, w):
+            raise InputError(f"this CUDA-graph session runs shape {(n, 3, h, w)} only, got {x.shape}")
+        if self._graph_buffers is None:
+            x_dev = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, x.dtype, "cuda", self.device_id)
+            y_dev = ort.OrtValue.ortvalue_from_shape_and_type(
+                x.shape, np.dtype(self._output.dtype), "cuda", self.device_id
+            )
+            binding = self._session.io_binding()
+            binding.bind_ortvalue_input(self._input.name, x_dev)
+            binding.bind_ortvalue_output(self._output.name, y_dev)
+            self._graph_buffers = (x_dev, y_dev, binding)
+        x_dev, y_dev, binding = self._graph_buffers
+        x_dev.update_inplace(x)
+        self._session.run_with_iobinding(binding)
+        return y_dev.numpy().astype(np.float32, copy=False)

@@ -1,0 +1,147 @@
+"""The torch backend: the eager FP32 baseline, optionally half precision, channels_last or torch.compile.
+
+torch is imported only when this backend is opened, so the runtime stays importable without it. With the
+defaults (fp32, contiguous, not compiled) the model runs exactly as ``nrp_deploy.models.eager.EagerPurifier``
+runs it, and the shared pre/post-processing reproduces that baseline byte for byte.
+
+Thread safety: an eval-mode module under ``torch.inference_mode`` keeps no state between calls, so
+concurrent ``infer`` calls are safe; a compiled module is serialised with a lock, since Dynamo may
+recompile on a new shape and its caches are not meant to be filled from several threads at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from nrp_deploy.errors import BackendUnavailableError, InputError
+from nrp_deploy.runtime.backends.base import ModelSource, ShapeProfile, TensorSpec
+
+INSTALL_HINT = (
+    "pip install torch (the CPU or CUDA build for your machine), then pip install 'nrp-deploy[torch]'"
+)
+OPTIONS = frozenset({"threads", "channels_last", "compile"})
+_DTYPES = {"fp32": "float32", "fp16": "float16"}
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailableError(f"torch is not installed ({exc}); {INSTALL_HINT}") from exc
+    return torch
+
+
+def unavailable_reason() -> str | None:
+    """None when torch imports, else why not and what to install."""
+    try:
+        _torch()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def open_backend(
+    source: ModelSource, precision: str | None, device: str | None, options: Mapping[str, Any]
+) -> TorchBackend:
+    """An inactive torch backend for a checkpoint source; ``device=None`` takes CUDA when torch sees one."""
+    unknown = set(options) - OPTIONS
+    if unknown:
+        raise InputError(f"unknown torch backend option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
+    if source.kind != "checkpoint":
+        raise BackendUnavailableError(
+            f"the torch backend runs checkpoints (.pth / .safetensors), not the {source.kind} {source.path}"
+        )
+    precision = precision or "fp32"
+    if precision not in _DTYPES:
+        raise BackendUnavailableError(
+            f"the torch backend runs fp32 or fp16, not {precision}; use onnxruntime or tensorrt for int8"
+        )
+    torch = _torch()
+    if device is None:
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    return TorchBackend(source, precision=precision, device=device, **options)
+
+
+class TorchBackend:
+    """An eval-mode torch module for one checkpoint; see the module docstring."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        precision: str = "fp32",
+        device: str = "cpu",
+        threads: int | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        self.source = source
+        self.spec = source.spec
+        self.precision = precision
+        self.device = device
+        self.threads = threads
+        self.channels_last = channels_last
+        self.compile = compile
+        self.name = f"torch-{device.partition(':')[0]}"
+        self.thread_safe = not compile
+        dtype = _DTYPES[precision]
+        self._specs = (
+            TensorSpec("input", dtype, (-1, 3, -1, -1)),
+            TensorSpec("output", dtype, (-1, 3, -1, -1)),
+        )
+        self._module: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        return self._specs[0]
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        return self._specs[1]
+
+    @property
+    def profile(self) -> ShapeProfile | None:
+        return None
+
+    def activate(self) -> None:
+        if self._module is not None:
+            return
+        torch = _torch()
+        from nrp_deploy.models import load_model
+
+        if self.threads:
+            torch.set_num_threads(int(self.threads))  # process-wide: torch has one intra-op pool
+        loaded = load_model(self.source.path, device=self.device)
+        self.spec = loaded.spec
+        module = loaded.module.eval()
+        if self.precision == "fp16":
+            module = module.half()
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self._module = torch.compile(module) if self.compile else module
+
+    def deactivate(self) -> None:
+        self._module = None
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        if self._module is None:
+            raise InputError(f"backend {self.name} is not active: call activate() first")
+        if self.thread_safe:
+            return self._forward(x)
+        with self._lock:
+            return self._forward(x)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        torch = _torch()
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+            if self.precision == "fp16":
+                t = t.half()
+            if self.channels_last:
+                t = t.contiguous(memory_format=torch.channels_last)
+            y = self._module(t)
+            return y.float().cpu().numpy()

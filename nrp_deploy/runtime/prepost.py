@@ -1,0 +1,132 @@
+"""Pre- and post-processing: the one host path every backend shares.
+
+uint8 HWC images -> float32 NCHW in [0, 1] -> model -> clamp to [0, 1], *255, round -> uint8 HWC. The
+arithmetic is the eager baseline's, operation for operation in float32 (``x / 255``; ``clip``, ``* 255``,
+``np.rint``, which rounds half to even like ``torch.round``), so a backend that computes the same float
+output gives the same bytes. Inputs are checked here, once, and rejected with ``InputError`` naming what
+was wrong; a model never sees an array it was not made for.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nrp_deploy.errors import InputError
+
+_SCALE = np.float32(255.0)
+
+
+class InputKind(enum.Enum):
+    """What the caller handed in, so the result can be handed back in the same form."""
+
+    PIL = "PIL image"
+    HWC_UINT8 = "uint8 HWC image"
+    NHWC_UINT8 = "uint8 NHWC batch"
+    NCHW_FLOAT = "float32 NCHW batch"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated batch as the model takes it: contiguous float32 NCHW in [0, 1]."""
+
+    x: np.ndarray
+    kind: InputKind
+
+
+def uint8_to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC -> contiguous float32 NCHW in [0, 1] (``x / 255`` in float32, as the baseline)."""
+    x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
+    x /= _SCALE
+    return x
+
+
+def float_to_uint8(y: np.ndarray) -> np.ndarray:
+    """float NCHW model output -> contiguous uint8 NHWC: clamp to [0, 1], *255, round half to even."""
+    out = np.clip(y.astype(np.float32, copy=False), 0.0, 1.0)
+    out *= _SCALE
+    np.rint(out, out=out)
+    return np.ascontiguousarray(out.transpose(0, 2, 3, 1)).astype(np.uint8)
+
+
+def _is_pil(obj: Any) -> bool:
+    # Checked by module name so that Pillow is imported only by callers who pass PIL images.
+    return type(obj).__module__.startswith("PIL.") and hasattr(obj, "convert") and hasattr(obj, "mode")
+
+
+def prepare(images: Any) -> Prepared:
+    """Validate ``images`` and convert them to the model's input; see the module docstring for the forms."""
+    if _is_pil(images):
+        rgb = images if images.mode == "RGB" else images.convert("RGB")
+        array = np.asarray(rgb, dtype=np.uint8)
+        _check_not_empty(array[None])
+        return Prepared(uint8_to_float(array[None]), InputKind.PIL)
+    if not isinstance(images, np.ndarray):
+        raise InputError(
+            f"expected a numpy array or a PIL image, got {type(images).__name__}; "
+            "pass uint8 HWC / NHWC images or a float32 NCHW batch in [0, 1]"
+        )
+    if images.dtype == np.uint8:
+        return _prepare_uint8(images)
+    if images.dtype == np.float32:
+        return Prepared(_check_float(images), InputKind.NCHW_FLOAT)
+    raise InputError(
+        f"unsupported dtype {images.dtype}: pass uint8 images (HWC or NHWC, RGB) or a float32 NCHW batch "
+        "in [0, 1] (convert with .astype(np.float32))"
+    )
+
+
+def _prepare_uint8(images: np.ndarray) -> Prepared:
+    if images.ndim == 3:
+        kind, batch = InputKind.HWC_UINT8, images[None]
+    elif images.ndim == 4:
+        kind, batch = InputKind.NHWC_UINT8, images
+    else:
+        raise InputError(
+            f"uint8 input must be one HWC image or an NHWC batch, got {images.ndim}-D shape {images.shape}"
+        )
+    channels = batch.shape[3]
+    if channels != 3:
+        hint = " (drop the alpha channel: image[..., :3])" if channels == 4 else ""
+        hint = " (expand grey to RGB: np.repeat(image, 3, axis=-1))" if channels == 1 else hint
+        raise InputError(f"uint8 images must be RGB with 3 channels last, got shape {images.shape}{hint}")
+    _check_not_empty(batch)
+    return Prepared(uint8_to_float(batch), kind)
+
+
+def _check_float(x: np.ndarray) -> np.ndarray:
+    if x.ndim != 4:
+        raise InputError(f"float32 input must be a 4-D NCHW batch, got {x.ndim}-D shape {x.shape}")
+    if x.shape[1] != 3:
+        raise InputError(
+            f"float32 input must be NCHW with 3 (RGB) channels, got {x.shape[1]} channels in shape {x.shape}"
+        )
+    _check_not_empty(x)
+    if not np.isfinite(x).all():
+        raise InputError("float32 input contains NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise InputError(f"float32 input must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    return np.ascontiguousarray(x)
+
+
+def _check_not_empty(batch: np.ndarray) -> None:
+    if batch.size == 0:
+        raise InputError(f"empty input: shape {batch.shape} holds no image or no pixel")
+
+
+def finish(y: np.ndarray, kind: InputKind) -> Any:
+    """The model's float NCHW output handed back in the form the input came in."""
+    if kind is InputKind.NCHW_FLOAT:
+        return np.clip(y.astype(np.float32, copy=False), 0.0, 1.0)
+    out = float_to_uint8(y)
+    if kind is InputKind.NHWC_UINT8:
+        return out
+    if kind is InputKind.HWC_UINT8:
+        return out[0]
+    from PIL import Image
+
+    return Image.fromarray(out[0])

@@ -1,0 +1,267 @@
+"""The Purifier facade: images in, purified images out, over whichever backend runs fastest here.
+
+``load_purifier`` resolves the model, picks and opens a backend (``auto``: TensorRT, then ONNX Runtime on a
+GPU or the CPU, then eager torch, first that works) and wraps it. A Purifier validates its input, applies
+the dynamic defence if asked, batches, tiles images that are larger than the tile or than the engine's
+shape profile allows, and hands the result back in the form it came in. One instance may be called from
+several threads: the pre/post-processing and tiling keep no state, and a backend that is not thread-safe
+(``backend.thread_safe`` False: CUDA graphs, compiled torch, engines with one execution context) is
+serialised with a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from nrp_deploy.errors import BackendUnavailableError, InputError
+from nrp_deploy.models.spec import ModelSpec
+from nrp_deploy.runtime import prepost
+from nrp_deploy.runtime.artifacts import identify
+from nrp_deploy.runtime.backends import AUTO_ORDER, BACKENDS, Backend, ModelSource, open_backend
+from nrp_deploy.runtime.dynamic import DynamicDefense
+from nrp_deploy.runtime.tiling import TileConfig, infer_tiled
+
+log = logging.getLogger(__name__)
+
+#: Largest image (height x width) a Purifier accepts: 8192 x 8192, about 0.8 GB as float32 input.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+#: Context kept around every tile's output when tiling (see tiling.py and benchmarks/results/runtime_tiling.md).
+DEFAULT_OVERLAP = 32
+DEFAULT_FEATHER = 16
+
+
+class Purifier:
+    """Callable purifier over one backend; build it with ``load_purifier``.
+
+    ``tile`` (a TileConfig) tiles images larger than ``tile.tile`` on either side; without it, images are
+    tiled only when the backend's shape profile cannot take them whole (then at the profile's optimal
+    shape). ``max_batch`` bounds the images (or tiles) per backend call.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        source: ModelSource | None = None,
+        tile: TileConfig | None = None,
+        max_batch: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if max_batch is not None and max_batch < 1:
+            raise InputError(f"max_batch must be >= 1, got {max_batch}")
+        self.backend = backend
+        self.source = source
+        self.tile = tile
+        self.max_batch = max_batch
+        self.max_pixels = max_pixels
+        self._lock = threading.Lock()
+        backend.activate()
+
+    # -- what it is --------------------------------------------------------------------------------------
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def precision(self) -> str:
+        return self.backend.precision
+
+    @property
+    def spec(self) -> ModelSpec | None:
+        """The architecture, when the registry, the artifact's metadata or the checkpoint says which."""
+        return self.backend.spec or (self.source.spec if self.source else None)
+
+    @property
+    def receptive_field(self) -> int | None:
+        return self.spec.receptive_field if self.spec else None
+
+    def describe(self) -> str:
+        model = self.spec.describe() if self.spec else "unknown architecture"
+        origin = f" from {self.source.path}" if self.source else ""
+        return f"{model}{origin} on {self.backend_name} ({self.precision}, {self.backend.device})"
+
+    def __repr__(self) -> str:
+        return f"Purifier({self.describe()})"
+
+    # -- lifetime ----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the backend's engine / session (the Purifier cannot be called afterwards)."""
+        self.backend.deactivate()
+
+    def __enter__(self) -> Purifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- purification ------------------------------------------------------------------------------------
+
+    def __call__(self, images: Any, dynamic: DynamicDefense | None = None, start_index: int = 0) -> Any:
+        """Purify ``images``: a uint8 NHWC batch, one uint8 HWC image, a PIL image, a float32 NCHW batch
+        in [0, 1] (float32 out), or a list of images of any sizes (a list out, equal sizes batched).
+
+        ``dynamic`` adds the dynamic defence's noise first; image ``k`` of the call is noise index
+        ``start_index + k``, so chunks of a batch purified with the same seed match the whole batch.
+        """
+        if start_index < 0:
+            raise InputError(f"start_index must be >= 0, got {start_index}")
+        seed = dynamic.call_seed() if dynamic is not None else 0
+        if isinstance(images, list | tuple):
+            return self._call_many(images, dynamic, seed, start_index)
+        prepared = prepost.prepare(images)
+        x = self._noisy(prepared.x, dynamic, seed, start_index)
+        return prepost.finish(self.infer(x), prepared.kind)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Model output (unclamped float32 NCHW) for a validated float32 NCHW batch: batching and tiling."""
+        count, _, height, width = x.shape
+        self._check_size(height, width)
+        profile = self.backend.profile
+        config, min_shape = self._layout(height, width)
+        if config is None:
+            step = min(self.max_batch or count, profile.max[0] if profile else count)
+            return np.concatenate([self._run(x[i : i + step]) for i in range(0, count, step)])
+        per_call = min(self.max_batch or profile.opt[0], profile.max[0]) if profile else self.max_batch or 1
+        return infer_tiled(x, self._run, config, min_shape=min_shape, tiles_per_call=per_call)
+
+    def _call_many(
+        self, images: Sequence[Any], dynamic: DynamicDefense | None, seed: int, start_index: int
+    ) -> list[Any]:
+        if not images:
+            raise InputError("empty input: the list holds no image")
+        prepared = [prepost.prepare(image) for image in images]
+        if any(
+            p.kind is prepost.InputKind.NHWC_UINT8 or p.kind is prepost.InputKind.NCHW_FLOAT for p in prepared
+        ):
+            raise InputError("a list must hold single images (uint8 HWC arrays or PIL images), not batches")
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, p in enumerate(prepared):
+            groups.setdefault(p.x.shape, []).append(k)
+        results: list[Any] = [None] * len(images)
+        for members in groups.values():
+            x = np.concatenate([self._noisy(prepared[k].x, dynamic, seed, start_index + k) for k in members])
+            y = self.infer(x)
+            for row, k in enumerate(members):
+                results[k] = prepost.finish(y[row : row + 1], prepared[k].kind)
+        return results
+
+    @staticmethod
+    def _noisy(x: np.ndarray, dynamic: DynamicDefense | None, seed: int, start_index: int) -> np.ndarray:
+        return x if dynamic is None else dynamic.apply(x, seed, start_index)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.backend.thread_safe:
+            return self.backend.infer(x)
+        with self._lock:
+            return self.backend.infer(x)
+
+    def _check_size(self, height: int, width: int) -> None:
+        if height * width > self.max_pixels:
+            raise InputError(
+                f"image of {height}x{width} = {height * width} pixels exceeds the limit of {self.max_pixels} "
+                "(max_pixels); downscale it or raise max_pixels"
+            )
+
+    def _layout(self, height: int, width: int) -> tuple[TileConfig | None, tuple[int, int]]:
+        """How an image of this size runs: (None, _) whole, or (tile config, minimum tile shape).
+
+        Tiles come from the Purifier's own ``tile`` (capped at the profile's largest shape), or, when an
+        image exceeds the profile, from the profile's optimal shape. An image smaller than the profile's
+        minimum runs as one tile padded up to it.
+        """
+        profile = self.backend.profile
+        config = self.tile
+        min_shape = (1, 1)
+        if profile is not None:
+            min_shape = (profile.min[1], profile.min[2])
+            largest = min(profile.max[1], profile.max[2])
+            if config is not None and config.tile > largest:
+                config = TileConfig(largest, config.overlap, config.feather, config.ramp)
+            elif config is None and (height > profile.max[1] or width > profile.max[2]):
+                config = _default_tile(min(profile.opt[1], profile.opt[2]))
+        too_small = height < min_shape[0] or width < min_shape[1]
+        if too_small and (config is None or (height <= config.tile and width <= config.tile)):
+            return _default_tile(max(height, width, *min_shape)), min_shape
+        if config is None or (height <= config.tile and width <= config.tile):
+            return None, min_shape
+        return config, min_shape
+
+
+def _default_tile(side: int) -> TileConfig:
+    """Tiles of ``side`` px with the default overlap and feather, shrunk to fit a small side."""
+    overlap = min(DEFAULT_OVERLAP, (side - 1) // 2)
+    feather = min(DEFAULT_FEATHER, 2 * ((side - 1) // 2 - overlap))
+    return TileConfig(side, overlap, feather)
+
+
+def load_purifier(
+    source: str | os.PathLike[str],
+    backend: str = "auto",
+    precision: str | None = None,
+    device: str | None = None,
+    tile: int | TileConfig | None = None,
+    overlap: int | None = None,
+    *,
+    threads: int | None = None,
+    max_batch: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    options: Mapping[str, Any] | None = None,
+) -> Purifier:
+    """A ready Purifier for ``source`` (registry name, checkpoint, .onnx with its sidecar, TensorRT engine).
+
+    ``backend``: ``auto`` (the fastest that works here; ``purifier.backend_name`` says which), ``tensorrt``,
+    ``onnxruntime`` or ``torch``. ``precision``: fp32 / fp16 / int8 (None: fp32 for a checkpoint, an
+    artifact's own precision otherwise); a checkpoint is exported to a cached ONNX of that precision on
+    first use. ``device``: ``cpu`` / ``cuda:N`` (None: the GPU when the backend can use one). ``tile``: tile
+    side in pixels (or a TileConfig); ``overlap`` its context margin (default: ``DEFAULT_OVERLAP``).
+    ``threads``: intra-op threads (ONNX Runtime, torch). ``options``: backend-specific options
+    (e.g. ``{"cuda_graph": True, "fixed_shape": (1, 224, 224)}``, ``{"channels_last": True}``).
+    """
+    model = identify(source)
+    backend_options = dict(options or {})
+    if threads is not None:
+        backend_options["threads"] = threads
+    opened = _open(backend, model, precision, device, backend_options)
+    config = _tile_config(tile, overlap)
+    purifier = Purifier(opened, model, tile=config, max_batch=max_batch, max_pixels=max_pixels)
+    log.info("purifier: %s", purifier.describe())
+    return purifier
+
+
+def _open(
+    name: str, model: ModelSource, precision: str | None, device: str | None, options: Mapping[str, Any]
+) -> Backend:
+    if name != "auto":
+        if name not in BACKENDS:
+            raise BackendUnavailableError(
+                f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}"
+            )
+        return open_backend(name, model, precision, device, options)
+    reasons = []
+    for candidate in AUTO_ORDER:
+        try:
+            opened = open_backend(candidate, model, precision, device, options)
+        except BackendUnavailableError as exc:
+            reasons.append(f"{candidate}: {exc}")
+            log.debug("backend auto: skipping %s: %s", candidate, exc)
+            continue
+        log.info("backend auto: chose %s on %s", opened.name, opened.device)
+        return opened
+    raise BackendUnavailableError("no backend can run this model here:\n  " + "\n  ".join(reasons))
+
+
+def _tile_config(tile: int | TileConfig | None, overlap: int | None) -> TileConfig | None:
+    if isinstance(tile, TileConfig):
+        return tile
+    if tile is None:
+        if overlap is not None:
+            raise InputError("overlap was given without a tile size")
+        return None
+    return TileConfig(int(tile), DEFAULT_OVERLAP if overlap is None else overlap, DEFAULT_FEATHER)
