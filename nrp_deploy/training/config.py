@@ -1,0 +1,58 @@
+"""Training configuration (torch-free, so the CLI can show its defaults without importing torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nrp_deploy.errors import InputError
+from nrp_deploy.models.spec import ModelSpec
+
+SKIMAGE = "skimage"
+# Settings that may change when a run is resumed: they do not alter what has been trained so far. Changing
+# ``steps`` stretches or shortens the rest of the cosine learning-rate schedule.
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "log_every", "device"})
+
+
+@dataclass
+class TrainConfig:
+    data: str = SKIMAGE
+    architecture: str = "NRP_resG"
+    model_config: dict[str, int] = field(default_factory=lambda: {"nf": 64, "nb": 6})
+    identity_init: bool = True
+    feature_model: str = "efficientnet_lite0"
+    feature_layer: str | None = None  # None: the extractor's default layer
+    steps: int = 1000
+    batch_size: int = 8
+    crop: int = 64
+    lr: float = 3e-4
+    lr_min: float = 1e-5  # cosine decay from lr to lr_min over `steps`
+    eps: float = 16 / 255
+    eps_min_fraction: float = 0.5
+    ssp_iterations: int = 4
+    ssp_step: float = 0.02
+    clean_fraction: float = 0.2
+    noise_fraction: float = 0.25
+    feature_weight: float = 1.0
+    pixel_weight: float = 5.0
+    adv_weight: float = 0.0
+    max_zoom: float = 2.0
+    jitter: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 50
+    log_every: int = 10
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.ssp_iterations < 1:
+            raise InputError("steps, batch size and SSP iterations must be at least 1")
+        if not 0 < self.eps_min_fraction <= 1:
+            raise InputError(f"eps_min_fraction must be in (0, 1], got {self.eps_min_fraction}")
+        for name in ("clean_fraction", "noise_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.identity_init and self.architecture != "NRP_resG":
+            raise InputError("identity initialisation is defined for NRP_resG only; pass --no-identity-init")
+        try:
+            ModelSpec(self.architecture, self.model_config)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc

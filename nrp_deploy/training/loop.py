@@ -1,0 +1,256 @@
+"""The self-supervised NRP training loop (Naseer et al., CVPR 2020, section 3), sized for small budgets.
+
+Each step draws random augmented crops, turns most of them into SSP adversaries against the feature
+extractor (a few signed-gradient iterations with a large step and a random budget eps_t in
+[eps_min_fraction * eps, eps], so one run covers weak and full-strength perturbations), adds the dynamic
+defence's noise to some (so the purifier also cleans what the dynamic defence feeds it), leaves a few clean
+(so clean photos pass through unharmed), and trains the purifier to map them back: the features of the
+purified crop to the clean crop's features, and its pixels to the clean pixels.
+
+A run lives in one directory: ``checkpoint.pt`` (everything needed to resume exactly), ``log.jsonl`` (the
+losses), and at the end ``purifier.safetensors`` (the weights alone, loadable by ``load_model``) and
+``run.json`` (configuration and final losses).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nrp_deploy.errors import CheckpointError, InputError
+from nrp_deploy.fileutil import sha256_file, write_bytes_atomic, write_json_atomic
+from nrp_deploy.models.eager import dynamic_input
+from nrp_deploy.models.spec import ModelSpec
+from nrp_deploy.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from nrp_deploy.training.config import RESUMABLE_CHANGES, TrainConfig
+from nrp_deploy.training.data import Augment, CropSampler, load_training_images
+from nrp_deploy.training.objective import (
+    Discriminator,
+    feature_loss,
+    identity_init,
+    pixel_loss,
+    relativistic_losses,
+)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+WEIGHTS_NAME = "purifier.safetensors"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    losses: dict[str, float]
+    weights: Path
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, features: nn.Module) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        self.spec = ModelSpec(config.architecture, config.model_config)
+        self.model = self.spec.build().to(self.device).train()
+        if config.identity_init:
+            identity_init(self.model)
+        self.features = features.to(self.device).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.99))
+        total, floor = config.steps, config.lr_min / config.lr
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
+        )
+        self.discriminator: nn.Module | None = None
+        if config.adv_weight > 0:
+            self.discriminator = Discriminator().to(self.device).train()
+            self.d_optimizer = torch.optim.Adam(
+                self.discriminator.parameters(), lr=config.lr, betas=(0.9, 0.99)
+            )
+        self.data_generator = torch.Generator().manual_seed(config.seed)
+        self.attack_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
+        images = load_training_images(config.data, min_side=config.crop)
+        augment = Augment(max_zoom=config.max_zoom, jitter=config.jitter)
+        self.sampler = CropSampler(images, config.crop, augment, self.data_generator)
+        self.step = 0
+
+    def state(self) -> dict[str, Any]:
+        state = {
+            "config": asdict(self.config),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {**rng_states(self.data_generator), "attack": self.attack_generator.get_state()},
+        }
+        if self.discriminator is not None:
+            state["discriminator"] = self.discriminator.state_dict()
+            state["d_optimizer"] = self.d_optimizer.state_dict()
+        return state
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        saved = state["config"]
+        current = asdict(self.config)
+        changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+        if changed:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+            raise CheckpointError(f"cannot resume {path} under a different configuration ({detail})")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.discriminator is not None:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
+        restore_rng_states(self.data_generator, state["rng"])
+        self.attack_generator.set_state(state["rng"]["attack"])
+        self.step = int(state["step"])
+
+    def _uniform(self) -> float:
+        return float(torch.rand((), generator=self.data_generator))
+
+    def _inputs(self, clean: torch.Tensor) -> torch.Tensor:
+        """Adversarial, noisy and clean purifier inputs for one batch of clean crops."""
+        from nrp_deploy.attacks.ssp import ssp_attack
+
+        cfg = self.config
+        n_clean = round(cfg.clean_fraction * len(clean))
+        eps = cfg.eps * (cfg.eps_min_fraction + (1 - cfg.eps_min_fraction) * self._uniform())
+        inputs = clean.clone()
+        if n_clean < len(clean):
+            inputs[n_clean:] = ssp_attack(
+                clean[n_clean:],
+                self.features,
+                eps=eps,
+                step=cfg.ssp_step,
+                iterations=cfg.ssp_iterations,
+                generator=self.attack_generator,
+            )
+        noisy = torch.rand(len(clean), generator=self.data_generator) < cfg.noise_fraction
+        noisy[:n_clean] = False
+        if noisy.any():
+            mask = noisy.to(self.device).view(-1, 1, 1, 1)
+            inputs = torch.where(mask, dynamic_input(inputs, generator=self.attack_generator), inputs)
+        return inputs
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.config
+        clean = self.sampler.sample(cfg.batch_size).to(self.device)
+        inputs = self._inputs(clean)
+        purified = self.model(inputs)
+        with torch.no_grad():
+            clean_features = self.features(clean)
+        losses = {
+            "feature": feature_loss(self.features(purified), clean_features),
+            "pixel": pixel_loss(purified, clean),
+        }
+        total = cfg.feature_weight * losses["feature"] + cfg.pixel_weight * losses["pixel"]
+        if self.discriminator is not None:
+            _, losses["adv"] = relativistic_losses(self.discriminator(clean), self.discriminator(purified))
+            total = total + cfg.adv_weight * losses["adv"]
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.discriminator is not None:
+            d_loss, _ = relativistic_losses(self.discriminator(clean), self.discriminator(purified.detach()))
+            self.d_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.d_optimizer.step()
+            losses["disc"] = d_loss
+        self.step += 1
+        return {"total": total.item(), **{k: v.item() for k, v in losses.items()}}
+
+
+def _feature_extractor(config: TrainConfig) -> nn.Module:
+    from nrp_deploy.attacks.features import build_feature_extractor
+
+    if config.feature_layer is None:
+        return build_feature_extractor(config.feature_model)
+    return build_feature_extractor(config.feature_model, layer=config.feature_layer)
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike[str],
+    resume: bool = False,
+    progress: bool = True,
+    features: nn.Module | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train a purifier into ``run_dir``; with ``resume``, continue from its checkpoint.
+
+    ``features`` replaces the extractor named by ``config.feature_model`` (tests pass a tiny module).
+    Without ``resume``, an existing checkpoint in ``run_dir`` is refused rather than overwritten.
+    """
+    config.validate()
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    if ckpt_path.exists() and not resume:
+        raise InputError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
+    if resume and not ckpt_path.exists():
+        raise InputError(f"nothing to resume: {ckpt_path} does not exist")
+    trainer = _Trainer(config, features if features is not None else _feature_extractor(config))
+    if resume:
+        trainer.restore(load_checkpoint(ckpt_path), ckpt_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", asdict(config))
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=config.steps, initial=trainer.step, disable=not progress, unit="step", dynamic_ncols=True
+    )
+    window: dict[str, list[float]] = {}
+    last: dict[str, float] = {}
+    started = time.monotonic()
+    with bar, open(run_dir / "log.jsonl", "a", encoding="utf-8") as log:
+        while trainer.step < config.steps:
+            losses = trainer.train_step()
+            for key, value in losses.items():
+                window.setdefault(key, []).append(value)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+            if trainer.step % config.log_every == 0 or trainer.step == config.steps:
+                last = {k: sum(v) / len(v) for k, v in window.items()}
+                record = {
+                    "step": trainer.step,
+                    "lr": trainer.scheduler.get_last_lr()[0],
+                    "seconds": round(time.monotonic() - started, 1),
+                    **last,
+                }
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                if on_log is not None:
+                    on_log(record)
+                window.clear()
+            if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
+                save_checkpoint(ckpt_path, trainer.state())
+    weights = run_dir / WEIGHTS_NAME
+    save_weights(trainer.model, weights)
+    write_json_atomic(
+        run_dir / "run.json",
+        {
+            "config": asdict(config),
+            "spec": trainer.spec.to_dict(),
+            "steps": trainer.step,
+            "final_losses": last,
+            "weights_sha256": sha256_file(weights),
+        },
+    )
+    return TrainResult(run_dir=run_dir, steps=trainer.step, losses=last, weights=weights)
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """The purifier's float32 state dict as safetensors (data only), written atomically."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    write_bytes_atomic(path, save(state))

@@ -1,0 +1,173 @@
+"""The training loop on tiny data: the loss goes down, resume is exact, checkpoints and configs are checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nrp_deploy.errors import CheckpointError, InputError
+from nrp_deploy.images import write_png
+from nrp_deploy.models import load_model
+from nrp_deploy.training import TrainConfig, train
+from nrp_deploy.training.data import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, Augment, CropSampler, skimage_data_dir
+from nrp_deploy.training.objective import identity_init, relativistic_losses
+
+
+class TinyFeatures(nn.Module):
+    """A fixed random conv stand-in for EfficientNet-Lite0: two strided convs with a ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(123)
+        self.w1 = nn.Parameter(torch.randn(8, 3, 3, 3, generator=gen) * 0.5, requires_grad=False)
+        self.w2 = nn.Parameter(torch.randn(8, 8, 3, 3, generator=gen) * 0.3, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(nn.functional.conv2d(x, self.w1, stride=2, padding=1))
+        return nn.functional.conv2d(h, self.w2, stride=2, padding=1)
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    """Three small smooth 'photos' (gradients plus blobs) so crops differ but have structure."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:48] / 40.0
+    for i in range(3):
+        channels = [np.sin(3 * xx * (c + 1) + i) * np.cos(2 * yy + c) for c in range(3)]
+        image = (np.stack(channels, -1) * 0.4 + 0.5 + rng.normal(0, 0.02, (40, 48, 3))).clip(0, 1)
+        write_png(root / f"p{i}.png", (image * 255).round().astype(np.uint8))
+    return root
+
+
+def tiny_config(data, **overrides) -> TrainConfig:
+    base = dict(
+        data=str(data),
+        model_config={"nf": 8, "nb": 1},
+        steps=6,
+        batch_size=4,
+        crop=16,
+        lr=3e-3,
+        lr_min=3e-3,
+        ssp_iterations=2,
+        ssp_step=0.03,
+        checkpoint_every=3,
+        log_every=1,
+        max_zoom=1.5,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def _run(config, run_dir, resume=False):
+    torch.set_num_threads(1)
+    return train(config, run_dir, resume=resume, progress=False, features=TinyFeatures())
+
+
+def test_training_lowers_the_loss(photo_dir, tmp_path):
+    # Random init (no identity start), so there is a large reconstruction error to learn away.
+    config = tiny_config(photo_dir, steps=40, identity_init=False, log_every=10, checkpoint_every=40)
+    result = _run(config, tmp_path / "run")
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 20, 30, 40]
+    assert log[-1]["total"] < 0.5 * log[0]["total"]
+    assert log[-1]["pixel"] < log[0]["pixel"]
+    assert result.steps == 40
+    loaded = load_model(result.weights)  # the weights alone load as a normal purifier
+    assert loaded.spec.to_dict() == {
+        "architecture": "NRP_resG",
+        "config": {"in_nc": 3, "out_nc": 3, "nf": 8, "nb": 1},
+    }
+
+
+def test_resume_continues_from_the_saved_step_with_identical_state(photo_dir, tmp_path):
+    straight = _run(tiny_config(photo_dir, steps=6), tmp_path / "straight")
+    _run(tiny_config(photo_dir, steps=3), tmp_path / "split")
+    first_half = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert first_half["step"] == 3
+    resumed = _run(tiny_config(photo_dir, steps=6), tmp_path / "split", resume=True)
+    steps_logged = [
+        json.loads(line)["step"] for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()
+    ]
+    assert steps_logged == [1, 2, 3, 4, 5, 6]  # continued at step 4, nothing repeated
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert resumed.steps == straight.steps == b["step"] == 6
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 6
+    torch.testing.assert_close(a["rng"]["data"], b["rng"]["data"], rtol=0, atol=0)
+    assert resumed.losses == pytest.approx(straight.losses)
+
+
+def test_resume_refuses_a_changed_configuration_and_a_missing_checkpoint(photo_dir, tmp_path):
+    _run(tiny_config(photo_dir, steps=1, checkpoint_every=1), tmp_path / "run")
+    with pytest.raises(InputError, match="--resume"):
+        _run(tiny_config(photo_dir, steps=2), tmp_path / "run")
+    with pytest.raises(CheckpointError, match="pixel_weight"):
+        _run(tiny_config(photo_dir, steps=2, pixel_weight=2.0), tmp_path / "run", resume=True)
+    with pytest.raises(InputError, match="nothing to resume"):
+        _run(tiny_config(photo_dir), tmp_path / "other", resume=True)
+
+
+def test_bad_configurations_are_refused(photo_dir, tmp_path):
+    with pytest.raises(InputError, match="smaller than the crop"):
+        _run(tiny_config(photo_dir, crop=64), tmp_path / "a")
+    with pytest.raises(InputError, match="no images"):
+        _run(tiny_config(tmp_path), tmp_path / "b")
+    with pytest.raises(InputError, match="clean_fraction"):
+        _run(tiny_config(photo_dir, clean_fraction=1.5), tmp_path / "c")
+    with pytest.raises(InputError, match="identity"):
+        _run(tiny_config(photo_dir, architecture="NRP", model_config={"nf": 8, "nb": 1}), tmp_path / "d")
+
+
+def test_adversarial_loss_option_trains_a_discriminator(photo_dir, tmp_path):
+    config = tiny_config(photo_dir, steps=2, adv_weight=0.01, checkpoint_every=2)
+    result = _run(config, tmp_path / "run")
+    assert {"adv", "disc"} <= set(result.losses)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert "discriminator" in state and "d_optimizer" in state
+
+
+def test_relativistic_losses_prefer_the_right_side():
+    real, fake = torch.full((4, 1), 3.0), torch.full((4, 1), -3.0)
+    d_good, g_bad = relativistic_losses(real, fake)
+    d_bad, g_good = relativistic_losses(fake, real)
+    assert d_good < d_bad and g_good < g_bad
+
+
+def test_identity_init_starts_at_the_identity():
+    from nrp_deploy.models.spec import ModelSpec
+
+    torch.manual_seed(0)
+    model = ModelSpec("NRP_resG", {"nf": 16, "nb": 2}).build()
+    identity_init(model, residual_scale=0.0)
+    x = torch.rand(2, 3, 12, 12)
+    torch.testing.assert_close(model(x), x)
+
+
+def test_crops_are_seeded_and_augmented():
+    images = [np.arange(30 * 40 * 3, dtype=np.uint8).reshape(30, 40, 3)]
+    a = CropSampler(images, 16, Augment(), torch.Generator().manual_seed(5)).sample(6)
+    b = CropSampler(images, 16, Augment(), torch.Generator().manual_seed(5)).sample(6)
+    c = CropSampler(images, 16, Augment(), torch.Generator().manual_seed(6)).sample(6)
+    assert a.shape == (6, 3, 16, 16) and a.dtype == torch.float32
+    assert a.min() >= 0 and a.max() <= 1
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c)
+
+
+def test_skimage_training_photos_are_shipped_and_exclude_the_examples():
+    root = skimage_data_dir()
+    assert all((root / name).is_file() for name in SKIMAGE_TRAIN + SKIMAGE_HELD_OUT)
+    example_stems = {
+        p.stem for p in (Path(__file__).resolve().parents[1] / "examples" / "images").glob("*.png")
+    }
+    train_stems = {name.rsplit(".", 1)[0] for name in SKIMAGE_TRAIN}
+    assert example_stems, "examples/images/ holds no PNGs"
+    assert not example_stems & train_stems
+    assert example_stems <= {name.rsplit(".", 1)[0] for name in SKIMAGE_HELD_OUT}
