@@ -1,0 +1,433 @@
+"""The native TensorRT backend: a strongly typed engine run on device buffers, torch-free.
+
+``open_backend`` finds or builds the engine through the engine cache (``runtime.engine_cache``): a
+checkpoint or ONNX source builds its engine once and reuses it; an engine that another TensorRT release,
+another GPU or a changed ONNX made is rebuilt, or refused with the reasons when no ONNX is at hand.
+
+Running: cuda-python's driver API holds the memory and the stream (a non-blocking stream of its own), the
+device buffers of each input shape are allocated once and reused, host copies go through pinned buffers,
+and TensorRT runs with ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``. With
+``cuda_graph`` (the default) each (shape, input, output) binding is enqueued once plainly, which lets
+TensorRT finish its lazy initialisation, then captured into a CUDA graph in thread-local mode and replayed
+from then on; work that cannot be captured falls back to plain enqueues. ``infer_device`` is the entry
+point of the fused GPU path: the preprocessing kernel writes the engine's input buffer, the engine runs,
+and the postprocessing kernel reads its output, all ordered on streams without a host round trip.
+
+Shapes: the engine accepts the (batch, height, width) range of its optimisation profile (``profile``); the
+Purifier tiles larger images at the profile's optimal shape, pads smaller ones, and splits larger batches.
+
+Thread safety: one execution context per engine, calls serialised by a lock (``thread_safe`` is True). A
+context per thread would multiply the activation memory, which TensorRT sizes for the profile's largest
+shape, while the GPU runs one engine call at a time anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nrp_deploy.errors import BackendUnavailableError, InputError, StaleArtifactError
+from nrp_deploy.models.spec import ModelSpec
+from nrp_deploy.runtime.backends.base import ModelSource, ShapeProfile, TensorSpec
+from nrp_deploy.runtime.engine_cache import (
+    BuildOptions,
+    EngineMetadata,
+    ensure_engine,
+    make_profile,
+)
+from nrp_deploy.runtime.tensorrt_support import (
+    INSTALL_HINT,
+    current_environment,
+    import_tensorrt,
+    tensorrt_logger,
+)
+
+__all__ = ["INSTALL_HINT", "TensorRTBackend", "open_backend", "unavailable_reason"]
+
+log = logging.getLogger(__name__)
+
+#: Options this backend takes (``load_purifier(..., options=...)``). ``fixed_shape`` (batch, height,
+#: width) builds a single-shape profile; ``threads`` is accepted and has no effect (TensorRT runs on the GPU).
+OPTIONS = frozenset(
+    {"engine", "cache_dir", "profile", "fixed_shape", "optimization_level", "workspace_mib", "cuda_graph"}
+    | {"threads", "verbose"}
+)
+#: Options of other backends: given to ``backend="auto"`` they make it skip TensorRT rather than fail.
+_OTHER_BACKENDS_OPTIONS = frozenset(
+    {"execution_provider", "provider_options", "stream", "channels_last", "compile"}
+)
+#: Input shapes whose buffers and graphs are kept per engine (least recently used ones are freed).
+MAX_SHAPES = 4
+CHANNELS = 3
+
+
+def unavailable_reason() -> str | None:
+    """None when TensorRT imports and a CUDA device is usable; otherwise why not and what to install."""
+    from nrp_deploy.kernels.cuda_api import cuda_device_count
+
+    try:
+        import_tensorrt()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    if cuda_device_count() == 0:
+        return "TensorRT is installed but no CUDA device is usable here (check the NVIDIA driver and cuda-python)"
+    return None
+
+
+def _device_ordinal(device: str | None) -> int:
+    if device is None:
+        return 0
+    name, _, index = device.partition(":")
+    if name != "cuda" or not (index == "" or index.isdigit()):
+        raise BackendUnavailableError(f"TensorRT runs on a CUDA device ('cuda' or 'cuda:N'), not {device!r}")
+    return int(index or 0)
+
+
+def _build_options(options: Mapping[str, Any]) -> BuildOptions | None:
+    """BuildOptions from the backend options, or None when none was given (an engine keeps its own)."""
+    keys = {"profile", "fixed_shape", "optimization_level", "workspace_mib"}
+    if not keys & set(options):
+        return None
+    if "profile" in options and "fixed_shape" in options:
+        raise InputError("give either a profile or a fixed_shape, not both")
+    profile = options.get("profile")
+    if isinstance(profile, Mapping):
+        profile = make_profile(profile.get("min"), profile.get("opt"), profile.get("max"))
+    elif isinstance(profile, ShapeProfile):
+        profile = make_profile(profile.min, profile.opt, profile.max)
+    elif profile is None and "fixed_shape" in options:
+        shape = tuple(options["fixed_shape"])
+        profile = make_profile(shape, shape, shape)
+    elif profile is not None:
+        raise InputError(f"profile must be a ShapeProfile or a mapping with min/opt/max, not {profile!r}")
+    defaults = BuildOptions()
+    return BuildOptions(
+        profile=profile or defaults.profile,
+        optimization_level=int(options.get("optimization_level", defaults.optimization_level)),
+        workspace_mib=int(options.get("workspace_mib", defaults.workspace_mib)),
+    )
+
+
+def open_backend(
+    source: ModelSource, precision: str | None, device: str | None, options: Mapping[str, Any]
+) -> TensorRTBackend:
+    """An inactive backend over the engine for ``source``, built or rebuilt first when needed."""
+    foreign = set(options) & _OTHER_BACKENDS_OPTIONS
+    if foreign:
+        raise BackendUnavailableError(f"option(s) {sorted(foreign)} belong to another backend, not tensorrt")
+    unknown = set(options) - OPTIONS
+    if unknown:
+        raise InputError(f"unknown tensorrt backend option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
+    from nrp_deploy.export.tensorrt import engine_builder
+
+    ordinal = _device_ordinal(device)
+    env = current_environment(ordinal)
+    build = engine_builder(device=ordinal, verbose=bool(options.get("verbose", False)))
+    build_options = _build_options(options)
+    cache = Path(options["cache_dir"]) if options.get("cache_dir") else None
+    if source.kind == "engine":
+        choice = ensure_engine(env=env, build=build, engine=source.path, options=build_options)
+    else:
+        from nrp_deploy.runtime.artifacts import onnx_for
+
+        onnx = onnx_for(source, precision or source.precision or "fp32")
+        choice = ensure_engine(
+            env=env,
+            build=build,
+            onnx=onnx,
+            engine=options.get("engine"),
+            options=build_options,
+            directory=cache,
+        )
+    if choice.built:
+        log.warning("built TensorRT engine %s (%s)", choice.path, "; ".join(choice.reasons))
+    if precision is not None and choice.metadata.precision != precision:
+        raise InputError(
+            f"TensorRT engine {choice.path} is {choice.metadata.precision}, but precision {precision} was asked"
+        )
+    spec = source.spec
+    if spec is None and choice.metadata.source.get("model"):
+        spec = ModelSpec.from_dict(choice.metadata.source["model"])
+    return TensorRTBackend(
+        choice.path,
+        choice.metadata,
+        device=f"cuda:{ordinal}",
+        cuda_graph=bool(options.get("cuda_graph", True)),
+        spec=spec,
+    )
+
+
+@dataclass
+class _HostSlot:
+    """The buffers of one input shape on the host path: pinned staging and device input / output."""
+
+    host_in: Any
+    host_out: Any
+    dev_in: Any
+    dev_out: Any
+
+    def close(self) -> None:
+        for buffer in (self.host_in, self.host_out, self.dev_in, self.dev_out):
+            buffer.close()
+
+
+class TensorRTBackend:
+    """One deserialised engine, one execution context, one stream; see the module docstring."""
+
+    name = "tensorrt"
+    thread_safe = True  # an internal lock serialises the one execution context
+
+    def __init__(
+        self,
+        engine_path: str | Path,
+        metadata: EngineMetadata,
+        device: str = "cuda:0",
+        *,
+        cuda_graph: bool = True,
+        spec: ModelSpec | None = None,
+        max_shapes: int = MAX_SHAPES,
+    ) -> None:
+        self.path = Path(engine_path)
+        self.metadata = metadata
+        self.device = device
+        self.ordinal = _device_ordinal(device)
+        self.precision = metadata.precision
+        self.spec = spec
+        self.cuda_graph = cuda_graph
+        self.max_shapes = max_shapes
+        self.stream = 0
+        self._lock = threading.RLock()
+        self._cuda: Any = None
+        self._stream: Any = None
+        self._trt_runtime: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._profile = metadata.shape_profile
+        self._bound: tuple[Any, ...] | None = None
+        self._slots: OrderedDict[tuple[int, ...], _HostSlot] = OrderedDict()
+        self._graphs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+
+    # -- Backend protocol ------------------------------------------------------------------------------
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        return TensorSpec(self.metadata.input_name, self.metadata.input_dtype, (-1, CHANNELS, -1, -1))
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        return TensorSpec(self.metadata.output_name, self.metadata.output_dtype, (-1, CHANNELS, -1, -1))
+
+    @property
+    def profile(self) -> ShapeProfile:
+        return self._profile
+
+    def activate(self) -> None:
+        with self._lock:
+            if self._context is not None:
+                return
+            try:
+                self._load()
+            except BaseException:
+                self._release()
+                raise
+
+    def deactivate(self) -> None:
+        with self._lock:
+            self._release()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """float32 NCHW host batch -> float32 NCHW output, through pinned buffers and the engine's stream."""
+        with self._lock:
+            shape = self._checked_shape(x.shape)
+            slot = self._host_slot(shape)
+            np.copyto(slot.host_in.array, x, casting="same_kind")
+            slot.host_in.copy_to_device(slot.dev_in.ptr, self.stream)
+            self._enqueue(shape, slot.dev_in.ptr, slot.dev_out.ptr)
+            slot.host_out.copy_from_device(slot.dev_out.ptr, self.stream)
+            self._stream.synchronize()
+            return slot.host_out.array.astype(np.float32)
+
+    def infer_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int) -> None:
+        """Run on device buffers (DeviceBackend): ordered after ``stream``'s pending work, and before its
+        later work, through events; nothing waits on the host."""
+        with self._lock:
+            checked = self._checked_shape(shape)
+            self._stream.wait_for(int(stream))
+            self._enqueue(checked, int(in_ptr), int(out_ptr))
+            self._stream.signal(int(stream))
+
+    # -- loading ---------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        from nrp_deploy.runtime.cuda_mem import PrimaryContext, Stream
+
+        trt = import_tensorrt()
+        self._cuda = PrimaryContext(self.ordinal)
+        logger = tensorrt_logger()
+        logger.take_errors()
+        trt_runtime = self._trt_runtime = trt.Runtime(logger)
+        if self.metadata.version_compatible:
+            trt_runtime.engine_host_code_allowed = True
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise StaleArtifactError(f"cannot read TensorRT engine {self.path}: {exc}") from exc
+        engine = self._engine = trt_runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise StaleArtifactError(
+                f"TensorRT {trt.__version__} could not deserialise {self.path} ({logger.take_errors()}): the file "
+                "is corrupt, or was built by another TensorRT release or for another GPU; rebuild it with "
+                "`nrp build` from its ONNX"
+            )
+        self._check_io(trt, engine)
+        context = self._context = engine.create_execution_context()
+        if context is None:
+            raise BackendUnavailableError(
+                f"TensorRT could not create an execution context for {self.path} ({logger.take_errors()}); "
+                "the GPU may be out of memory: build with a smaller --max shape"
+            )
+        self._stream = Stream()
+        self.stream = self._stream.handle
+
+    def _check_io(self, trt: Any, engine: Any) -> None:
+        """The engine must be the one-input, one-output purifier its metadata describes."""
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        expected = ([self.metadata.input_name], [self.metadata.output_name])
+        if (inputs, outputs) != expected:
+            raise StaleArtifactError(
+                f"{self.path} has inputs {inputs} and outputs {outputs}, but its metadata describes "
+                f"{expected[0]} and {expected[1]}: rebuild it with `nrp build`"
+            )
+        lo, opt, hi = (tuple(d) for d in engine.get_tensor_profile_shape(inputs[0], 0))
+        self._profile = ShapeProfile(
+            min=(lo[0], lo[2], lo[3]), opt=(opt[0], opt[2], opt[3]), max=(hi[0], hi[2], hi[3])
+        )
+
+    def _release(self) -> None:
+        if self._stream is not None:
+            self._cuda.make_current()
+            self._stream.synchronize()
+        for graph in self._graphs.values():
+            if graph is not None:
+                graph.close()
+        for slot in self._slots.values():
+            slot.close()
+        self._graphs.clear()
+        self._slots.clear()
+        self._bound = None
+        self._context = self._engine = self._trt_runtime = None
+        if self._stream is not None:
+            self._stream.close()
+            self._stream, self.stream = None, 0
+        if self._cuda is not None:
+            self._cuda.close()
+            self._cuda = None
+
+    # -- running ---------------------------------------------------------------------------------------
+
+    def _checked_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """The NCHW shape, if the engine is active and the shape is within its profile; else InputError."""
+        if self._context is None:
+            raise InputError(f"backend {self.name} is not active: call activate() first")
+        if len(shape) != 4 or shape[1] != CHANNELS:
+            raise InputError(f"the engine takes (N, {CHANNELS}, H, W) batches, got shape {tuple(shape)}")
+        n, _, h, w = (int(d) for d in shape)
+        lo, hi = self._profile.min, self._profile.max
+        if not all(a <= v <= b for a, v, b in zip(lo, (n, h, w), hi, strict=True)):
+            raise InputError(
+                f"shape (batch {n}, {h}x{w}) is outside the engine's profile: batch {lo[0]}..{hi[0]}, "
+                f"{lo[1]}x{lo[2]}..{hi[1]}x{hi[2]} (the Purifier tiles, pads and splits to fit)"
+            )
+        self._cuda.make_current()
+        return (n, CHANNELS, h, w)
+
+    def _host_slot(self, shape: tuple[int, int, int, int]) -> _HostSlot:
+        from nrp_deploy.runtime.cuda_mem import DeviceBuffer, PinnedBuffer
+
+        slot = self._slots.get(shape)
+        if slot is not None:
+            self._slots.move_to_end(shape)
+            return slot
+        in_dtype, out_dtype = np.dtype(self.metadata.input_dtype), np.dtype(self.metadata.output_dtype)
+        count = int(np.prod(shape))
+        slot = _HostSlot(
+            host_in=PinnedBuffer(shape, in_dtype),
+            host_out=PinnedBuffer(shape, out_dtype),
+            dev_in=DeviceBuffer(count * in_dtype.itemsize),
+            dev_out=DeviceBuffer(count * out_dtype.itemsize),
+        )
+        self._slots[shape] = slot
+        if len(self._slots) > self.max_shapes:
+            self._stream.synchronize()
+            self._forget_pointers(self._slots.popitem(last=False)[1])
+        return slot
+
+    def _forget_pointers(self, slot: _HostSlot) -> None:
+        """Free a slot and the graphs captured on its buffers (their addresses may be reused)."""
+        stale = [k for k in self._graphs if k[1] == slot.dev_in.ptr or k[2] == slot.dev_out.ptr]
+        for key in stale:
+            graph = self._graphs.pop(key)
+            if graph is not None:
+                graph.close()
+        if self._bound is not None and self._bound[1:] == (slot.dev_in.ptr, slot.dev_out.ptr):
+            self._bound = None
+        slot.close()
+
+    def _bind(self, shape: tuple[int, int, int, int], in_ptr: int, out_ptr: int) -> None:
+        binding = (shape, in_ptr, out_ptr)
+        if binding == self._bound:
+            return
+        context = self._context
+        if not context.set_input_shape(self.metadata.input_name, shape):
+            raise InputError(f"TensorRT rejected input shape {shape} for {self.path}")
+        out_shape = tuple(context.get_tensor_shape(self.metadata.output_name))
+        if out_shape != shape:
+            raise InputError(f"{self.path} maps {shape} to {out_shape}; a purifier keeps the input's shape")
+        context.set_tensor_address(self.metadata.input_name, in_ptr)
+        context.set_tensor_address(self.metadata.output_name, out_ptr)
+        self._bound = binding
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(self.stream):
+            raise BackendUnavailableError(
+                f"TensorRT failed to enqueue {self.path}: {tensorrt_logger().take_errors()}"
+            )
+
+    def _enqueue(self, shape: tuple[int, int, int, int], in_ptr: int, out_ptr: int) -> None:
+        """Run the engine on the given buffers, replaying (or on first use capturing) its CUDA graph."""
+        from nrp_deploy.runtime.cuda_mem import capture_graph
+
+        self._bind(shape, in_ptr, out_ptr)
+        if not self.cuda_graph:
+            self._execute()
+            return
+        key = (shape, in_ptr, out_ptr)
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+            graph = self._graphs[key]
+            if graph is not None:
+                graph.launch(self.stream)
+            else:
+                self._execute()
+            return
+        self._execute()  # the warm-up: TensorRT's first enqueue of a binding may initialise, which a graph cannot
+        graph = capture_graph(self._stream, self._execute)
+        if graph is None:
+            log.info(
+                "TensorRT engine %s: CUDA-graph capture failed for %s; using plain enqueues", self.path, shape
+            )
+        self._graphs[key] = graph
+        if len(self._graphs) > 2 * self.max_shapes:
+            self._stream.synchronize()
+            oldest = self._graphs.popitem(last=False)[1]
+            if oldest is not None:
+                oldest.close()
