@@ -103,6 +103,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--publish",
+        metavar="NAME",
+        help="instead of training: ship the finished run in OUT to the registry as NAME "
+        "(NAME.safetensors + manifest entry with provenance)",
+    )
+    p.add_argument("--metrics", type=Path, help="with --publish: a JSON file of measured metrics to record")
     p.set_defaults(handler=_run_train)
 
 
@@ -111,6 +118,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from nrp_deploy.training import TrainConfig, train
 
+    if args.publish:
+        return _publish_run(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -144,6 +153,23 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items())
     print(f"trained {result.steps} steps ({losses}); weights: {result.weights}", file=sys.stderr)
+    return 0
+
+
+def _publish_run(args: argparse.Namespace) -> int:
+    import json
+
+    from nrp_deploy.errors import InputError
+    from nrp_deploy.training.publish import publish_model
+
+    metrics = None
+    if args.metrics:
+        try:
+            metrics = json.loads(args.metrics.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"--metrics {args.metrics}: cannot read JSON ({exc})") from exc
+    target = publish_model(args.out, args.publish, metrics=metrics)
+    print(f"published {args.out} as {args.publish!r}: {target}", file=sys.stderr)
     return 0
 
 
@@ -271,6 +297,75 @@ def _run_attack_pgd(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="robustness report: attacks vs no defence, the purifier and the dynamic defence",
+        description="Attack the images under INPUT with each attack and report, per attack, how often the "
+        "classifier keeps its clean prediction without defence, behind the purifier and behind the "
+        "dynamic defence, with PSNR/SSIM of the purified images against the clean ones. No labels: the "
+        "clean prediction is the reference. Prints a table; --out also writes report.json, report.md and "
+        "one PNG grid per attack.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    p.add_argument(
+        "--model", default="default", help="defence: registry name, checkpoint, .onnx or TensorRT engine"
+    )
+    p.add_argument(
+        "--attack-model", default=None, help="torch checkpoint the attacks differentiate (default: --model)"
+    )
+    p.add_argument("--backend", default="auto", help="runtime backend: auto, tensorrt, onnxruntime, torch")
+    p.add_argument("--precision", default=None, help="fp32, fp16 or int8 (default: the model's own)")
+    p.add_argument(
+        "--attacks",
+        default="none,ssp,pgd-full,pgd-bpda,pgd-eot",
+        help="comma-separated: none, ssp, pgd-full, pgd-bpda, pgd-eot (default: all)",
+    )
+    p.add_argument("--iterations", type=int, default=None, help="attack steps (default: SSP 100, PGD 10)")
+    p.add_argument("--eot-samples", type=int, default=8, help="noise draws per EOT gradient (default: 8)")
+    p.add_argument(
+        "--untargeted", action="store_true", help="untargeted PGD (default: targeted, as published)"
+    )
+    p.add_argument("--feature-layer", default=None, help="SSP EfficientNet-Lite0 layer (default: stage3)")
+    p.add_argument("--device", default="cpu", help="torch device for the attacks (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=4, help="images of equal size per batch (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of attacks and dynamic noise (default: 0)")
+    p.add_argument("--grid-images", type=int, default=4, help="images per PNG grid (default: 4)")
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="write report.json/.md and PNG grids"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from nrp_deploy.evaluation.report import format_table, write_report
+    from nrp_deploy.evaluation.robustness import evaluate
+
+    report = evaluate(
+        args.inputs,
+        args.model,
+        [a.strip() for a in args.attacks.split(",") if a.strip()],
+        attack_model=args.attack_model,
+        backend=args.backend,
+        precision=args.precision,
+        feature_layer=args.feature_layer,
+        iterations=args.iterations,
+        eot_samples=args.eot_samples,
+        targeted=not args.untargeted,
+        device=args.device,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        grid_images=args.grid_images,
+        progress=not args.no_progress,
+    )
+    print(format_table(report))
+    if args.out is not None:
+        for path in write_report(report, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nrp",
@@ -280,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_purify(sub)
     _add_attack(sub)
+    _add_eval(sub)
     _add_train(sub)
     return parser
 

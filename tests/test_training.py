@@ -11,11 +11,13 @@ import torch
 from torch import nn
 
 from nrp_deploy.errors import CheckpointError, InputError
+from nrp_deploy.fileutil import sha256_file
 from nrp_deploy.images import write_png
 from nrp_deploy.models import load_model
 from nrp_deploy.training import TrainConfig, train
 from nrp_deploy.training.data import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, Augment, CropSampler, skimage_data_dir
 from nrp_deploy.training.objective import identity_init, relativistic_losses
+from nrp_deploy.training.publish import publish_model
 
 
 class TinyFeatures(nn.Module):
@@ -171,3 +173,29 @@ def test_skimage_training_photos_are_shipped_and_exclude_the_examples():
     assert example_stems, "examples/images/ holds no PNGs"
     assert not example_stems & train_stems
     assert example_stems <= {name.rsplit(".", 1)[0] for name in SKIMAGE_HELD_OUT}
+
+
+def test_publish_adds_a_verified_registry_entry_and_keeps_the_others(photo_dir, tmp_path, monkeypatch):
+    run = _run(tiny_config(photo_dir, steps=2), tmp_path / "run")
+    models = tmp_path / "models"
+    models.mkdir()
+    other = {"name": "NRP", "file": "NRP.pth", "architecture": "NRP", "config": {"nf": 64}, "sha256": None}
+    (models / "manifest.json").write_text(json.dumps({"format": 1, "models": [other]}))
+    for _ in range(2):  # publishing again replaces the entry instead of adding a second one
+        target = publish_model(run.run_dir, "tiny", metrics={"psnr": 30.0}, directory=models)
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert [m["name"] for m in manifest["models"]] == ["NRP", "tiny"]
+    assert manifest["models"][0] == other
+    entry = manifest["models"][1]
+    assert entry["file"] == "tiny.safetensors" and target == models / "tiny.safetensors"
+    assert entry["sha256"] == sha256_file(target) == sha256_file(run.weights)
+    assert entry["metrics"] == {"psnr": 30.0}
+    assert entry["training"]["steps"] == 2
+    assert entry["training"]["command"].startswith(f"nrp train --out {run.run_dir} --data {photo_dir}")
+    monkeypatch.setenv("NRP_DEPLOY_MODELS_DIR", str(models))
+    assert load_model("tiny").spec.config["nf"] == 8
+
+
+def test_publish_refuses_an_unfinished_run(tmp_path):
+    with pytest.raises(InputError, match="not finished"):
+        publish_model(tmp_path, "x", directory=tmp_path)

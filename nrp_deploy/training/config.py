@@ -8,6 +8,10 @@ from nrp_deploy.errors import InputError
 from nrp_deploy.models.spec import ModelSpec
 
 SKIMAGE = "skimage"
+# Files of a run directory.
+CHECKPOINT_NAME = "checkpoint.pt"
+WEIGHTS_NAME = "purifier.safetensors"
+RUN_SUMMARY = "run.json"
 # Settings that may change when a run is resumed: they do not alter what has been trained so far. Changing
 # ``steps`` stretches or shortens the rest of the cosine learning-rate schedule.
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "log_every", "device"})
@@ -56,3 +60,17 @@ class TrainConfig:
             ModelSpec(self.architecture, self.model_config)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
+
+    def command(self, out: str) -> str:
+        """The ``nrp train`` command line that trains this configuration into ``out`` (for provenance)."""
+        parts = ["nrp train", f"--out {out}"]
+        for name, value in self.__dict__.items():
+            if name in ("checkpoint_every", "log_every", "device") or value is None:
+                continue
+            if name == "model_config":
+                parts += [f"--{key} {val}" for key, val in value.items()]
+            elif name == "identity_init":
+                parts += [] if value else ["--no-identity-init"]
+            else:
+                parts.append(f"--{name.replace('_', '-')} {value}")
+        return " ".join(parts)

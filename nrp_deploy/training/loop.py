@@ -31,7 +31,13 @@ from nrp_deploy.fileutil import sha256_file, write_bytes_atomic, write_json_atom
 from nrp_deploy.models.eager import dynamic_input
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from nrp_deploy.training.config import RESUMABLE_CHANGES, TrainConfig
+from nrp_deploy.training.config import (
+    CHECKPOINT_NAME,
+    RESUMABLE_CHANGES,
+    RUN_SUMMARY,
+    WEIGHTS_NAME,
+    TrainConfig,
+)
 from nrp_deploy.training.data import Augment, CropSampler, load_training_images
 from nrp_deploy.training.objective import (
     Discriminator,
@@ -40,9 +46,6 @@ from nrp_deploy.training.objective import (
     pixel_loss,
     relativistic_losses,
 )
-
-CHECKPOINT_NAME = "checkpoint.pt"
-WEIGHTS_NAME = "purifier.safetensors"
 
 
 @dataclass
@@ -81,11 +84,13 @@ class _Trainer:
         augment = Augment(max_zoom=config.max_zoom, jitter=config.jitter)
         self.sampler = CropSampler(images, config.crop, augment, self.data_generator)
         self.step = 0
+        self.last_losses: dict[str, float] = {}
 
     def state(self) -> dict[str, Any]:
         state = {
             "config": asdict(self.config),
             "step": self.step,
+            "last_losses": self.last_losses,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -112,6 +117,7 @@ class _Trainer:
         restore_rng_states(self.data_generator, state["rng"])
         self.attack_generator.set_state(state["rng"]["attack"])
         self.step = int(state["step"])
+        self.last_losses = dict(state["last_losses"])
 
     def _uniform(self) -> float:
         return float(torch.rand((), generator=self.data_generator))
@@ -209,7 +215,6 @@ def train(
         total=config.steps, initial=trainer.step, disable=not progress, unit="step", dynamic_ncols=True
     )
     window: dict[str, list[float]] = {}
-    last: dict[str, float] = {}
     started = time.monotonic()
     with bar, open(run_dir / "log.jsonl", "a", encoding="utf-8") as log:
         while trainer.step < config.steps:
@@ -219,12 +224,12 @@ def train(
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
             if trainer.step % config.log_every == 0 or trainer.step == config.steps:
-                last = {k: sum(v) / len(v) for k, v in window.items()}
+                trainer.last_losses = {k: sum(v) / len(v) for k, v in window.items()}
                 record = {
                     "step": trainer.step,
                     "lr": trainer.scheduler.get_last_lr()[0],
                     "seconds": round(time.monotonic() - started, 1),
-                    **last,
+                    **trainer.last_losses,
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -236,16 +241,16 @@ def train(
     weights = run_dir / WEIGHTS_NAME
     save_weights(trainer.model, weights)
     write_json_atomic(
-        run_dir / "run.json",
+        run_dir / RUN_SUMMARY,
         {
             "config": asdict(config),
             "spec": trainer.spec.to_dict(),
             "steps": trainer.step,
-            "final_losses": last,
+            "final_losses": trainer.last_losses,
             "weights_sha256": sha256_file(weights),
         },
     )
-    return TrainResult(run_dir=run_dir, steps=trainer.step, losses=last, weights=weights)
+    return TrainResult(run_dir=run_dir, steps=trainer.step, losses=trainer.last_losses, weights=weights)
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:

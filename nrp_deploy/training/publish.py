@@ -1,0 +1,92 @@
+"""Ship a finished training run into the model registry: weights file + manifest entry (the model card data).
+
+The entry records what a user needs to trust and reproduce the model: architecture and config, sha256,
+where the weights came from (data, steps, losses, the command), and the metrics measured on held-out
+photos. Other entries of the manifest are kept untouched; an entry of the same name is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from nrp_deploy.errors import InputError
+from nrp_deploy.fileutil import atomic_output, sha256_file, write_json_atomic
+from nrp_deploy.models.registry import models_dir
+from nrp_deploy.training.config import RUN_SUMMARY, SKIMAGE, WEIGHTS_NAME, TrainConfig
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise InputError(f"{path} does not exist: {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _data_description(data: str) -> dict[str, Any]:
+    if data != SKIMAGE:
+        return {"source": data}
+    from nrp_deploy.training.data import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN
+
+    return {
+        "source": "photos shipped in the scikit-image wheel (skimage/data/), no download",
+        "train": list(SKIMAGE_TRAIN),
+        "held_out": list(SKIMAGE_HELD_OUT),
+    }
+
+
+def publish_model(
+    run_dir: str | os.PathLike[str],
+    name: str,
+    metrics: dict[str, Any] | None = None,
+    directory: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Copy the run's weights to ``<directory>/<name>.safetensors`` and write its manifest entry.
+
+    ``directory`` defaults to the registry's folder (saved_models/ or ``$NRP_DEPLOY_MODELS_DIR``).
+    Returns the path of the copied weights.
+    """
+    run_dir = Path(run_dir)
+    summary = _read_json(run_dir / RUN_SUMMARY, "the run has not finished (train it to the end first)")
+    weights = run_dir / WEIGHTS_NAME
+    if not weights.is_file() or sha256_file(weights) != summary["weights_sha256"]:
+        raise InputError(f"{weights} is missing or differs from the weights recorded in {RUN_SUMMARY}")
+    target_dir = Path(directory) if directory is not None else models_dir()
+    target = target_dir / f"{name}.safetensors"
+    with atomic_output(target) as fh, open(weights, "rb") as src:
+        shutil.copyfileobj(src, fh)
+    config = summary["config"]
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_losses"].items())
+    entry = {
+        "name": name,
+        "file": target.name,
+        "architecture": summary["spec"]["architecture"],
+        "config": summary["spec"]["config"],
+        "sha256": sha256_file(target),
+        "provenance": (
+            f"Trained by this project with `nrp train` ({summary['steps']} steps of the self-supervised NRP "
+            f"objective: SSP adversaries on {config['feature_model']} features, feature + pixel loss) on "
+            f"{config['data']!r} data. Final training losses (mean of the last {config['log_every']} steps): "
+            f"{losses}."
+        ),
+        "how_to_get": "Shipped in saved_models/ with this repository.",
+        "training": {
+            "data": _data_description(config["data"]),
+            "steps": summary["steps"],
+            "final_losses": summary["final_losses"],
+            "config": config,
+            "command": TrainConfig(**config).command(out=str(run_dir)),
+        },
+        "metrics": metrics or {},
+    }
+    manifest_path = target_dir / "manifest.json"
+    manifest = _read_json(manifest_path, "") if manifest_path.is_file() else {"format": 1, "models": []}
+    models = [m for m in manifest.get("models", []) if m.get("name") != name]
+    manifest["models"] = [*models, entry]
+    write_json_atomic(manifest_path, manifest)
+    return target
