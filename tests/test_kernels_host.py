@@ -74,9 +74,9 @@ void drv_preprocess(const unsigned char* img, long c, long hw, nrp_u64 seed, nrp
 """
 
 COMPILERS = {
-    "g++": ["g++", "-x", "c++"],
+    "g++": ["g++", "-x", "c++", "-fPIC", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror"],
     # nvcc: the same translation unit as CUDA source; the host pass sees __CUDACC__ but not __CUDA_ARCH__.
-    "nvcc": ["nvcc", "-x", "cu", "-Xcompiler", "-fPIC,-ffp-contract=off"],
+    "nvcc": ["nvcc", "-x", "cu", "-Xcompiler", "-fPIC,-ffp-contract=off,-Wall,-Wextra"],
 }
 
 
@@ -87,18 +87,8 @@ def lib(request, tmp_path_factory):
         pytest.skip(f"{compiler} is not installed")
     work = tmp_path_factory.mktemp(compiler.replace("+", "p"))
     (work / "driver.cpp").write_text(DRIVER)
-    cmd = [
-        *COMPILERS[compiler],
-        "-O2",
-        "-std=c++17",
-        "-shared",
-        "-fPIC" if compiler == "g++" else "-Xcompiler=-Wall",
-        "-ffp-contract=off" if compiler == "g++" else "-Xcompiler=-Wextra",
-        f"-I{KERNEL_DIR}",
-        str(work / "driver.cpp"),
-        "-o",
-        str(work / "driver.so"),
-    ]
+    cmd = [*COMPILERS[compiler], "-O2", "-std=c++17", "-shared", f"-I{KERNEL_DIR}", str(work / "driver.cpp")]
+    cmd += ["-o", str(work / "driver.so")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
     return ctypes.CDLL(str(work / "driver.so"))

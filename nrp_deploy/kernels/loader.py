@@ -16,7 +16,7 @@ import math
 import threading
 from typing import Any
 
-from nrp_deploy.errors import InputError
+from nrp_deploy.errors import InputError, NRPDeployError
 from nrp_deploy.kernels.compiler import cached_kernels, compile_kernels, nvrtc_version, target_for
 from nrp_deploy.kernels.cuda_api import check, init_driver
 from nrp_deploy.kernels.philox import seed_key
@@ -221,7 +221,7 @@ class FusedKernels:
 
     def _launch(self, name: str, threads: int, images: int, args: list[Any], stream: Any) -> None:
         if self._module is None:
-            raise InputError("FusedKernels is closed")
+            raise NRPDeployError("FusedKernels was closed; create a new one")
         self._make_current()
         fn = self._function(name)
         # cuLaunchKernel takes an array of pointers to the argument values; ``args`` keeps them alive.
