@@ -194,10 +194,12 @@ class Purifier:
         return config, min_shape
 
 
-def _default_tile(side: int) -> TileConfig:
-    """Tiles of ``side`` px with the default overlap and feather, shrunk to fit a small side."""
-    overlap = min(DEFAULT_OVERLAP, (side - 1) // 2)
-    feather = min(DEFAULT_FEATHER, 2 * ((side - 1) // 2 - overlap))
+def _default_tile(side: int, overlap: int | None = None) -> TileConfig:
+    """Tiles of ``side`` px with the given (else the default) overlap and the default feather, both
+    shrunk as far as needed to leave a core to keep in small tiles."""
+    if overlap is None:
+        overlap = min(DEFAULT_OVERLAP, (side - 1) // 2)
+    feather = max(0, min(DEFAULT_FEATHER, (side - 1 - 2 * overlap) // 2 * 2))
     return TileConfig(side, overlap, feather)
 
 
@@ -224,12 +226,12 @@ def load_purifier(
     ``threads``: intra-op threads (ONNX Runtime, torch). ``options``: backend-specific options
     (e.g. ``{"cuda_graph": True, "fixed_shape": (1, 224, 224)}``, ``{"channels_last": True}``).
     """
+    config = _tile_config(tile, overlap)
     model = identify(source)
     backend_options = dict(options or {})
     if threads is not None:
         backend_options["threads"] = threads
     opened = _open(backend, model, precision, device, backend_options)
-    config = _tile_config(tile, overlap)
     purifier = Purifier(opened, model, tile=config, max_batch=max_batch, max_pixels=max_pixels)
     log.info("purifier: %s", purifier.describe())
     return purifier
@@ -264,4 +266,4 @@ def _tile_config(tile: int | TileConfig | None, overlap: int | None) -> TileConf
         if overlap is not None:
             raise InputError("overlap was given without a tile size")
         return None
-    return TileConfig(int(tile), DEFAULT_OVERLAP if overlap is None else overlap, DEFAULT_FEATHER)
+    return _default_tile(int(tile), overlap)

@@ -1,0 +1,103 @@
+"""The runtime imports and purifies end to end in a process where ``import torch`` fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nrp_deploy.export.onnx import export_onnx
+from nrp_deploy.models import load_model
+from nrp_deploy.models.eager import EagerPurifier
+from nrp_deploy.models.spec import ModelSpec
+
+BLOCKER = '''
+import sys
+
+
+class _NoTorch:
+    """Meta-path finder that makes torch (and anything under it) unimportable, as on a slim deployment."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"import of {name} blocked: this process simulates a machine without torch")
+        return None
+
+
+sys.meta_path.insert(0, _NoTorch())
+'''
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from nrp_deploy.errors import BackendUnavailableError
+    from nrp_deploy.runtime import DynamicDefense, available_backends, load_purifier
+
+    args = json.loads(sys.argv[1])
+    purifier = load_purifier(args["onnx"], threads=1)
+    images = np.load(args["images"])
+    out = purifier(images)
+    noisy = purifier(images, dynamic=DynamicDefense(seed=11))
+    try:
+        load_purifier(args["checkpoint"], backend="auto")
+        fresh_checkpoint = "loaded"
+    except BackendUnavailableError as exc:
+        fresh_checkpoint = str(exc)
+    np.save(args["out"], out)
+    print(json.dumps({
+        "backend": purifier.backend_name,
+        "torch_imported": any(m == "torch" or m.startswith("torch.") for m in sys.modules),
+        "noisy_differs": bool((noisy != out).any()),
+        "torch_backend": available_backends()["torch"],
+        "fresh_checkpoint": fresh_checkpoint,
+    }))
+    """
+)
+
+
+def test_runtime_runs_an_onnx_purifier_without_torch(tmp_path: Path):
+    torch.manual_seed(3)
+    checkpoint = tmp_path / "model.pth"
+    torch.save(ModelSpec("NRP_resG", {"nf": 8, "nb": 1}).build().state_dict(), checkpoint)
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(str(checkpoint), onnx_path)
+    images = np.random.default_rng(6).integers(0, 256, size=(2, 24, 28, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    (tmp_path / "blocker").mkdir()
+    (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCKER)
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"), os.getcwd()])}
+    env["NRP_DEPLOY_CACHE"] = str(tmp_path / "empty-cache")
+    args = {
+        "onnx": str(onnx_path),
+        "checkpoint": str(checkpoint),
+        "images": str(tmp_path / "images.npy"),
+        "out": str(tmp_path / "out.npy"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(args)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["torch_imported"] is False
+    assert report["backend"] == "onnxruntime-cpu"
+    assert report["noisy_differs"] is True
+    assert "torch is not installed" in report["torch_backend"]
+    assert "install torch" in report["fresh_checkpoint"], report["fresh_checkpoint"]
+
+    eager = EagerPurifier(load_model(checkpoint).module)(images)
+    assert np.abs(np.load(tmp_path / "out.npy").astype(int) - eager).max() <= 1
+
+
+def test_the_blocker_really_blocks_torch(tmp_path: Path):
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "blocked" in proc.stderr
