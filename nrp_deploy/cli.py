@@ -29,7 +29,28 @@ def _add_purify(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dynamic", action="store_true", help="dynamic inference: noise (sigma 0.05) within 16/255"
     )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the --dynamic noise (replays a run exactly); default: a fresh seed from the OS per batch",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        help="inference backend (default: auto, the fastest that works here; torch is the eager baseline)",
+    )
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "fp16", "int8"],
+        help="model precision (default: fp32 for a checkpoint, an ONNX/engine's own otherwise)",
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the GPU when the backend can)")
+    p.add_argument("--tile", type=int, default=None, help="tile images larger than N px (bounds memory)")
+    p.add_argument("--overlap", type=int, default=None, help="context px around each tile (with --tile)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (onnxruntime, torch)")
     p.add_argument("--batch-size", type=int, default=4, help="images of equal size per batch (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -38,16 +59,25 @@ def _add_purify(sub: argparse._SubParsersAction) -> None:
 
 def _run_purify(args: argparse.Namespace) -> int:
     from nrp_deploy.batch import purify_files
-    from nrp_deploy.models import load_model
-    from nrp_deploy.models.eager import EagerPurifier
+    from nrp_deploy.runtime import DynamicDefense, load_purifier
 
-    loaded = load_model(args.model, device=args.device)
-    print(f"model: {loaded.name} = {loaded.spec.describe()} from {loaded.path}", file=sys.stderr)
-    purifier = EagerPurifier(loaded.module, device=args.device, dynamic=args.dynamic)
+    if args.seed is not None and not args.dynamic:
+        raise NRPDeployError("--seed sets the --dynamic noise; add --dynamic or drop --seed")
+    purifier = load_purifier(
+        args.model,
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        tile=args.tile,
+        overlap=args.overlap,
+        threads=args.threads,
+    )
+    print(f"purifier: {purifier.describe()}", file=sys.stderr)
+    dynamic = DynamicDefense(seed=args.seed) if args.dynamic else None
     report = purify_files(
         args.inputs,
         args.output,
-        purifier,
+        purifier.as_batch_fn(dynamic),
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         progress=not args.no_progress,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -151,6 +151,21 @@ class Purifier:
             for row, k in enumerate(members):
                 results[k] = prepost.finish(y[row : row + 1], prepared[k].kind)
         return results
+
+    def as_batch_fn(self, dynamic: DynamicDefense | None = None) -> Callable[[np.ndarray], np.ndarray]:
+        """A uint8 NHWC batch -> batch callable for ``nrp_deploy.batch.purify_files`` whose calls continue
+        one image index: with a seeded ``dynamic`` every image of a job gets its own noise and the whole
+        job replays exactly (given the same files in the same order)."""
+        lock = threading.Lock()
+        next_index = 0
+
+        def purify(batch: np.ndarray) -> np.ndarray:
+            nonlocal next_index
+            with lock:
+                start, next_index = next_index, next_index + len(batch)
+            return self(batch, dynamic=dynamic, start_index=start)
+
+        return purify
 
     @staticmethod
     def _noisy(x: np.ndarray, dynamic: DynamicDefense | None, seed: int, start_index: int) -> np.ndarray:
