@@ -80,6 +80,18 @@ def make_profile(
     return ShapeProfile(min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
 
 
+def outside_profile(profile: ShapeProfile, batch: int, height: int, width: int) -> str | None:
+    """Why an engine with ``profile`` cannot take this (batch, height, width) as is; None if it can."""
+    shape = (batch, height, width)
+    if all(lo <= v <= hi for lo, v, hi in zip(profile.min, shape, profile.max, strict=True)):
+        return None
+    lo, hi = profile.min, profile.max
+    return (
+        f"shape (batch {batch}, {height}x{width}) is outside the engine's profile: batch {lo[0]}..{hi[0]}, "
+        f"{lo[1]}x{lo[2]}..{hi[1]}x{hi[2]}"
+    )
+
+
 def profile_to_dict(profile: ShapeProfile) -> dict[str, list[int]]:
     return {"min": list(profile.min), "opt": list(profile.opt), "max": list(profile.max)}
 

@@ -41,6 +41,7 @@ from nrp_deploy.runtime.engine_cache import (
     EngineMetadata,
     ensure_engine,
     make_profile,
+    outside_profile,
 )
 from nrp_deploy.runtime.tensorrt_support import (
     INSTALL_HINT,
@@ -341,12 +342,9 @@ class TensorRTBackend:
         if len(shape) != 4 or shape[1] != CHANNELS:
             raise InputError(f"the engine takes (N, {CHANNELS}, H, W) batches, got shape {tuple(shape)}")
         n, _, h, w = (int(d) for d in shape)
-        lo, hi = self._profile.min, self._profile.max
-        if not all(a <= v <= b for a, v, b in zip(lo, (n, h, w), hi, strict=True)):
-            raise InputError(
-                f"shape (batch {n}, {h}x{w}) is outside the engine's profile: batch {lo[0]}..{hi[0]}, "
-                f"{lo[1]}x{lo[2]}..{hi[1]}x{hi[2]} (the Purifier tiles, pads and splits to fit)"
-            )
+        problem = outside_profile(self._profile, n, h, w)
+        if problem is not None:
+            raise InputError(f"{problem} (the Purifier tiles, pads and splits images to fit)")
         self._cuda.make_current()
         return (n, CHANNELS, h, w)
 
