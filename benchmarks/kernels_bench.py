@@ -2,7 +2,7 @@
 
 For batches of 224x224 uint8 RGB images it times, with CUDA events and the median of many runs:
 - pre+noise: the fused kernel (uint8 NHWC -> noise, projection, clamp -> float16 NCHW) against torch's
-  to-float / 255, randn_like, add, max, min, clamp, to-half;
+  to-float / 255, randn_like, add, max, min, clamp, to-half; also with FusedKernels(fast_sincos=True);
 - pre: the same without noise against to-float / 255, clamp, to-half;
 - post: float16 NCHW -> uint8 NHWC against clamp, * 255, round, to-uint8, NHWC copy.
 and reports the fused kernel's effective bandwidth (bytes it must read + write / time) as a share of the
@@ -64,7 +64,7 @@ def time_runs(fn: Callable[[], None], reps: int, flush, torch) -> float:
     return statistics.median(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends, strict=True))
 
 
-def bench_batch(batch: int, reps: int, kernels, flush, torch) -> list[dict]:
+def bench_batch(batch: int, reps: int, kernels, fast_kernels, flush, torch) -> list[dict]:
     """Fused vs unfused timings for one batch size; one record per operation."""
     stream = torch.cuda.current_stream().cuda_stream
     images = torch.randint(0, 256, (batch, HEIGHT, WIDTH, 3), dtype=torch.uint8, device="cuda")
@@ -72,9 +72,9 @@ def bench_batch(batch: int, reps: int, kernels, flush, torch) -> list[dict]:
     post_out = torch.empty_like(images)
     elements = images.numel()
 
-    def fused_pre(sigma: float) -> Callable[[], None]:
+    def fused_pre(sigma: float, fused=kernels) -> Callable[[], None]:
         def run() -> None:
-            kernels.preprocess(
+            fused.preprocess(
                 images.data_ptr(), fused_out.data_ptr(), batch, HEIGHT, WIDTH, "float16",
                 sigma, EPS, SEED, 0, stream,
             )  # fmt: skip
@@ -106,6 +106,7 @@ def bench_batch(batch: int, reps: int, kernels, flush, torch) -> list[dict]:
 
     cases = [
         ("pre+noise", fused_pre(SIGMA), unfused_noise, elements * (1 + 2)),
+        ("pre+noise fast-sincos", fused_pre(SIGMA, fast_kernels), unfused_noise, elements * (1 + 2)),
         ("pre", fused_pre(0.0), unfused_plain, elements * (1 + 2)),
         ("post", fused_post, unfused_post, elements * (2 + 1)),
     ]
@@ -147,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     props = torch.cuda.get_device_properties(args.device)
     peak = args.peak_gbps or peak_bandwidth_gbps(args.device)
     flush = torch.empty(max(2 * props.L2_cache_size, 64 << 20), dtype=torch.uint8, device="cuda")
-    with FusedKernels(args.device) as kernels:
-        records = [r for batch in args.batches for r in bench_batch(batch, args.reps, kernels, flush, torch)]
+    with FusedKernels(args.device) as kernels, FusedKernels(args.device, fast_sincos=True) as fast:
+        records = [r for b in args.batches for r in bench_batch(b, args.reps, kernels, fast, flush, torch)]
 
     print(f"{props.name}  peak {peak or float('nan'):.0f} GB/s  ({HEIGHT}x{WIDTH} RGB, float16 engine input)")
     print(
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         r["peak_share"] = r["fused_gbps"] / peak if peak else None
         share = f"{100 * r['peak_share']:.1f}" if peak else "n/a"
         print(
-            f"{r['op']:<10} {r['batch']:>5} {r['fused_us']:>9.2f} {r['unfused_us']:>11.2f} "
+            f"{r['op']:<22} {r['batch']:>5} {r['fused_us']:>9.2f} {r['unfused_us']:>11.2f} "
             f"{r['speedup']:>8.1f}x {r['fused_gbps']:>7.0f} {share:>7}"
         )
     report = {

@@ -56,6 +56,15 @@ def test_nvrtc_ptx_for_the_driver_jit():
 
 
 @needs_nvrtc
+def test_fast_sincos_variant_uses_mufu():
+    accurate = compiler.compile_kernels("compute_90").decode(errors="replace")
+    fast = compiler.compile_kernels("compute_90", fast_sincos=True).decode(errors="replace")
+    assert "sin.approx.f32" not in accurate
+    assert "sin.approx.f32" in fast and "cos.approx.f32" in fast
+    assert compiler.cache_key("sm_90") != compiler.cache_key("sm_90", fast_sincos=True)
+
+
+@needs_nvrtc
 def test_bad_arch_is_rejected():
     with pytest.raises(ValueError, match="sm_90"):
         compiler.compile_kernels("hopper")
@@ -76,7 +85,7 @@ def test_binary_cache_round_trip(tmp_path, monkeypatch):
     assert compiler.cache_dir() == tmp_path / "kernels"
     calls = []
     monkeypatch.setattr(
-        compiler, "compile_kernels", lambda arch: calls.append(arch) or b"CUBIN:" + arch.encode()
+        compiler, "compile_kernels", lambda arch, fast: calls.append(arch) or b"CUBIN:" + arch.encode()
     )
     assert compiler.cached_kernels("sm_86") == b"CUBIN:sm_86"
     assert compiler.cached_kernels("sm_86") == b"CUBIN:sm_86"

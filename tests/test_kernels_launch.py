@@ -11,7 +11,8 @@ Two platforms run the same tests:
 
 Outputs are poisoned before every launch so an element a kernel fails to write cannot pass by accident.
 Without noise results must be bit-exact; with noise, float32 within 2e-6 (device log/sin/cos differ from
-numpy's by a few ulps) and float16 within one half-precision ulp, almost always exact.
+numpy's by a few ulps; with fast_sincos by ~1e-6 before the sigma scaling) and float16 within one
+half-precision ulp, almost always exact.
 """
 
 from __future__ import annotations
@@ -203,11 +204,16 @@ def _emulated_kernels(tmp_path) -> tuple[Any, FakeDriver]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loader, "init_driver", lambda: fake)
         mp.setattr(loader, "target_for", lambda major, minor: f"sm_{major}{minor}")
-        mp.setattr(loader, "cached_kernels", lambda target: b"")
+        mp.setattr(loader, "cached_kernels", lambda target, fast_sincos: b"")
         return loader.FusedKernels(0), fake
 
 
-@pytest.fixture(scope="module", params=["emulated", pytest.param("gpu", marks=pytest.mark.gpu)])
+GPU = pytest.mark.gpu
+
+
+@pytest.fixture(
+    scope="module", params=["emulated", pytest.param("gpu", marks=GPU), pytest.param("gpu-fast", marks=GPU)]
+)
 def platform(request, tmp_path_factory):
     if request.param == "emulated":
         kernels, fake = _emulated_kernels(tmp_path_factory.mktemp("emu"))
@@ -215,7 +221,7 @@ def platform(request, tmp_path_factory):
     else:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("NRP_DEPLOY_CACHE", str(tmp_path_factory.mktemp("cache")))
-            plat = Platform(loader.FusedKernels(0), DeviceBuffer)
+            plat = Platform(loader.FusedKernels(0, fast_sincos=request.param == "gpu-fast"), DeviceBuffer)
     yield plat
     for buf in plat.buffers:
         buf.free()

@@ -23,6 +23,7 @@ SOURCE = "nrp_kernels.cu"
 HEADER = "nrp_kernels.cuh"
 # Default FMA contraction stays on: the header marks the one multiply-add that must not be fused.
 OPTIONS = ("--std=c++17",)
+FAST_SINCOS = "-DNRP_FAST_SINCOS"
 
 
 @functools.cache
@@ -50,10 +51,15 @@ def _target_kind(arch: str) -> str:
     return match.group(1)
 
 
-def compile_kernels(arch: str) -> bytes:
+def _options(fast_sincos: bool) -> tuple[str, ...]:
+    return (*OPTIONS, FAST_SINCOS) if fast_sincos else OPTIONS
+
+
+def compile_kernels(arch: str, fast_sincos: bool = False) -> bytes:
     """Compile the kernels for ``arch``: 'sm_XX' gives a CUBIN, 'compute_XX' gives PTX for the driver's JIT.
 
     Needs NVRTC only, no GPU: CI uses it to prove the sources build for every architecture we deploy to.
+    ``fast_sincos`` selects the MUFU sin/cos in the noise (see nrp_sincos in the header).
     """
     kind = _target_kind(arch)
     nvrtc = nvrtc_module()
@@ -63,7 +69,7 @@ def compile_kernels(arch: str) -> bytes:
         "nvrtcCreateProgram",
     )
     try:
-        options = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in OPTIONS)]
+        options = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in _options(fast_sincos))]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
         if int(err) != 0:
             size = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
@@ -112,23 +118,25 @@ def cache_dir() -> Path:
     return Path(xdg) / "nrp_deploy" / "kernels"
 
 
-def cache_key(arch: str) -> str:
+def cache_key(arch: str, fast_sincos: bool = False) -> str:
     source, header = kernel_sources()
     digest = hashlib.sha256()
-    for part in (source, header, arch, " ".join(OPTIONS), "nvrtc-{}.{}".format(*nvrtc_version())):
+    options = " ".join(_options(fast_sincos))
+    for part in (source, header, arch, options, "nvrtc-{}.{}".format(*nvrtc_version())):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:32]
 
 
-def cached_kernels(arch: str) -> bytes:
-    """``compile_kernels(arch)`` through the on-disk cache (written atomically; a broken cache recompiles)."""
-    path = cache_dir() / f"nrp_kernels-{arch}-{cache_key(arch)}.{'cubin' if arch.startswith('sm') else 'ptx'}"
+def cached_kernels(arch: str, fast_sincos: bool = False) -> bytes:
+    """``compile_kernels`` through the on-disk cache (written atomically; an unreadable cache recompiles)."""
+    suffix = "cubin" if arch.startswith("sm") else "ptx"
+    path = cache_dir() / f"nrp_kernels-{arch}-{cache_key(arch, fast_sincos)}.{suffix}"
     with contextlib.suppress(OSError):
         data = path.read_bytes()
         if data:
             return data
-    binary = compile_kernels(arch)
+    binary = compile_kernels(arch, fast_sincos)
     with contextlib.suppress(OSError):  # a read-only home directory costs a recompile next time, no more
         write_bytes_atomic(path, binary)
     return binary

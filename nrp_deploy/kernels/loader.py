@@ -52,9 +52,10 @@ class FusedKernels:
 
     Construction compiles for the device's architecture (or loads the cached binary), retains the primary
     context and makes it current on the calling thread; launches make it current on their thread too.
+    ``fast_sincos=True`` trades the noise's sin/cos accuracy (~1e-6 absolute, as cuRAND) for speed.
     """
 
-    def __init__(self, device_ordinal: int = 0) -> None:
+    def __init__(self, device_ordinal: int = 0, *, fast_sincos: bool = False) -> None:
         drv = init_driver()
         self._drv = drv
         self.device = check(drv.cuDeviceGet(device_ordinal), "cuDeviceGet")
@@ -72,7 +73,8 @@ class FusedKernels:
         self._module = None
         try:
             self._make_current()
-            self._module = check(drv.cuModuleLoadData(cached_kernels(self.target)), "cuModuleLoadData")
+            binary = cached_kernels(self.target, fast_sincos)
+            self._module = check(drv.cuModuleLoadData(binary), "cuModuleLoadData")
         except BaseException:
             self.close()
             raise
