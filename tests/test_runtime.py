@@ -266,3 +266,34 @@ def test_dynamic_defense_rejects_bad_settings():
     for kwargs in ({"sigma": -0.1}, {"eps": float("nan")}, {"seed": -1}, {"seed": 2**64}, {"seed": 1.5}):
         with pytest.raises(InputError):
             DynamicDefense(**kwargs)
+
+
+# -- nrp purify through the runtime -------------------------------------------------------------------
+
+
+def test_nrp_purify_backends_and_seeded_dynamic(cache, checkpoint, images, tmp_path, capsys):
+    from nrp_deploy.cli import main
+    from nrp_deploy.images import read_image, write_png
+
+    src = tmp_path / "in"
+    for k, image in enumerate(images):
+        write_png(src / f"{k}.png", image)
+    base = [str(src), "--model", str(checkpoint), "--no-progress", "--threads", "1", "--batch-size", "2"]
+
+    assert main(["purify", *base, "-o", str(tmp_path / "eager"), "--backend", "torch"]) == 0
+    assert "on torch-cpu (fp32, cpu)" in capsys.readouterr().err
+    eager = EagerPurifier(load_model(checkpoint).module)(images)
+    for k in range(len(images)):
+        np.testing.assert_array_equal(read_image(tmp_path / "eager" / f"{k}.png"), eager[k])
+
+    seeded = ["--backend", "onnxruntime", "--dynamic", "--seed", "9"]
+    for run in ("a", "b"):
+        assert main(["purify", *base, "-o", str(tmp_path / run), *seeded]) == 0
+    outputs = [[read_image(tmp_path / run / f"{k}.png") for k in range(len(images))] for run in ("a", "b")]
+    np.testing.assert_array_equal(np.stack(outputs[0]), np.stack(outputs[1]))
+    purifier = load_purifier(checkpoint, backend="onnxruntime", threads=1)
+    # Images are numbered across batches: image k gets noise index k, exactly as one call on all of them.
+    np.testing.assert_array_equal(np.stack(outputs[0]), purifier(images, dynamic=DynamicDefense(seed=9)))
+
+    assert main(["purify", *base, "-o", str(tmp_path / "c"), "--seed", "9"]) == 2
+    assert "add --dynamic" in capsys.readouterr().err
