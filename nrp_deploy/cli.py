@@ -139,7 +139,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="instead of training: ship the finished run in OUT to the registry as NAME "
         "(NAME.safetensors + manifest entry with provenance)",
     )
-    p.add_argument("--metrics", type=Path, help="with --publish: a JSON file of measured metrics to record")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=[],
+        metavar="LABEL=REPORT",
+        help="with --publish: `nrp eval` report.json files to record, each labelled (e.g. examples=out/report.json)",
+    )
     p.set_defaults(handler=_run_train)
 
 
@@ -192,12 +198,15 @@ def _publish_run(args: argparse.Namespace) -> int:
     from nrp_deploy.errors import InputError
     from nrp_deploy.training.publish import publish_model
 
-    metrics = None
-    if args.metrics:
+    metrics = {}
+    for item in args.metrics:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise InputError(f"--metrics {item!r}: expected LABEL=REPORT, e.g. examples=eval/report.json")
         try:
-            metrics = json.loads(args.metrics.read_text(encoding="utf-8"))
+            metrics[label] = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"--metrics {args.metrics}: cannot read JSON ({exc})") from exc
+            raise InputError(f"--metrics {item}: cannot read JSON ({exc})") from exc
     target = publish_model(args.out, args.publish, metrics=metrics)
     print(f"published {args.out} as {args.publish!r}: {target}", file=sys.stderr)
     return 0

@@ -181,21 +181,33 @@ def test_publish_adds_a_verified_registry_entry_and_keeps_the_others(photo_dir, 
     models.mkdir()
     other = {"name": "NRP", "file": "NRP.pth", "architecture": "NRP", "config": {"nf": 64}, "sha256": None}
     (models / "manifest.json").write_text(json.dumps({"format": 1, "models": [other]}))
+    report = {
+        "settings": {"images": 2, "iterations": 3},
+        "attacks": [{"attack": "ssp", "eps": 0.06, "images": 2, "psnr_purified_db": 30.0, "per_image": [{}]}],
+    }
     for _ in range(2):  # publishing again replaces the entry instead of adding a second one
-        target = publish_model(run.run_dir, "tiny", metrics={"psnr": 30.0}, directory=models)
+        target = publish_model(run.run_dir, "tiny", metrics={"examples": report}, directory=models)
     manifest = json.loads((models / "manifest.json").read_text())
     assert [m["name"] for m in manifest["models"]] == ["NRP", "tiny"]
     assert manifest["models"][0] == other
     entry = manifest["models"][1]
     assert entry["file"] == "tiny.safetensors" and target == models / "tiny.safetensors"
     assert entry["sha256"] == sha256_file(target) == sha256_file(run.weights)
-    assert entry["metrics"] == {"psnr": 30.0}
+    assert entry["metrics"] == {
+        "examples": {
+            "settings": {"images": 2, "iterations": 3},
+            "attacks": {"ssp": {"eps": 0.06, "images": 2, "psnr_purified_db": 30.0}},
+        }
+    }
     assert entry["training"]["steps"] == 2
     assert entry["training"]["command"].startswith(f"nrp train --out {run.run_dir} --data {photo_dir}")
     monkeypatch.setenv("NRP_DEPLOY_MODELS_DIR", str(models))
     assert load_model("tiny").spec.config["nf"] == 8
 
 
-def test_publish_refuses_an_unfinished_run(tmp_path):
+def test_publish_refuses_an_unfinished_run_and_foreign_metrics(photo_dir, tmp_path):
     with pytest.raises(InputError, match="not finished"):
         publish_model(tmp_path, "x", directory=tmp_path)
+    run = _run(tiny_config(photo_dir, steps=1), tmp_path / "run")
+    with pytest.raises(InputError, match="nrp eval"):
+        publish_model(run.run_dir, "x", metrics={"a": {"psnr": 1}}, directory=tmp_path / "models")

@@ -117,7 +117,7 @@ class _Trainer:
         restore_rng_states(self.data_generator, state["rng"])
         self.attack_generator.set_state(state["rng"]["attack"])
         self.step = int(state["step"])
-        self.last_losses = dict(state["last_losses"])
+        self.last_losses = dict(state.get("last_losses", {}))
 
     def _uniform(self) -> float:
         return float(torch.rand((), generator=self.data_generator))

@@ -40,13 +40,35 @@ def _data_description(data: str) -> dict[str, Any]:
     }
 
 
+def condense_eval_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The model-card figures of an ``nrp eval`` report.json: settings and per-attack summaries only."""
+    if "attacks" not in report or "settings" not in report:
+        raise InputError("metrics must be an `nrp eval` report.json (with 'settings' and 'attacks')")
+    keep = (
+        "eps",
+        "images",
+        "agreement",
+        "target_hits",
+        "psnr_adversarial_db",
+        "psnr_purified_db",
+        "ssim_purified",
+    )
+    return {
+        "settings": report["settings"],
+        "attacks": {a["attack"]: {k: a[k] for k in keep if k in a} for a in report["attacks"]},
+    }
+
+
 def publish_model(
     run_dir: str | os.PathLike[str],
     name: str,
-    metrics: dict[str, Any] | None = None,
+    metrics: dict[str, dict[str, Any]] | None = None,
     directory: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Copy the run's weights to ``<directory>/<name>.safetensors`` and write its manifest entry.
+
+    ``metrics`` maps a label (which images) to an ``nrp eval`` report.json's content; each is condensed
+    to its settings and per-attack figures.
 
     ``directory`` defaults to the registry's folder (saved_models/ or ``$NRP_DEPLOY_MODELS_DIR``).
     Returns the path of the copied weights.
@@ -82,7 +104,7 @@ def publish_model(
             "config": config,
             "command": TrainConfig(**config).command(out=str(run_dir)),
         },
-        "metrics": metrics or {},
+        "metrics": {label: condense_eval_report(report) for label, report in (metrics or {}).items()},
     }
     manifest_path = target_dir / "manifest.json"
     manifest = _read_json(manifest_path, "") if manifest_path.is_file() else {"format": 1, "models": []}
