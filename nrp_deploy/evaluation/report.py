@@ -1,0 +1,138 @@
+"""Evaluation outputs: the terminal / Markdown table, the JSON report and one picture grid per attack.
+
+The grid shows, per image, clean | adversarial | purified | amplified difference (adversarial - clean,
+scaled so that -eps..+eps spans black..white around mid-grey), with the classifier's ImageNet class index
+under each picture and whether it agrees with the clean prediction.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from nrp_deploy.evaluation.robustness import DEFENCES, AttackResult, EvalReport
+from nrp_deploy.fileutil import atomic_output, write_bytes_atomic, write_json_atomic
+
+_TILE = 224  # pictures are scaled to this height in the grid
+_GAP = 6
+_CAPTION = 18
+_HEADER = 44
+
+
+def format_table(report: EvalReport) -> str:
+    """A Markdown table (readable as plain text): agreement with the clean prediction per defence."""
+    targeted = any(r.target_hits("undefended") is not None for r in report.results)
+    head = ["attack", *(f"agree {d}" for d in DEFENCES)]
+    if targeted:
+        head += [f"target hit {d}" for d in DEFENCES]
+    head += ["PSNR purified", "SSIM purified", "PSNR adv", "time"]
+    rows = [head, ["---"] * len(head)]
+    for result in report.results:
+        n = len(result.records)
+        row = [result.name, *(_fraction(result.agreement(d), n) for d in DEFENCES)]
+        if targeted:
+            hits = [result.target_hits(d) for d in DEFENCES]
+            row += ["-" if h is None else _fraction(h, n) for h in hits]
+        row += [
+            _number(result.mean("psnr_purified"), "{:.2f} dB"),
+            _number(result.mean("ssim_purified"), "{:.4f}"),
+            _number(result.mean("psnr_adversarial"), "{:.2f} dB"),
+            f"{result.seconds:.1f} s",
+        ]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    s = report.settings
+    title = (
+        f"{s['images']} images; defence: {s['defence']}; attacks differentiate {s['attack_model']}; "
+        f"classifier {s['classifier']}; PGD {s['pgd']}; iterations {s['iterations'] or 'as published'}"
+    )
+    failed = [f"failed: {f}: {e}" for f, e in report.failed]
+    return "\n".join([title, "", *lines, *failed])
+
+
+def _fraction(value: float, n: int) -> str:
+    return f"{round(value * n)}/{n} ({100 * value:.0f}%)"
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def write_report(report: EvalReport, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write ``report.json``, ``report.md`` and ``grid_<attack>.png`` into ``out_dir``; return the paths."""
+    out = Path(out_dir)
+    json_path, table_path = out / "report.json", out / "report.md"
+    write_json_atomic(json_path, report.to_dict())
+    write_bytes_atomic(table_path, (format_table(report) + "\n").encode("utf-8"))
+    written = [json_path, table_path]
+    for result in report.results:
+        if result.examples:
+            path = out / f"grid_{result.name}.png"
+            with atomic_output(path) as fh:
+                render_grid(result).save(fh, format="PNG")
+            written.append(path)
+    return written
+
+
+def render_grid(result: AttackResult) -> Image.Image:
+    """clean | adversarial | purified | amplified difference, one row per kept example."""
+    font = _font(14)
+    rows = []
+    for ex in result.examples:
+        diff = ex.adversarial.astype(np.float32) - ex.clean.astype(np.float32)
+        scale = 127.5 / (result.eps * 255.0) if result.eps > 0 else 1.0
+        amplified = np.clip(np.rint(127.5 + diff * scale), 0, 255).astype(np.uint8)
+        agree = {d: "=" if ex.predictions[d] == ex.predictions["clean"] else "x" for d in DEFENCES}
+        tiles = [
+            (ex.clean, f"{ex.name}: class {ex.predictions['clean']}"),
+            (ex.adversarial, f"undefended {ex.predictions['undefended']} {agree['undefended']}"),
+            (
+                ex.purified,
+                f"purified {ex.predictions['purified']} {agree['purified']}, "
+                f"dynamic {ex.predictions['dynamic']} {agree['dynamic']}",
+            ),
+            (amplified, f"adv - clean, +-{result.eps * 255:.0f}/255 = black..white"),
+        ]
+        rows.append([(_scaled(image), caption) for image, caption in tiles])
+    col_width = max(tile.width for row in rows for tile, _ in row)
+    width = 4 * col_width + 5 * _GAP
+    height = _HEADER + sum(max(t.height for t, _ in row) + _CAPTION + _GAP for row in rows)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    titles = ["clean", "adversarial", "purified", "amplified difference"]
+    draw.text(
+        (_GAP, 4),
+        f"attack: {result.name}   (= agrees with the clean class, x differs)",
+        fill="black",
+        font=font,
+    )
+    for c, title in enumerate(titles):
+        draw.text((_GAP + c * (col_width + _GAP), 24), title, fill="black", font=font)
+    y = _HEADER
+    for row in rows:
+        for c, (tile, caption) in enumerate(row):
+            x = _GAP + c * (col_width + _GAP)
+            canvas.paste(tile, (x, y))
+            draw.text((x, y + tile.height + 2), caption, fill="black", font=_font(12))
+        y += max(t.height for t, _ in row) + _CAPTION + _GAP
+    return canvas
+
+
+def _scaled(image: np.ndarray) -> Image.Image:
+    picture = Image.fromarray(image, mode="RGB")
+    if picture.height != _TILE:
+        width = max(1, round(picture.width * _TILE / picture.height))
+        resample = Image.Resampling.NEAREST if picture.height < _TILE else Image.Resampling.LANCZOS
+        picture = picture.resize((width, _TILE), resample)
+    return picture
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow built without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
