@@ -1,0 +1,171 @@
+"""The metadata sidecar every exported artifact carries (``<artifact>.json``), and its verdict line.
+
+Torch-free and ONNX-free on purpose: the runtime reads this file to learn what an artifact is (architecture,
+precision, I/O dtype, where it came from) and to refuse one whose bytes no longer match what was measured,
+without importing any export tooling. The sidecar records:
+
+- the artifact's own sha256 (a file edited or swapped after export is detected: ``verify_artifact``),
+- the source checkpoint and its sha256, the architecture and config (``ModelSpec.to_dict()``), the opset,
+- the precision (``fp32`` / ``fp16`` / ``int8``) and I/O dtype, the calibration summary,
+- the versions of the tools that made it,
+- the fidelity against the FP32 torch module on held-out images, and a one-line verdict against a PSNR
+  threshold, so a user sees at once whether the artifact is fit to deploy.
+
+PSNR is measured on the raw network output (before the [0, 1] clamp of post-processing) with peak 1, the
+range of an image: a clamp could hide differences outside [0, 1]. Identical outputs report ``PSNR_CAP_DB``
+rather than infinity, which JSON cannot hold.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nrp_deploy.errors import MetadataError, StaleArtifactError
+from nrp_deploy.fileutil import sha256_file, write_json_atomic
+
+FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "fp16", "int8")
+#: Default minimum PSNR (dB) against FP32 torch for an artifact to pass. FP32 ONNX differs from torch only
+#: by float summation order (max abs error ~1e-6 on images), so 80 dB flags a broken export, not rounding.
+DEFAULT_MIN_PSNR_DB: dict[str, float] = {"fp32": 80.0, "fp16": 50.0, "int8": 35.0}
+PSNR_CAP_DB = 200.0
+#: Distributions whose versions are recorded (absent ones are recorded as null).
+TOOLS = ("torch", "onnx", "onnxruntime", "nvidia-modelopt", "onnxslim", "nrp-deploy")
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How far an artifact's output is from the FP32 torch output: max / mean abs error and PSNR (dB)."""
+
+    max_abs: float
+    mean_abs: float
+    psnr_db: float
+
+
+def psnr_db(mse: float, peak: float = 1.0) -> float:
+    """10 log10(peak^2 / mse), capped at ``PSNR_CAP_DB`` so identical outputs stay a finite number."""
+    if mse <= 0.0:
+        return PSNR_CAP_DB
+    return min(PSNR_CAP_DB, 10.0 * math.log10(peak * peak / mse))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    line: str
+
+
+def judge(precision: str, artifact_name: str, fidelity: Fidelity, min_psnr_db: float, images: str) -> Verdict:
+    """The one-line verdict: PASS/FAIL, the PSNR against its threshold, and what it was measured on."""
+    passed = math.isfinite(fidelity.max_abs) and fidelity.psnr_db >= min_psnr_db
+    word = "PASS" if passed else "FAIL"
+    relation = ">=" if passed else "<"
+    line = (
+        f"{word} {precision} {artifact_name}: PSNR {fidelity.psnr_db:.1f} dB {relation} {min_psnr_db:.1f} dB "
+        f"vs FP32 torch (max abs {fidelity.max_abs:.2e}, mean abs {fidelity.mean_abs:.2e}) on {images}"
+    )
+    return Verdict(passed, line)
+
+
+@dataclass
+class ArtifactMetadata:
+    """Everything recorded about one artifact; ``to_dict`` / ``from_dict`` are the sidecar's JSON form."""
+
+    artifact: str
+    artifact_sha256: str
+    precision: str
+    io_dtype: str
+    opset: int
+    source: dict[str, Any]
+    model: dict[str, Any]
+    fidelity: Fidelity
+    fidelity_images: dict[str, Any]
+    min_psnr_db: float
+    verdict: Verdict
+    calibration: dict[str, Any] | None = None
+    derived_from: dict[str, Any] | None = None
+    tools: dict[str, str | None] = field(default_factory=dict)
+    created: str = ""
+    format: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArtifactMetadata:
+        values = dict(data)
+        values["fidelity"] = Fidelity(**values["fidelity"])
+        values["verdict"] = Verdict(**values["verdict"])
+        return cls(**values)
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Installed versions of the export tool chain, read from package metadata (nothing is imported)."""
+    versions: dict[str, str | None] = {}
+    for name in TOOLS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def sidecar_path(artifact: str | os.PathLike[str]) -> Path:
+    """Where an artifact's metadata lives: the artifact's path with ``.json`` appended."""
+    return Path(os.fspath(artifact) + ".json")
+
+
+def write_metadata(artifact: str | os.PathLike[str], metadata: ArtifactMetadata) -> Path:
+    path = sidecar_path(artifact)
+    write_json_atomic(path, metadata.to_dict())
+    return path
+
+
+def read_metadata(artifact: str | os.PathLike[str]) -> ArtifactMetadata:
+    """The sidecar of ``artifact``; ``MetadataError`` naming the file if it is missing or malformed."""
+    path = sidecar_path(artifact)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise MetadataError(f"{artifact} has no metadata file {path} (export it with `nrp export`)") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MetadataError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise MetadataError(f"{path}: unsupported metadata format {found!r} (expected {FORMAT_VERSION})")
+    try:
+        metadata = ArtifactMetadata.from_dict(data)
+    except (KeyError, TypeError) as exc:
+        raise MetadataError(f"{path}: malformed metadata ({type(exc).__name__}: {exc})") from exc
+    if metadata.precision not in PRECISIONS:
+        raise MetadataError(f"{path}: unknown precision {metadata.precision!r}")
+    return metadata
+
+
+def verify_artifact(artifact: str | os.PathLike[str]) -> ArtifactMetadata:
+    """Read the sidecar and check the artifact's bytes are the ones it describes.
+
+    Raises ``StaleArtifactError`` when the file was changed or replaced after export: its recorded fidelity
+    would then describe another model.
+    """
+    if not Path(artifact).is_file():
+        raise MetadataError(f"artifact {artifact} does not exist")
+    metadata = read_metadata(artifact)
+    actual = sha256_file(artifact)
+    if actual != metadata.artifact_sha256:
+        raise StaleArtifactError(
+            f"{artifact} has sha256 {actual}, but its metadata {sidecar_path(artifact)} describes "
+            f"{metadata.artifact_sha256}: the file changed after export; export it again"
+        )
+    return metadata
