@@ -7,6 +7,7 @@ bindings). What needs a GPU is in tests/test_tensorrt_gpu.py.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -394,7 +395,9 @@ def test_build_engine_flow(fake_build_env, tmp_path):
     # the timing cache went to disk, and the next build starts from it
     timing = ec.timing_cache_path(ENV)
     assert timing.read_bytes() == b"+timings"
-    trt_build.build_engine(onnx, tmp_path / "again.engine")
+    with pytest.raises(InputError, match="exists; pass overwrite=True"):
+        trt_build.build_engine(onnx, engine)
+    trt_build.build_engine(onnx, engine, overwrite=True)
     assert record["timing_cache_loaded"] == [b"", b"+timings"]
 
 
@@ -471,3 +474,68 @@ def test_classify_precision():
     assert trt_build.classify_precision(["CONVOLUTION"], ["FLOAT"]) == "fp32"
     assert trt_build.classify_precision(["CONVOLUTION", "CAST"], ["FLOAT", "HALF"]) == "fp16"
     assert trt_build.classify_precision(["QUANTIZE", "DEQUANTIZE"], ["INT8", "HALF"]) == "int8"
+
+
+# -- nrp build / nrp info ----------------------------------------------------------------------------------
+
+
+def test_nrp_build_help_states_the_real_defaults():
+    from nrp_deploy.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in sub.choices["build"]._actions}
+    profile = ec.DEFAULT_PROFILE
+    for key in ("min", "opt", "max"):
+        assert helps[key].endswith(f"(default: {'x'.join(map(str, getattr(profile, key)))})")
+    assert helps["workspace"].endswith(f"(default: {ec.DEFAULT_WORKSPACE_MIB})")
+    assert helps["opt_level"].endswith(f"(default: {ec.DEFAULT_OPT_LEVEL})")
+
+
+def test_nrp_build_errors_are_one_line(tmp_path, capsys):
+    from nrp_deploy.cli import main
+
+    onnx = _fake_onnx(tmp_path / "m.onnx", [["CONVOLUTION", ["FLOAT"]]])
+    assert main(["build", str(onnx), "--opt", "1x224x224", "--max", "8x100x100"]) == 2
+    assert "height must satisfy min <= opt <= max" in capsys.readouterr().err
+    assert main(["build", str(onnx), "--min", "32x32"]) == 2
+    assert "--min '32x32' must be BATCHxHEIGHTxWIDTH" in capsys.readouterr().err
+    assert main(["build", str(onnx)]) == 2
+    assert "install NVIDIA TensorRT" in capsys.readouterr().err
+
+
+def test_nrp_build_with_stand_in_tensorrt(fake_build_env, tmp_path, capsys):
+    from nrp_deploy.cli import main
+
+    trt = fake_build_env()
+    onnx = _fake_onnx(tmp_path / "m.onnx", [["CAST", ["HALF"]], ["CONVOLUTION", ["HALF"]]])
+    argv = [
+        "build",
+        str(onnx),
+        "--max",
+        "4x320x320",
+        "--opt-level",
+        "1",
+        "--precision",
+        "fp16",
+        "--no-timing-cache",
+    ]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"built {tmp_path / 'm.engine'}: fp16" in err and "TensorRT 11.4.0.106" in err
+    assert trt.record["profile"][3] == (4, 3, 320, 320)
+    assert trt.record["config"].builder_optimization_level == 1
+    assert "timing_cache_loaded" not in trt.record
+    assert main(argv) == 2  # the engine exists now
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_nrp_info_json(capsys):
+    from nrp_deploy.cli import main
+
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["tensorrt"]["available"] is False and "install" in info["tensorrt"]["reason"]
+    assert "CPUExecutionProvider" in info["onnxruntime"]["providers"]
+    assert info["backends"]["onnxruntime"] is None and info["backends"]["tensorrt"]
+    assert set(info) >= {"torch", "cuda_python", "nvrtc", "gpus"}

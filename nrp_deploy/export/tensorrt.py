@@ -88,19 +88,23 @@ def build_engine(
     use_timing_cache: bool = True,
     device: int = 0,
     verbose: bool = False,
+    overwrite: bool = False,
 ) -> EngineMetadata:
     """Build ``engine`` (default: the ONNX path with ``.engine``) and its sidecar; return the metadata.
 
     ``expect_precision`` (fp32 / fp16 / int8) refuses an ONNX of another precision with the command that
     makes the right one, since TensorRT 11 gives no other way to change it. ``timing_cache`` defaults to
     the per-release, per-GPU file beside the engine cache; ``use_timing_cache=False`` builds without one.
-    Raises ``ExportError`` with TensorRT's own messages when parsing or building fails.
+    An existing engine is replaced only with ``overwrite``. Raises ``ExportError`` with TensorRT's own
+    messages when parsing or building fails.
     """
     options = options or BuildOptions()
     onnx_path = Path(onnx)
     if not onnx_path.is_file():
         raise InputError(f"ONNX model {onnx_path} does not exist")
     engine_path = Path(engine) if engine is not None else default_engine_path(onnx_path)
+    if engine_path.exists() and not overwrite:
+        raise InputError(f"{engine_path} exists; pass overwrite=True (nrp build --overwrite) to replace it")
     trt = import_tensorrt()
     env = current_environment(device)
     logger = tensorrt_logger(verbose)
@@ -212,6 +216,6 @@ def engine_builder(*, device: int = 0, verbose: bool = False) -> EngineBuilder:
     """``build_engine`` in the shape ``engine_cache.ensure_engine`` calls its builder."""
 
     def build(onnx: Path, engine: Path, options: BuildOptions) -> EngineMetadata:
-        return build_engine(onnx, engine, options, device=device, verbose=verbose)
+        return build_engine(onnx, engine, options, device=device, verbose=verbose, overwrite=True)
 
     return build

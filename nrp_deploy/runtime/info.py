@@ -1,0 +1,152 @@
+"""``nrp info``: what this machine can run, found without loading a model.
+
+Versions of optional packages are read from their installed metadata; ONNX Runtime is imported for its
+execution providers, TensorRT for its version, and the CUDA driver is asked for its GPUs. torch is imported
+only by the torch backend's own availability check (the "backend" lines). Every probe catches its own
+failure and reports it, so the report never fails on a machine that lacks something.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from typing import Any
+
+from nrp_deploy import __version__
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _first_version(*distributions: str) -> str | None:
+    return next((v for d in distributions if (v := _version(d)) is not None), None)
+
+
+def _onnxruntime() -> dict[str, Any]:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        return {"available": False, "reason": str(exc)}
+    return {
+        "available": True,
+        "version": onnxruntime.__version__,
+        "providers": list(onnxruntime.get_available_providers()),
+    }
+
+
+def _tensorrt() -> dict[str, Any]:
+    from nrp_deploy.errors import BackendUnavailableError
+    from nrp_deploy.runtime.tensorrt_support import import_tensorrt
+
+    try:
+        trt = import_tensorrt()
+    except BackendUnavailableError as exc:
+        return {"available": False, "reason": str(exc)}
+    return {"available": True, "version": str(trt.__version__)}
+
+
+def _nvrtc() -> dict[str, Any]:
+    from nrp_deploy.errors import NRPDeployError
+    from nrp_deploy.kernels.compiler import nvrtc_version, supported_archs
+
+    try:
+        major, minor = nvrtc_version()
+        archs = supported_archs()
+    except NRPDeployError as exc:
+        return {"available": False, "reason": str(exc)}
+    return {"available": True, "version": f"{major}.{minor}", "archs": [f"sm_{a}" for a in archs]}
+
+
+def _gpus() -> dict[str, Any]:
+    """The CUDA driver's version and each device's name, compute capability and memory."""
+    from nrp_deploy.errors import NRPDeployError
+    from nrp_deploy.kernels.cuda_api import check, init_driver
+    from nrp_deploy.runtime.tensorrt_support import gpu_properties
+
+    try:
+        driver = init_driver()
+        version = int(check(driver.cuDriverGetVersion(), "cuDriverGetVersion"))
+        devices = []
+        for ordinal in range(int(check(driver.cuDeviceGetCount(), "cuDeviceGetCount"))):
+            name, (major, minor) = gpu_properties(ordinal)
+            device = check(driver.cuDeviceGet(ordinal), "cuDeviceGet")
+            memory = int(check(driver.cuDeviceTotalMem(device), "cuDeviceTotalMem"))
+            devices.append(
+                {
+                    "index": ordinal,
+                    "name": name,
+                    "compute_capability": f"{major}.{minor}",
+                    "memory_gib": round(memory / 2**30, 1),
+                }
+            )
+    except NRPDeployError as exc:
+        return {"driver": None, "devices": [], "reason": str(exc)}
+    return {"driver": f"{version // 1000}.{version % 1000 // 10}", "devices": devices}
+
+
+def collect_info() -> dict[str, Any]:
+    """Everything ``nrp info`` reports, as plain JSON-ready data."""
+    from nrp_deploy.runtime.backends import available_backends
+
+    return {
+        "nrp_deploy": __version__,
+        "python": platform.python_version(),
+        "platform": f"{platform.system()}-{platform.machine()}",
+        "numpy": _version("numpy"),
+        "torch": _version("torch"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _onnxruntime(),
+        "tensorrt": _tensorrt(),
+        "cuda_python": _first_version("cuda-bindings", "cuda-python"),
+        "nvrtc": _nvrtc(),
+        "gpus": _gpus(),
+        "backends": available_backends(),
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The report as aligned lines; unavailable pieces say why."""
+
+    def state(entry: dict[str, Any], detail: str = "") -> str:
+        if not entry.get("available"):
+            return f"not available ({entry.get('reason', 'unknown reason')})"
+        return f"{entry['version']}{detail}"
+
+    ort = info["onnxruntime"]
+    nvrtc = info["nvrtc"]
+    gpus = info["gpus"]
+    lines = [
+        ("nrp-deploy", info["nrp_deploy"]),
+        ("python", f"{info['python']} ({info['platform']})"),
+        ("numpy", info["numpy"] or "not installed"),
+        ("torch", info["torch"] or "not installed (only the torch backend and exports need it)"),
+        ("onnx", info["onnx"] or "not installed (only exports need it)"),
+        ("onnxruntime", state(ort, f", providers: {', '.join(ort.get('providers', []))}")),
+        ("tensorrt", state(info["tensorrt"])),
+        ("cuda-python", info["cuda_python"] or "not installed"),
+        (
+            "nvrtc",
+            state(
+                nvrtc, f", targets {nvrtc['archs'][0]}..{nvrtc['archs'][-1]}" if nvrtc.get("archs") else ""
+            ),
+        ),
+        ("cuda driver", gpus["driver"] or f"none ({gpus.get('reason', 'no driver')})"),
+    ]
+    for gpu in gpus["devices"]:
+        lines.append(
+            (
+                f"gpu {gpu['index']}",
+                f"{gpu['name']} (sm_{gpu['compute_capability'].replace('.', '')}, {gpu['memory_gib']} GiB)",
+            )
+        )
+    for name, reason in info["backends"].items():
+        # the first clause only: the packages' lines above already say what to install
+        lines.append(
+            (f"backend {name}", "available" if reason is None else f"unavailable: {reason.split(';')[0]}")
+        )
+    width = max(len(key) for key, _ in lines)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in lines)
