@@ -1,0 +1,245 @@
+"""The benchmark harness end to end on tiny purifiers: interleaving, the result schema, fidelity, skip and
+failure reasons, random weights for absent registry files, the JSON / Markdown / PNG report and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nrp_deploy.cli import main
+from nrp_deploy.errors import InputError
+from nrp_deploy.evaluation import bench_report, benchmark
+from nrp_deploy.evaluation.bench_targets import BASELINE, Runner
+from nrp_deploy.models.registry import MODELS_DIR_ENV
+from nrp_deploy.models.spec import ModelSpec
+
+TINY = {"nf": 8, "nb": 1}
+FAST = {"resolutions": (16,), "warmup": 1, "rounds": 2, "measure_peak": False}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_resg.pth"
+    torch.save(ModelSpec("NRP_resG", TINY).build().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def torch_doc(checkpoint):
+    torch.set_num_threads(1)
+    config = benchmark.BenchConfig(
+        models=(str(checkpoint),),
+        backends=("torch-fp32", "torch-fp32-cl", "torch-fp16-cl", "tensorrt-fp16"),
+        batch_sizes=(1, 2),
+        device="cpu",
+        **FAST,
+    )
+    return benchmark.run_benchmark(config, progress=None)
+
+
+def _case(doc, batch, scenario):
+    (case,) = [c for c in doc["cases"] if c["batch"] == batch and c["scenario"] == scenario]
+    return {r["backend"]: r for r in case["results"]}
+
+
+def test_result_schema_and_statistics(torch_doc):
+    assert torch_doc["schema"] == benchmark.SCHEMA
+    assert torch_doc["device"] == "cpu"
+    assert torch_doc["peak"]["method"].startswith("estimate")
+    assert torch_doc["machine"]["cpu"]["usable_cpus"] >= 1
+    assert {(c["batch"], c["scenario"]) for c in torch_doc["cases"]} == {
+        (b, s) for b in (1, 2) for s in benchmark.SCENARIOS
+    }
+    (model,) = torch_doc["models"]
+    assert model["random_weights"] is False
+    assert model["macs_per_pixel"] == ModelSpec("NRP_resG", TINY).macs_per_pixel
+    for case in torch_doc["cases"]:
+        assert case["flops_per_image"] == 2 * model["macs_per_pixel"] * 16 * 16
+        for result in case["results"]:
+            assert result["status"] == "ok", result
+            assert len(result["samples_ms"]) == 2 and all(len(r) == 1 for r in result["samples_ms"])
+            lat = result["latency_ms"]
+            assert lat["n"] == 2 and 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+            assert result["throughput_ips"] == pytest.approx(case["batch"] * 1000 / lat["median_ms"])
+            assert result["host_peak_rss_mib"] > 0
+            peak = torch_doc["peak"]["per_precision"]["fp32"]  # the estimate: no matmul measured here
+            assert result["peak_fraction"] == pytest.approx(result["achieved_tflops"] * 1e12 / peak)
+    json.dumps(torch_doc, allow_nan=False)  # strict JSON: no NaN or infinity anywhere
+
+
+def test_baseline_speedup_is_one_and_fidelity_compares_with_it(torch_doc):
+    model_only = _case(torch_doc, 1, "model")
+    assert model_only[BASELINE]["speedup_vs_baseline"]["paired_median"] == pytest.approx(1.0)
+    assert model_only[BASELINE]["fidelity"]["identical"] is True
+    # channels_last changes only the summation order: tiny float differences, far above 80 dB
+    cl = model_only["torch-fp32-cl"]["fidelity"]
+    assert cl["identical"] or cl["psnr_db"] > 80
+    assert cl["max_abs_err"] < 1e-4
+    e2e = _case(torch_doc, 2, "e2e")["torch-fp32-cl"]["fidelity"]
+    assert e2e["identical"] or e2e["max_abs_err"] <= 1  # at most one uint8 level from rounding
+    dynamic = _case(torch_doc, 1, "e2e-dynamic")["torch-fp32-cl"]["fidelity"]
+    assert dynamic["psnr_db"] is None and "noise" in dynamic["note"]
+
+
+def test_unavailable_backends_are_reported_with_reasons(torch_doc):
+    statuses = {b["backend"]: b for b in torch_doc["models"][0]["backends"]}
+    assert statuses["torch-fp32"]["status"] == "ok"
+    assert statuses["torch-fp16-cl"]["status"] == "skipped"
+    assert "cuda" in statuses["torch-fp16-cl"]["reason"]
+    assert statuses["tensorrt-fp16"]["status"] == "skipped"
+    assert "not on cpu" in statuses["tensorrt-fp16"]["reason"]
+    assert set(_case(torch_doc, 1, "model")) == {"torch-fp32", "torch-fp32-cl"}
+
+
+def test_markdown_json_and_png_report(torch_doc, tmp_path):
+    paths = bench_report.write_report(torch_doc, tmp_path)
+    assert [p.name for p in paths] == ["bench.json", "bench.md", "latency_vs_batch.png", "speedup.png"]
+    assert bench_report.read_result(paths[0]) == json.loads(json.dumps(torch_doc))
+    text = paths[1].read_text()
+    assert "| backend | batch | median ms |" in text
+    assert "torch-fp16-cl`: skipped:" in text
+    assert text.count("## tiny_resg, 16x16,") == 3
+    for png in paths[2:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = bench_report.console_table(torch_doc)
+    assert "torch-fp32-cl" in table and "1.00x" in table
+
+
+def test_absent_registry_weights_run_with_seeded_random_weights(tmp_path, monkeypatch):
+    entry = {"name": "tiny", "file": "tiny.pth", "architecture": "NRP_resG", "config": TINY}
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 1, "models": [entry]}))
+    monkeypatch.setenv(MODELS_DIR_ENV, str(tmp_path))
+    config = benchmark.BenchConfig(
+        models=("tiny", "no-such-model"),
+        backends=("torch-fp32",),
+        batch_sizes=(1,),
+        scenarios=("model",),
+        device="cpu",
+        **FAST,
+    )
+    doc = benchmark.run_benchmark(config, progress=None)
+    (model,) = doc["models"]
+    assert model["random_weights"] is True and "seed 0" in model["weights"]
+    assert doc["skipped_models"][0]["model"] == "no-such-model"
+    assert "seeded random weights" in bench_report.to_markdown(doc)
+
+
+class _FakeRunner:
+    """Runners that log when they run and can be told to fail, to test the schedule without models."""
+
+    def __init__(self, log, fail_after=None):
+        self.log, self.fail_after, self.calls = log, fail_after, 0
+
+    def make(self, name):
+        def infer(x):
+            self.calls += 1
+            if self.fail_after is not None and self.calls > self.fail_after:
+                raise RuntimeError("device lost")
+            self.log.append(name)
+            return x
+
+        return Runner(name, "fp32", "cpu", "fake", np.asarray, infer, np.asarray, lambda im, d: im)
+
+
+def test_rounds_are_interleaved_and_one_failure_does_not_stop_the_others(checkpoint, monkeypatch):
+    log: list[str] = []
+    fakes = {
+        "torch-fp32": _FakeRunner(log),
+        "torch-fp32-cl": _FakeRunner(log),
+        "torch-compile-fp32": _FakeRunner(log, fail_after=3),
+    }
+    monkeypatch.setattr(benchmark, "build_runner", lambda name, model, ctx: fakes[name].make(name))
+    config = benchmark.BenchConfig(
+        models=(str(checkpoint),),
+        backends=tuple(fakes),
+        batch_sizes=(1,),
+        scenarios=("model",),
+        device="cpu",
+        resolutions=(16,),
+        warmup=1,
+        rounds=4,
+        reps=1,
+        measure_peak=False,
+    )
+    doc = benchmark.run_benchmark(config, progress=None)
+    results = {r["backend"]: r for r in doc["cases"][0]["results"]}
+    # warm-up (1 call) + fidelity output (1 call) each, then round-robin rounds with a rotating start
+    # (the failing one raises on its 4th call, in round 2, and is left out of rounds 3 and 4)
+    base, cl, comp = "torch-fp32", "torch-fp32-cl", "torch-compile-fp32"
+    assert log[6:] == [base, cl, comp, cl, base, base, cl, base, cl]
+    assert results["torch-compile-fp32"]["status"] == "failed"
+    assert "device lost" in results["torch-compile-fp32"]["reason"]
+    assert results["torch-fp32-cl"]["status"] == "ok" and results["torch-fp32-cl"]["latency_ms"]["n"] == 4
+
+
+def test_config_validation():
+    with pytest.raises(InputError, match="unknown backend"):
+        benchmark.BenchConfig(backends=("torch-fp64",))
+    with pytest.raises(InputError, match="batch_sizes"):
+        benchmark.BenchConfig(batch_sizes=(0,))
+    with pytest.raises(InputError, match="scenarios"):
+        benchmark.BenchConfig(scenarios=("training",))
+    with pytest.raises(InputError, match="rounds"):
+        benchmark.BenchConfig(rounds=0)
+
+
+def test_cli_bench_writes_report_and_renders_again(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [
+        "bench",
+        "--models",
+        str(checkpoint),
+        "--backends",
+        "torch-fp32",
+        "--batch-sizes",
+        "1",
+        "--resolutions",
+        "16",
+        "--scenarios",
+        "e2e",
+        "--rounds",
+        "2",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--no-plots",
+        "-o",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]
+    assert "tiny_resg 16x16 e2e" in capsys.readouterr().out
+    again = tmp_path / "again"
+    assert main(["bench", "--render", str(out / "bench.json"), "-o", str(again)]) == 0
+    assert (again / "speedup.png").is_file()
+    assert main(["bench", "--backends", "nope", "-o", str(tmp_path / "x")]) == 2
+    assert "unknown backend" in capsys.readouterr().err
+
+
+def test_runtime_backends_on_cpu_through_load_purifier(checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("NRP_DEPLOY_CACHE", str(tmp_path / "cache"))  # never the user's artifact cache
+    config = benchmark.BenchConfig(
+        models=(str(checkpoint),),
+        backends=("torch-fp32", "onnxruntime-cpu-fp32", "onnxruntime-cpu-int8"),
+        batch_sizes=(2,),
+        scenarios=("model", "e2e"),
+        device="cpu",
+        threads=1,
+        **FAST,
+    )
+    doc = benchmark.run_benchmark(config, progress=None)
+    statuses = {b["backend"]: b["status"] for b in doc["models"][0]["backends"]}
+    assert statuses == {name: "ok" for name in config.backends}
+    model_only = _case(doc, 2, "model")
+    fp32 = model_only["onnxruntime-cpu-fp32"]["fidelity"]
+    assert fp32["identical"] or fp32["psnr_db"] > 80
+    int8 = model_only["onnxruntime-cpu-int8"]
+    assert int8["precision"] == "int8" and 15 < int8["fidelity"]["psnr_db"] < 80
+    e2e = _case(doc, 2, "e2e")["onnxruntime-cpu-fp32"]["fidelity"]
+    assert e2e["identical"] or e2e["max_abs_err"] <= 1
