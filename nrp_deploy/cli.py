@@ -405,6 +405,42 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="attack the example photos with SSP, purify them with the default purifier, report",
+        description="The main job in one command: SSP-attack the example photos (a short attack, about a "
+        "minute on 2 CPU cores), purify them with the shipped default purifier through the fastest backend "
+        "here, print agreement with the clean prediction and PSNR, and write the report and picture grids.",
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)"
+    )
+    p.add_argument("--model", default="default", help="registry name or checkpoint (default: default)")
+    p.add_argument("--images", type=Path, default=None, help="image folder (default: examples/images)")
+    p.add_argument("--iterations", type=int, default=10, help="SSP iterations (default: 10)")
+    p.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch (default: auto)")
+    p.add_argument("--with-pgd", action="store_true", help="also PGD straight-through (BPDA) against it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from nrp_deploy.demo import DEMO_ATTACKS, EXAMPLES_DIR, run_demo
+
+    attacks = (*DEMO_ATTACKS, "pgd-bpda") if args.with_pgd else DEMO_ATTACKS
+    run_demo(
+        args.output,
+        model=args.model,
+        images=args.images or EXAMPLES_DIR,
+        attacks=attacks,
+        iterations=args.iterations,
+        backend=args.backend,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
@@ -572,6 +608,109 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_calibration(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="DIR|NPZ",
+        help="calibration images: a folder or an .npz with an NCHW 'input' array (default: examples/images)",
+    )
+    p.add_argument(
+        "--validation",
+        type=Path,
+        default=None,
+        metavar="DIR|NPZ",
+        help="held-out images for the fidelity check (default: every 4th calibration image, not calibrated on)",
+    )
+    p.add_argument("--crop-size", type=int, help="calibration crop side in px (default: 224)")
+    p.add_argument("--count", type=int, help="calibration crops (default: 8)")
+    p.add_argument("--holdout-size", type=int, help="fidelity crop side (default: --crop-size)")
+    p.add_argument("--holdout-count", type=int, help="fidelity crops (default: 4)")
+    p.add_argument("--seed", type=int, help="seed of the random crops (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a purifier to ONNX: FP32, calibrated FP16 or INT8 Q/DQ, each with a metadata JSON",
+        description="Export a purifier to ONNX. Each artifact gets OUT.json beside it (source checkpoint and "
+        "sha256, architecture, precision, calibration, tool versions, fidelity against FP32 torch) and a "
+        "PASS/FAIL verdict line against its PSNR threshold; the exit status is 1 on FAIL.",
+    )
+    kinds = p.add_subparsers(dest="export", required=True, metavar="FORMAT")
+    fp32 = kinds.add_parser("onnx", help="FP32 ONNX, dynamic batch/height/width, checked against torch")
+    fp16 = kinds.add_parser("fp16", help="mixed-precision FP16 ONNX (ModelOpt AutoCast, calibrated)")
+    int8 = kinds.add_parser("int8", help="INT8 Q/DQ ONNX (ModelOpt for TensorRT, or ONNX Runtime for CPUs)")
+    for kind, q in (("fp32", fp32), ("fp16", fp16), ("int8", int8)):
+        source = "registry name or checkpoint" + ("" if kind == "fp32" else ", or an FP32 .onnx export")
+        q.add_argument("--model", default="default", help=f"{source} (default: default)")
+        q.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx", help="output model")
+        q.add_argument("--opset", type=int, help="ONNX opset of the FP32 export (default: 20)")
+        q.add_argument(
+            "--min-psnr", type=float, help="verdict's PSNR threshold in dB (fp32 80, fp16 50, int8 35)"
+        )
+        q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+        q.set_defaults(handler=_run_export)
+    fp32.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    _add_export_calibration(fp16)
+    fp16.add_argument("--fp16-io", action="store_true", help="float16 input/output (default: float32)")
+    fp16.add_argument(
+        "--data-max", type=float, help="nodes with activations above this stay FP32 (default: 512)"
+    )
+    _add_export_calibration(int8)
+    int8.add_argument(
+        "--method", choices=("modelopt", "ort"), help="modelopt (default): for TensorRT; ort: for CPUs"
+    )
+    int8.add_argument(
+        "--calibration-method",
+        help="modelopt: entropy (default) or max; ort: minmax (default), entropy, percentile",
+    )
+    int8.add_argument(
+        "--high-precision", choices=("fp16", "fp32"), help="modelopt: precision of the rest (default: fp16)"
+    )
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    def given(**options: object) -> dict[str, object]:  # options left out keep the API's defaults
+        return {k: v for k, v in options.items() if v is not None}
+
+    common = given(opset=args.opset, min_psnr_db=args.min_psnr, overwrite=args.overwrite)
+    if args.export == "onnx":
+        from nrp_deploy.export.onnx import export_onnx
+
+        result = export_onnx(args.model, args.output, simplify=not args.no_simplify, **common)
+    else:
+        common |= given(
+            calibration=args.calibration,
+            validation=args.validation,
+            crop_size=args.crop_size,
+            count=args.count,
+            holdout_size=args.holdout_size,
+            holdout_count=args.holdout_count,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+        if args.export == "fp16":
+            from nrp_deploy.export.fp16 import export_fp16
+
+            options = given(keep_io_types=not args.fp16_io, data_max=args.data_max)
+            result = export_fp16(args.model, args.output, **common, **options)
+        else:
+            from nrp_deploy.export.int8 import export_int8
+
+            options = given(
+                method=args.method,
+                calibration_method=args.calibration_method,
+                high_precision=args.high_precision,
+            )
+            result = export_int8(args.model, args.output, **common, **options)
+    print(f"wrote {result.path} and {result.metadata_path}", file=sys.stderr)
+    print(result.verdict.line)
+    return 0 if result.verdict.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nrp",
@@ -583,7 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attack(sub)
     _add_eval(sub)
     _add_train(sub)
+    _add_demo(sub)
     _add_bench(sub)
+    _add_export(sub)
     _add_build(sub)
     _add_info(sub)
     return parser
