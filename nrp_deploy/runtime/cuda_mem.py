@@ -79,6 +79,12 @@ class Stream:
             self._stream = None
 
 
+def synchronize(stream: int) -> None:
+    """Wait on the host until stream handle ``stream`` has run everything enqueued on it."""
+    drv = init_driver()
+    check(drv.cuStreamSynchronize(drv.CUstream(stream)), "cuStreamSynchronize")
+
+
 class DeviceBuffer:
     """``nbytes`` of device memory at ``ptr`` (an int, as TensorRT and the kernels take it)."""
 

@@ -1,0 +1,532 @@
+"""The TensorRT backend and the fused GPU path, run on the CPU over an emulated CUDA driver and engine.
+
+No GPU is needed: ``FakeCuda`` stands in for ``cuda.bindings.driver`` (device memory is host memory, a
+stream runs its work at once unless it is being captured into a graph, graphs replay what they captured),
+``FakeEngine`` for a deserialised TensorRT engine (its execution context computes ``0.5 * x`` from the
+addresses bound to it, on the stream it is given), and the fused kernels are their numpy reference applied
+to those addresses. What runs for real is our code: buffer management, pinned staging, bindings, CUDA-graph
+capture / replay / fallback, stream ordering, shape checks, the engine cache and the Purifier on top.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nrp_deploy.errors import InputError, StaleArtifactError
+from nrp_deploy.kernels.reference import postprocess_reference, preprocess_reference
+from nrp_deploy.runtime import cuda_mem, engine_cache, prepost, tensorrt_support
+from nrp_deploy.runtime.backends import tensorrt as trt_backend
+from nrp_deploy.runtime.dynamic import DynamicDefense
+
+ENV = engine_cache.TargetEnvironment("11.4.0.106", "Emulated GPU", (9, 0))
+PROFILE = engine_cache.make_profile((1, 8, 8), (2, 16, 16), (4, 32, 32))
+
+
+class _Graph:
+    def __init__(self, work: list) -> None:
+        self.work = work
+
+    def __int__(self) -> int:
+        return id(self)
+
+
+class FakeCuda:
+    """The slice of ``cuda.bindings.driver`` our code calls, on host memory; ``log`` records the order."""
+
+    CUstream_flags = types.SimpleNamespace(CU_STREAM_NON_BLOCKING=1)
+    CUevent_flags = types.SimpleNamespace(CU_EVENT_DISABLE_TIMING=2)
+    CUstreamCaptureMode = types.SimpleNamespace(CU_STREAM_CAPTURE_MODE_THREAD_LOCAL=1)
+    CUstream = CUdeviceptr = int
+
+    def __init__(self) -> None:
+        self.memory: dict[int, ctypes.Array] = {}
+        self.capturing: dict[int, list] = {}
+        self.log: list[tuple[str, int]] = []
+        self.current = 0
+        self.refuse_capture = False
+        self._next = 1000
+
+    def _handle(self) -> int:
+        self._next += 1
+        return self._next
+
+    def enqueue(self, stream: int, work) -> None:
+        if int(stream) in self.capturing:
+            self.capturing[int(stream)].append(work)
+        else:
+            work()
+
+    # contexts, streams, events
+    def cuDeviceGet(self, ordinal):
+        return 0, ordinal
+
+    def cuDevicePrimaryCtxRetain(self, device):
+        return 0, 7
+
+    def cuDevicePrimaryCtxRelease(self, device):
+        return (0,)
+
+    def cuCtxGetCurrent(self):
+        return 0, self.current
+
+    def cuCtxSetCurrent(self, ctx):
+        self.current = int(ctx)
+        return (0,)
+
+    def cuStreamCreate(self, flags):
+        return 0, self._handle()
+
+    def cuStreamSynchronize(self, stream):
+        return (0,)
+
+    def cuStreamDestroy(self, stream):
+        return (0,)
+
+    def cuEventCreate(self, flags):
+        return 0, self._handle()
+
+    def cuEventRecord(self, event, stream):
+        self.log.append(("record", int(stream)))
+        return (0,)
+
+    def cuStreamWaitEvent(self, stream, event, flags):
+        self.log.append(("wait", int(stream)))
+        return (0,)
+
+    def cuEventDestroy(self, event):
+        return (0,)
+
+    # memory
+    def _alloc(self, nbytes: int) -> int:
+        buffer = ctypes.create_string_buffer(b"\xaa" * nbytes, nbytes)  # poisoned
+        self.memory[ctypes.addressof(buffer)] = buffer
+        return ctypes.addressof(buffer)
+
+    def cuMemAlloc(self, nbytes):
+        return 0, self._alloc(nbytes)
+
+    def cuMemHostAlloc(self, nbytes, flags):
+        return 0, self._alloc(nbytes)
+
+    def cuMemFree(self, ptr):
+        del self.memory[int(ptr)]
+        return (0,)
+
+    cuMemFreeHost = cuMemFree
+
+    def cuMemcpyHtoDAsync(self, dst, src, nbytes, stream):
+        self.enqueue(stream, lambda: ctypes.memmove(int(dst), int(src), nbytes))
+        return (0,)
+
+    def cuMemcpyDtoHAsync(self, dst, src, nbytes, stream):
+        self.enqueue(stream, lambda: ctypes.memmove(int(dst), int(src), nbytes))
+        return (0,)
+
+    # graphs
+    def cuStreamBeginCapture(self, stream, mode):
+        self.capturing[int(stream)] = []
+        return (0,)
+
+    def cuStreamEndCapture(self, stream):
+        work = self.capturing.pop(int(stream))
+        if self.refuse_capture:
+            return 901, None  # CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+        return 0, _Graph(work)
+
+    def cuGraphInstantiate(self, graph, flags):
+        return 0, graph
+
+    def cuGraphLaunch(self, graph, stream):
+        self.log.append(("graph", int(stream)))
+        for work in graph.work:
+            self.enqueue(stream, work)
+        return (0,)
+
+    def cuGraphExecDestroy(self, graph):
+        return (0,)
+
+    cuGraphDestroy = cuGraphExecDestroy
+
+
+def _array(ptr: int, shape: tuple[int, ...], dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    return np.frombuffer((ctypes.c_byte * nbytes).from_address(ptr), dtype=dtype).reshape(shape)
+
+
+def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") -> types.ModuleType:
+    """A stand-in ``tensorrt`` whose engines compute 0.5 * x; ``trt.enqueues`` counts execute_async_v3."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = ENV.tensorrt_version
+    trt.enqueues = 0
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+
+    class ILogger:
+        Severity = types.SimpleNamespace(ERROR="ERROR", INTERNAL_ERROR="INTERNAL_ERROR")
+
+        def __init__(self) -> None:
+            pass
+
+    class Context:
+        def __init__(self) -> None:
+            self.shape: tuple[int, ...] = ()
+            self.addresses: dict[str, int] = {}
+
+        def set_input_shape(self, name, shape):
+            self.shape = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name):
+            return self.shape
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = int(ptr)
+            return True
+
+        def execute_async_v3(self, stream):
+            shape, src, dst = self.shape, self.addresses["input"], self.addresses["output"]
+
+            def run() -> None:
+                y = (_array(src, shape, in_dtype).astype(np.float32) * np.float32(0.5)).astype(out_dtype)
+                _array(dst, shape, out_dtype)[...] = y
+
+            trt.enqueues += 1
+            cuda.enqueue(stream, run)
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return ("input", "output")[i]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if name == "input" else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_profile_shape(self, name, index):
+            return [(b, 3, h, w) for b, h, w in (PROFILE.min, PROFILE.opt, PROFILE.max)]
+
+        def create_execution_context(self):
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger) -> None:
+            self.engine_host_code_allowed = False
+
+        def deserialize_cuda_engine(self, data):
+            return None if bytes(data).startswith(b"corrupt") else Engine()
+
+    trt.ILogger, trt.Runtime = ILogger, Runtime
+    return trt
+
+
+class FakeKernels:
+    """``FusedKernels`` on the emulated device: the numpy reference applied at the given addresses."""
+
+    def __init__(self, cuda: FakeCuda) -> None:
+        self.cuda = cuda
+        self.calls: list[dict] = []
+
+    def preprocess(
+        self,
+        src_ptr,
+        dst_ptr,
+        n,
+        h,
+        w,
+        out_dtype="float16",
+        sigma=0.0,
+        eps=0.0,
+        seed=0,
+        start_index=0,
+        stream=0,
+    ):
+        self.calls.append(dict(sigma=sigma, eps=eps, seed=seed, start_index=start_index, stream=stream))
+
+        def run() -> None:
+            images = _array(src_ptr, (n, h, w, 3), np.uint8)
+            _array(dst_ptr, (n, 3, h, w), out_dtype)[...] = preprocess_reference(
+                images, out_dtype, sigma, eps, seed, start_index
+            )
+
+        self.cuda.enqueue(stream, run)
+
+    def postprocess(self, src_ptr, dst_ptr, n, h, w, src_dtype="float16", stream=0):
+        def run() -> None:
+            _array(dst_ptr, (n, h, w, 3), np.uint8)[...] = postprocess_reference(
+                _array(src_ptr, (n, 3, h, w), src_dtype)
+            )
+
+        self.cuda.enqueue(stream, run)
+
+
+@pytest.fixture
+def cuda(monkeypatch) -> FakeCuda:
+    fake = FakeCuda()
+    monkeypatch.setattr(cuda_mem, "init_driver", lambda: fake)
+    return fake
+
+
+@pytest.fixture
+def fake_trt(monkeypatch, cuda):
+    def install(**kwargs) -> types.ModuleType:
+        module = make_runtime_trt(cuda, **kwargs)
+        monkeypatch.setitem(sys.modules, "tensorrt", module)
+        tensorrt_support.import_tensorrt.cache_clear()
+        tensorrt_support.tensorrt_logger.cache_clear()
+        return module
+
+    yield install
+    tensorrt_support.import_tensorrt.cache_clear()
+    tensorrt_support.tensorrt_logger.cache_clear()
+
+
+def _metadata(engine: Path, onnx: Path, **changes) -> engine_cache.EngineMetadata:
+    values = dict(
+        engine_sha256=engine_cache.sha256_file(engine),
+        onnx_path=str(onnx),
+        onnx_sha256=engine_cache.sha256_file(onnx) if onnx.exists() else "0" * 64,
+        precision="fp32",
+        profile=engine_cache.profile_to_dict(PROFILE),
+        input_name="input",
+        input_dtype="float32",
+        output_name="output",
+        output_dtype="float32",
+        tensorrt_version=ENV.tensorrt_version,
+        gpu_name=ENV.gpu_name,
+        compute_capability=list(ENV.compute_capability),
+        platform=ENV.platform,
+        optimization_level=3,
+        workspace_mib=64,
+    )
+    values.update(changes)
+    return engine_cache.EngineMetadata(**values)
+
+
+def _backend(tmp_path: Path, content: bytes = b"PLAN", **kwargs) -> trt_backend.TensorRTBackend:
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(content)
+    meta_changes = {k: kwargs.pop(k) for k in ("input_dtype", "output_dtype") if k in kwargs}
+    return trt_backend.TensorRTBackend(
+        engine, _metadata(engine, tmp_path / "m.onnx", **meta_changes), **kwargs
+    )
+
+
+def _images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+# -- the backend ------------------------------------------------------------------------------------------
+
+
+def test_host_path_captures_once_then_replays(fake_trt, cuda, tmp_path):
+    trt = fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    assert backend.profile == PROFILE and backend.stream != 0
+    for seed in range(3):  # new data each call through the same buffers: the replayed graph must see it
+        x = prepost.uint8_to_float(_images(2, 16, 16, seed))
+        np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))
+    assert trt.enqueues == 2  # one warm-up enqueue, one captured; later calls replay the graph
+    assert [e for e in cuda.log if e[0] == "graph"] == [("graph", backend.stream)] * 2
+    backend.deactivate()
+    assert cuda.memory == {}  # every buffer freed
+
+
+def test_plain_enqueue_without_graphs_and_when_capture_fails(fake_trt, cuda, tmp_path):
+    trt = fake_trt()
+    backend = _backend(tmp_path, cuda_graph=False)
+    backend.activate()
+    x = prepost.uint8_to_float(_images(1, 8, 12))
+    for _ in range(3):
+        np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))
+    assert trt.enqueues == 3 and not any(e[0] == "graph" for e in cuda.log)
+    backend.deactivate()
+
+    cuda.refuse_capture = True
+    trt.enqueues = 0
+    backend = _backend(tmp_path)
+    backend.activate()
+    for _ in range(3):
+        np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))
+    assert trt.enqueues == 1 + 1 + 2  # warm-up, failed capture, then plain enqueues (no second capture)
+    backend.deactivate()
+
+
+def test_fp16_engine_io_is_converted_on_the_host_path(fake_trt, tmp_path):
+    fake_trt(in_dtype="float16", out_dtype="float16")
+    backend = _backend(tmp_path, input_dtype="float16", output_dtype="float16")
+    backend.activate()
+    x = prepost.uint8_to_float(_images(1, 8, 8))
+    y = backend.infer(x)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, (x.astype(np.float16).astype(np.float32) * 0.5).astype(np.float16))
+    backend.deactivate()
+
+
+def test_shapes_outside_the_profile_are_refused(fake_trt, tmp_path):
+    fake_trt()
+    backend = _backend(tmp_path)
+    with pytest.raises(InputError, match="not active"):
+        backend.infer(np.zeros((1, 3, 8, 8), np.float32))
+    backend.activate()
+    for shape, message in [
+        ((5, 3, 16, 16), "batch 1..4"),
+        ((1, 3, 33, 16), "outside the engine's profile"),
+        ((1, 3, 4, 16), "outside the engine's profile"),
+        ((1, 1, 16, 16), r"\(N, 3, H, W\)"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            backend.infer(np.zeros(shape, np.float32))
+    backend.deactivate()
+
+
+def test_corrupt_engine_is_a_clear_error_and_frees_everything(fake_trt, cuda, tmp_path):
+    fake_trt()
+    backend = _backend(tmp_path, content=b"corrupt plan")
+    with pytest.raises(StaleArtifactError, match=r"could not deserialise .*m\.engine.*nrp build"):
+        backend.activate()
+    assert cuda.memory == {} and backend.stream == 0
+
+
+def test_device_entry_point_orders_against_the_callers_stream(fake_trt, cuda, tmp_path):
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    x = prepost.uint8_to_float(_images(2, 16, 16))
+    src, dst = cuda_mem.DeviceBuffer(x.nbytes), cuda_mem.DeviceBuffer(x.nbytes)
+    _array(src.ptr, x.shape, np.float32)[...] = x
+    caller = 4242
+    cuda.log.clear()
+    backend.infer_device(src.ptr, dst.ptr, x.shape, caller)
+    np.testing.assert_array_equal(_array(dst.ptr, x.shape, np.float32), x * np.float32(0.5))
+    own = backend.stream
+    assert cuda.log == [("record", caller), ("wait", own), ("record", own), ("wait", caller)]
+    cuda.log.clear()
+    backend.infer_device(src.ptr, dst.ptr, x.shape, own)  # on the backend's own stream: no events at all
+    assert cuda.log == [("graph", own)]
+    src.close(), dst.close()
+    backend.deactivate()
+
+
+def test_buffers_and_graphs_of_old_shapes_are_freed(fake_trt, cuda, tmp_path):
+    fake_trt()
+    backend = _backend(tmp_path, max_shapes=2)
+    backend.activate()
+    for side in (8, 12, 16, 20):
+        x = prepost.uint8_to_float(_images(1, side, side))
+        np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))
+    assert list(backend._slots) == [(1, 3, 16, 16), (1, 3, 20, 20)]
+    live = set(cuda.memory)
+    assert all(ptr in live for key in backend._graphs for ptr in key[1:])
+    backend.deactivate()
+    assert cuda.memory == {}
+
+
+# -- the fused GPU path -----------------------------------------------------------------------------------
+
+
+def _host_reference(images: np.ndarray, dynamic: DynamicDefense | None, seed: int, start: int) -> np.ndarray:
+    x = prepost.uint8_to_float(images)
+    if dynamic is not None:
+        x = dynamic.apply(x, seed, start)
+    return prepost.float_to_uint8(x * np.float32(0.5))
+
+
+@pytest.mark.parametrize("dynamic", [None, DynamicDefense(sigma=0.05, eps=16 / 255)])
+def test_pipeline_matches_the_host_path(fake_trt, cuda, tmp_path, dynamic):
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    kernels = FakeKernels(cuda)
+    with DevicePipeline(backend, kernels) as pipeline:
+        assert pipeline.stream == backend.stream  # the engine's stream: no cross-stream events
+        for call in range(2):
+            images = _images(3, 16, 24, seed=call)
+            got = pipeline(images, dynamic, seed=99, start_index=5)
+            expected = _host_reference(images, dynamic, 99, 5)
+            assert np.abs(got.astype(int) - expected).max() <= 1
+            assert (got == expected).mean() > 0.99
+        assert kernels.calls[-1] == dict(
+            sigma=dynamic.sigma if dynamic else 0.0,
+            eps=dynamic.eps if dynamic else 0.0,
+            seed=99,
+            start_index=5,
+            stream=backend.stream,
+        )
+    backend.deactivate()
+    assert cuda.memory == {}
+
+
+def test_pipeline_refuses_what_it_cannot_run(fake_trt, cuda, tmp_path):
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    with DevicePipeline(backend, FakeKernels(cuda)) as pipeline:
+        with pytest.raises(InputError, match="uint8 NHWC"):
+            pipeline(np.zeros((1, 16, 16, 3), np.float32))
+        with pytest.raises(InputError, match="outside the backend's profile"):
+            pipeline(np.zeros((1, 64, 64, 3), np.uint8))
+    backend.deactivate()
+    cpu = types.SimpleNamespace(name="onnxruntime-cpu", device="cpu")
+    with pytest.raises(InputError, match="CUDA device backend"):
+        DevicePipeline(cpu, FakeKernels(cuda))
+
+
+# -- load_purifier(..., backend="tensorrt") end to end ----------------------------------------------------
+
+
+def test_load_purifier_builds_caches_tiles_and_rebuilds(fake_trt, cuda, tmp_path, monkeypatch):
+    """The runtime's Purifier over the TensorRT backend: engine built once and cached, images beyond the
+    profile tiled, batches beyond it split, and an engine from another TensorRT release rebuilt."""
+    from nrp_deploy.export import tensorrt as trt_build
+    from nrp_deploy.kernels import cuda_api
+    from nrp_deploy.runtime import load_purifier
+
+    fake_trt()
+    builds: list[engine_cache.BuildOptions] = []
+
+    def fake_build(
+        onnx: Path, engine: Path, options: engine_cache.BuildOptions
+    ) -> engine_cache.EngineMetadata:
+        builds.append(options)
+        engine.parent.mkdir(parents=True, exist_ok=True)
+        engine.write_bytes(b"PLAN " + onnx.read_bytes())
+        meta = _metadata(engine, onnx, profile=engine_cache.profile_to_dict(options.profile))
+        engine_cache.write_engine_metadata(engine, meta)
+        return meta
+
+    monkeypatch.setattr(cuda_api, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(trt_backend, "current_environment", lambda device=0: ENV)
+    monkeypatch.setattr(trt_build, "engine_builder", lambda **kw: fake_build)
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not parsed by the stand-in")
+    options = {"profile": PROFILE, "cache_dir": tmp_path / "engines"}
+
+    with load_purifier(onnx, backend="tensorrt", options=options) as purifier:
+        assert purifier.backend_name == "tensorrt" and purifier.backend.device == "cuda:0"
+        images = _images(6, 40, 20)  # taller than the profile's 32 and a batch above its 4: tiled and split
+        np.testing.assert_array_equal(purifier(images), _host_reference(images, None, 0, 0))
+    with load_purifier(onnx, backend="tensorrt", options=options) as purifier:
+        small = _images(1, 16, 16)
+        np.testing.assert_array_equal(purifier(small), _host_reference(small, None, 0, 0))
+    assert len(builds) == 1 and builds[0].profile == PROFILE
+
+    engine = purifier.backend.path
+    meta = engine_cache.read_engine_metadata(engine)
+    engine_cache.write_engine_metadata(
+        engine, engine_cache.EngineMetadata(**{**meta.to_dict(), "tensorrt_version": "11.3.0"})
+    )
+    with load_purifier(engine, backend="tensorrt") as purifier:  # the engine itself: rebuilt from its ONNX
+        assert purifier.backend.metadata.tensorrt_version == ENV.tensorrt_version
+    assert len(builds) == 2 and builds[1].profile == PROFILE  # the rebuild kept the engine's profile
