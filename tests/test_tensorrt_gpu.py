@@ -1,0 +1,211 @@
+"""The GPU paths on a real device (marked ``gpu``: skipped where no CUDA device is present).
+
+- ONNX Runtime's CUDA execution provider (the ``onnxruntime-gpu`` wheel) fed by the fused kernels through
+  I/O binding (``DevicePipeline``), FP32 and FP16, plain and in ONNX Runtime's CUDA-graph mode, and with
+  the dynamic defence: all equal to the host path on the CPU provider.
+- The native TensorRT backend, where TensorRT is installed: engine built, cached, run with CUDA graphs,
+  through the Purifier and the fused path.
+- Fidelity of the published architectures (random weights) through the fused path: FP16 >= 50 dB PSNR
+  against FP32 torch (needs torch and the export tools; marked ``slow`` too).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nrp_deploy.runtime import prepost
+from nrp_deploy.runtime.dynamic import DynamicDefense
+
+pytestmark = pytest.mark.gpu
+
+SEED = 1234
+
+
+def _conv_net(path: Path, fp16: bool, fp16_io: bool = False) -> Path:
+    """conv3x3(3->8) + ReLU + conv3x3(8->3), seeded weights; FP16 inside (and optionally at the I/O)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(SEED)
+    dtype = np.float16 if fp16 else np.float32
+    weights = [
+        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(dtype), "w1"),
+        numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(dtype), "b1"),
+        numpy_helper.from_array((rng.standard_normal((3, 8, 3, 3)) * 0.2).astype(dtype), "w2"),
+        numpy_helper.from_array((rng.standard_normal(3) * 0.1 + 0.5).astype(dtype), "b2"),
+    ]
+    inner = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    io = TensorProto.FLOAT16 if fp16_io else TensorProto.FLOAT
+    nodes = []
+    x, y = "input", "output"
+    if fp16 and not fp16_io:
+        nodes.append(helper.make_node("Cast", ["input"], ["x16"], to=inner))
+        x, y = "x16", "y16"
+    nodes += [
+        helper.make_node("Conv", [x, "w1", "b1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Conv", ["r", "w2", "b2"], [y], pads=[1, 1, 1, 1]),
+    ]
+    if fp16 and not fp16_io:
+        nodes.append(helper.make_node("Cast", ["y16"], ["output"], to=TensorProto.FLOAT))
+    graph = helper.make_graph(
+        nodes,
+        "conv_net",
+        [helper.make_tensor_value_info("input", io, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("output", io, ["N", 3, "H", "W"])],
+        weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _ort_cuda():
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has no CUDA execution provider (install onnxruntime-gpu)")
+    from nrp_deploy.runtime.backends.ort import OrtBackend
+
+    return OrtBackend
+
+
+def _host_reference(onnx: Path, images: np.ndarray, dynamic: DynamicDefense | None, seed: int) -> np.ndarray:
+    """The host path on ONNX Runtime's CPU provider: what the fused GPU path must reproduce."""
+    from nrp_deploy.runtime.backends.ort import OrtBackend
+
+    backend = OrtBackend(onnx, device="cpu")
+    backend.activate()
+    x = prepost.uint8_to_float(images)
+    if dynamic is not None:
+        x = dynamic.apply(x, seed, 0)
+    return prepost.float_to_uint8(backend.infer(x))
+
+
+def _images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def _assert_close(got: np.ndarray, expected: np.ndarray, fp16: bool) -> None:
+    diff = np.abs(got.astype(int) - expected)
+    assert diff.max() <= (2 if fp16 else 1)
+    assert (diff == 0).mean() > (0.97 if fp16 else 0.995)
+
+
+@pytest.mark.parametrize(("fp16", "fp16_io"), [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("dynamic", [None, DynamicDefense(seed=7)])
+def test_ort_cuda_fused_path_matches_cpu(tmp_path, fp16, fp16_io, dynamic):
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    OrtBackend = _ort_cuda()
+    onnx = _conv_net(tmp_path / "net.onnx", fp16, fp16_io)
+    backend = OrtBackend(onnx, precision="fp16" if fp16 else "fp32", device="cuda:0")
+    backend.activate()
+    with DevicePipeline(backend) as pipeline:
+        for call in range(2):
+            images = _images(2, 24, 40, seed=call)
+            got = pipeline(images, dynamic, seed=7)
+            _assert_close(got, _host_reference(onnx, images, dynamic, 7), fp16)
+    backend.deactivate()
+
+
+def test_ort_cuda_graph_mode_through_the_fused_path(tmp_path):
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    OrtBackend = _ort_cuda()
+    onnx = _conv_net(tmp_path / "net.onnx", fp16=True)
+    backend = OrtBackend(onnx, precision="fp16", device="cuda:0", cuda_graph=True, fixed_shape=(2, 32, 32))
+    backend.activate()
+    with DevicePipeline(backend) as pipeline:
+        for call in range(3):  # the first run captures, later ones replay with new data in the same buffers
+            images = _images(2, 32, 32, seed=call)
+            _assert_close(pipeline(images), _host_reference(onnx, images, None, 0), fp16=True)
+    backend.deactivate()
+
+
+# -- native TensorRT ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_tensorrt_engine_through_purifier_and_fused_path(tmp_path, fp16):
+    pytest.importorskip("tensorrt")
+    from nrp_deploy.runtime import load_purifier
+    from nrp_deploy.runtime.engine_cache import make_profile
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    onnx = _conv_net(tmp_path / "net.onnx", fp16)
+    options = {
+        "profile": make_profile((1, 16, 16), (2, 32, 32), (4, 64, 64)),
+        "cache_dir": tmp_path / "engines",
+    }
+    with load_purifier(onnx, backend="tensorrt", options=options) as purifier:
+        backend = purifier.backend
+        assert backend.precision == ("fp16" if fp16 else "fp32")
+        images = _images(6, 80, 40)  # beyond the profile: tiled and split by the Purifier
+        _assert_close(purifier(images), _host_reference(onnx, images, None, 0), fp16)
+        with DevicePipeline(backend) as pipeline:
+            dynamic = DynamicDefense(seed=3)
+            for call in range(3):  # the graph of this shape is captured once, then replayed
+                images = _images(2, 32, 32, seed=call)
+                _assert_close(
+                    pipeline(images, dynamic, seed=3), _host_reference(onnx, images, dynamic, 3), fp16
+                )
+    with load_purifier(onnx, backend="tensorrt", options=options) as again:
+        assert again.backend.path == backend.path  # reused from the cache, not rebuilt
+        assert again.backend.metadata.built_at == backend.metadata.built_at
+
+
+def test_tensorrt_graph_and_plain_enqueue_agree(tmp_path):
+    pytest.importorskip("tensorrt")
+    from nrp_deploy.runtime import load_purifier
+
+    onnx = _conv_net(tmp_path / "net.onnx", fp16=False)
+    x = prepost.uint8_to_float(_images(2, 32, 32))
+    outputs = []
+    for graph in (True, False):
+        options = {"cuda_graph": graph, "cache_dir": tmp_path / "engines"}
+        with load_purifier(onnx, backend="tensorrt", options=options) as purifier:
+            outputs.append([purifier.backend.infer(x) for _ in range(3)])
+    for y in outputs[0] + outputs[1]:
+        np.testing.assert_array_equal(y, outputs[0][0])
+
+
+# -- fidelity of the published architectures through the fused path -------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["NRP_resG", "NRP"])
+def test_published_architectures_fp16_fidelity_on_the_fused_path(tmp_path, architecture):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("modelopt")
+    from nrp_deploy.export.fp16 import export_fp16
+    from nrp_deploy.export.metadata import psnr_db
+    from nrp_deploy.export.onnx import export_onnx
+    from nrp_deploy.images import read_image
+    from nrp_deploy.models.spec import ModelSpec
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    OrtBackend = _ort_cuda()
+    torch.manual_seed(SEED)
+    module = ModelSpec(architecture).build().eval()
+    checkpoint = tmp_path / f"{architecture}.pth"
+    torch.save(module.state_dict(), checkpoint)
+    fp32 = export_onnx(str(checkpoint), tmp_path / "fp32.onnx").path
+    fp16 = export_fp16(str(fp32), tmp_path / "fp16.onnx", progress=False).path
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples" / "images").glob("*.png"))[:2]
+    images = np.stack([read_image(p)[:96, :96] for p in examples])
+    x = prepost.uint8_to_float(images)
+    with torch.no_grad():
+        reference = module(torch.from_numpy(x)).numpy()
+    for onnx, precision, floor in ((fp32, "fp32", 80.0), (fp16, "fp16", 50.0)):
+        backend = OrtBackend(onnx, precision=precision, device="cuda:0")
+        backend.activate()
+        y = backend.infer(x)
+        psnr = psnr_db(float(np.mean((y.astype(np.float64) - reference) ** 2)))
+        print(f"{architecture} {precision} ONNX Runtime CUDA vs FP32 torch: PSNR {psnr:.1f} dB")
+        assert psnr >= floor
+        with DevicePipeline(backend) as pipeline:
+            _assert_close(pipeline(images), prepost.float_to_uint8(y), fp16=precision == "fp16")
+        backend.deactivate()
