@@ -83,14 +83,18 @@ def wheel_for(version: str, directory: Path) -> Path | None:
 
 
 def fetch(directory: Path) -> list[Path]:
-    """Download the bindings wheel of every version in VERSIONS (binary only, no dependencies)."""
+    """Download the bindings wheel of every version in VERSIONS for this interpreter (binary, no deps).
+
+    A release with no wheel for this Python (10.3 stops at cp312) is reported and skipped.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     for version in VERSIONS:
         if wheel_for(version, directory) is None:
-            subprocess.run(
-                [*_PIP_DOWNLOAD, "--dest", str(directory), f"{PACKAGE}=={version}"],
-                check=True,
+            done = subprocess.run(
+                [*_PIP_DOWNLOAD, "--dest", str(directory), f"{PACKAGE}=={version}"], check=False
             )
+            if done.returncode != 0:
+                print(f"warning: no {PACKAGE} {version} wheel for this Python; skipped", file=sys.stderr)
     return [w for v in VERSIONS if (w := wheel_for(v, directory)) is not None]
 
 
@@ -173,9 +177,10 @@ def main(argv: list[str]) -> int:
         version, rest = rest[0], rest[1:]
     directory = Path(rest[0]) if rest else default_dir()
     if command == "fetch":
-        for wheel in fetch(directory):
+        wheels = fetch(directory)
+        for wheel in wheels:
             print(wheel)
-        return 0
+        return 0 if wheels else 1
     if command == "show":
         wheel = wheel_for(version, directory)
         if wheel is None:
