@@ -513,11 +513,11 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "build",
         help="build a TensorRT engine from an FP32, FP16 or INT8 ONNX",
-        description="Build a strongly typed TensorRT engine (10.x or 11.x) from an ONNX made by `nrp export`: "
-        "precision comes from the ONNX (FP32, AutoCast FP16, Q/DQ INT8), one optimisation profile spans "
-        "--min..--max (batch x height x width) tuned for --opt, and timings are cached on disk for later "
-        "builds. The engine's metadata (ONNX sha256, precision, profile, TensorRT version, GPU) goes to "
-        "ENGINE.json; an engine is tied to that TensorRT release and GPU kind.",
+        description="Build a strongly typed TensorRT engine (10.x or 11.x) from an ONNX made by "
+        "`nrp export`: precision comes from the ONNX (FP32, AutoCast FP16, Q/DQ INT8), one optimisation "
+        "profile spans --min..--max (batch x height x width) tuned for --opt, and timings are cached on "
+        "disk for later builds. The engine's metadata (ONNX sha256, precision, profile, TensorRT version, "
+        "GPU) goes to ENGINE.json; an engine is tied to that TensorRT release and GPU kind.",
     )
     p.add_argument("onnx", type=Path, metavar="MODEL.onnx", help="the ONNX model")
     p.add_argument("-o", "--output", type=Path, metavar="ENGINE", help="engine path (default: MODEL.engine)")
@@ -579,8 +579,9 @@ def _run_build(args: argparse.Namespace) -> int:
     )
     engine = args.output or args.onnx.with_suffix(".engine")
     print(
-        f"built {engine}: {meta.precision}, batch x height x width {meta.profile['min']}..{meta.profile['max']} "
-        f"(opt {meta.profile['opt']}), TensorRT {meta.tensorrt_version} on {meta.gpu_name} "
+        f"built {engine}: {meta.precision}, batch x height x width "
+        f"{meta.profile['min']}..{meta.profile['max']} (opt {meta.profile['opt']}), "
+        f"TensorRT {meta.tensorrt_version} on {meta.gpu_name} "
         f"(sm_{''.join(map(str, meta.compute_capability))}) in {meta.build_seconds:.1f} s",
         file=sys.stderr,
     )
@@ -591,8 +592,9 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
         help="list what this machine can run: packages, GPUs, backends",
-        description="Report the installed inference stack (torch, ONNX Runtime and its providers, TensorRT, "
-        "cuda-python, NVRTC), the CUDA driver and GPUs, and which purifier backends can run here and why not.",
+        description="Report the installed inference stack (torch, ONNX Runtime and its providers, "
+        "TensorRT, cuda-python, NVRTC), the CUDA driver and GPUs, and which purifier backends can run here "
+        "and why not.",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_run_info)

@@ -107,7 +107,8 @@ def build_engine(
         raise InputError(f"{engine_path} exists; pass overwrite=True (nrp build --overwrite) to replace it")
     trt = import_tensorrt()
     env = current_environment(device)
-    logger = tensorrt_logger(verbose)
+    logger = tensorrt_logger()
+    logger.verbose = verbose
     logger.take_errors()
 
     builder = trt.Builder(logger)
@@ -118,8 +119,8 @@ def build_engine(
         raise ExportError(f"TensorRT could not parse {onnx_path}: {details or logger.take_errors()}")
     if network.num_inputs != 1 or network.num_outputs != 1:
         raise ExportError(
-            f"{onnx_path} has {network.num_inputs} inputs and {network.num_outputs} outputs; a purifier has one "
-            "of each"
+            f"{onnx_path} has {network.num_inputs} inputs and {network.num_outputs} outputs; "
+            "a purifier has one of each"
         )
     input_tensor, output_tensor = network.get_input(0), network.get_output(0)
     precision = _network_precision(trt, network)

@@ -89,11 +89,12 @@ def strongly_typed_flags(trt: ModuleType) -> int:
 
 
 @functools.cache
-def tensorrt_logger(verbose: bool = False) -> Any:
-    """The process's TensorRT logger (TensorRT expects it to outlive every object made with it).
+def tensorrt_logger() -> Any:
+    """The process's one TensorRT logger (TensorRT wants a single logger that outlives everything made
+    with it, and warns when builders and runtimes get different ones).
 
-    It prints errors (everything when ``verbose``) and keeps the error messages, so that a failed parse,
-    build or deserialisation can say why: ``take_errors()`` returns and clears them.
+    It prints errors, and everything while its ``verbose`` attribute is set; it keeps the error messages
+    so that a failed parse, build or deserialisation can say why: ``take_errors()`` returns and clears them.
     """
     trt = import_tensorrt()
     failures = (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR)
@@ -102,11 +103,12 @@ def tensorrt_logger(verbose: bool = False) -> Any:
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
+            self.verbose = False
 
         def log(self, severity: Any, msg: str) -> None:
             if severity in failures:
                 self.errors.append(msg)
-            if verbose or severity in failures:
+            if self.verbose or severity in failures:
                 print(f"[TensorRT] {msg}", flush=True)
 
         def take_errors(self) -> str:

@@ -78,7 +78,9 @@ def unavailable_reason() -> str | None:
     except BackendUnavailableError as exc:
         return str(exc)
     if cuda_device_count() == 0:
-        return "TensorRT is installed but no CUDA device is usable here (check the NVIDIA driver and cuda-python)"
+        return (
+            "TensorRT is installed but no CUDA device is usable here (check the NVIDIA driver, cuda-python)"
+        )
     return None
 
 
@@ -151,7 +153,7 @@ def open_backend(
         log.warning("built TensorRT engine %s (%s)", choice.path, "; ".join(choice.reasons))
     if precision is not None and choice.metadata.precision != precision:
         raise InputError(
-            f"TensorRT engine {choice.path} is {choice.metadata.precision}, but precision {precision} was asked"
+            f"TensorRT engine {choice.path} is {choice.metadata.precision}, but {precision} was asked for"
         )
     spec = source.spec
     if spec is None and choice.metadata.source.get("model"):
@@ -283,9 +285,9 @@ class TensorRTBackend:
         engine = self._engine = trt_runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise StaleArtifactError(
-                f"TensorRT {trt.__version__} could not deserialise {self.path} ({logger.take_errors()}): the file "
-                "is corrupt, or was built by another TensorRT release or for another GPU; rebuild it with "
-                "`nrp build` from its ONNX"
+                f"TensorRT {trt.__version__} could not deserialise {self.path} ({logger.take_errors()}): "
+                "the file is corrupt, or was built by another TensorRT release or for another GPU; "
+                "rebuild it with `nrp build` from its ONNX"
             )
         self._check_io(trt, engine)
         context = self._context = engine.create_execution_context()
@@ -417,7 +419,7 @@ class TensorRTBackend:
             else:
                 self._execute()
             return
-        self._execute()  # the warm-up: TensorRT's first enqueue of a binding may initialise, which a graph cannot
+        self._execute()  # warm-up: a binding's first enqueue may initialise, which no graph may capture
         graph = capture_graph(self._stream, self._execute)
         if graph is None:
             log.info(
