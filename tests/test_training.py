@@ -211,3 +211,14 @@ def test_publish_refuses_an_unfinished_run_and_foreign_metrics(photo_dir, tmp_pa
     run = _run(tiny_config(photo_dir, steps=1), tmp_path / "run")
     with pytest.raises(InputError, match="nrp eval"):
         publish_model(run.run_dir, "x", metrics={"a": {"psnr": 1}}, directory=tmp_path / "models")
+
+
+@pytest.mark.gpu
+def test_training_runs_on_cuda(photo_dir, tmp_path):
+    result = train(
+        tiny_config(photo_dir, steps=2, device="cuda"),
+        tmp_path / "run",
+        progress=False,
+        features=TinyFeatures(),
+    )
+    assert result.steps == 2 and load_model(result.weights).spec.config["nf"] == 8
