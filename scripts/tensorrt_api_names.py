@@ -14,7 +14,7 @@ TensorRT name our code uses against these lists, so a removed API (``BuilderFlag
     python scripts/tensorrt_api_names.py snapshot [DIR]   # rewrite tests/data/tensorrt_api/names.txt
     python scripts/tensorrt_api_names.py show VERSION [DIR]
 
-DIR defaults to $NRP_TRT_BINDINGS_DIR or ~/.cache/nrp-deploy/tensorrt-bindings. Needs a C compiler (cc).
+DIR defaults to $NRP_TRT_BINDINGS_DIR or ~/.cache/nrp_deploy/tensorrt-bindings. Needs a C compiler (cc).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ print(json.dumps({"version": trt.__version__, "names": sorted(set(names))}))
 
 def default_dir() -> Path:
     override = os.environ.get("NRP_TRT_BINDINGS_DIR")
-    return Path(override) if override else Path.home() / ".cache" / "nrp-deploy" / "tensorrt-bindings"
+    return Path(override) if override else Path.home() / ".cache" / "nrp_deploy" / "tensorrt-bindings"
 
 
 def wheel_for(version: str, directory: Path) -> Path | None:
