@@ -530,3 +530,52 @@ def test_load_purifier_builds_caches_tiles_and_rebuilds(fake_trt, cuda, tmp_path
     with load_purifier(engine, backend="tensorrt") as purifier:  # the engine itself: rebuilt from its ONNX
         assert purifier.backend.metadata.tensorrt_version == ENV.tensorrt_version
     assert len(builds) == 2 and builds[1].profile == PROFILE  # the rebuild kept the engine's profile
+
+
+def test_threads_share_one_context_safely(fake_trt, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    inputs = [prepost.uint8_to_float(_images(1 + k % 3, 8 + 4 * (k % 4), 16, seed=k)) for k in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        outputs = list(pool.map(backend.infer, inputs))
+    for x, y in zip(inputs, outputs, strict=True):
+        np.testing.assert_array_equal(y, x * np.float32(0.5))
+    backend.deactivate()
+
+
+class _StreamlessBackend:
+    """A device backend that enqueues on no stream of its own (ONNX Runtime without a user stream)."""
+
+    name, device, precision, spec, thread_safe, stream = "onnxruntime-cuda", "cuda:0", "fp32", None, True, 0
+    profile = None
+    input_spec = output_spec = types.SimpleNamespace(dtype="float32")
+
+    def __init__(self, cuda: FakeCuda) -> None:
+        self.cuda = cuda
+        self.streams: list[int] = []
+
+    def activate(self) -> None: ...
+
+    def deactivate(self) -> None: ...
+
+    def infer(self, x):
+        return x * np.float32(0.5)
+
+    def infer_device(self, in_ptr, out_ptr, shape, stream):
+        self.streams.append(stream)
+        _array(out_ptr, shape, np.float32)[...] = _array(in_ptr, shape, np.float32) * np.float32(0.5)
+
+
+def test_pipeline_brings_its_own_stream_when_the_backend_has_none(cuda):
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    backend = _StreamlessBackend(cuda)
+    with DevicePipeline(backend, FakeKernels(cuda)) as pipeline:
+        assert pipeline.stream not in (0, None)
+        images = _images(2, 20, 12)
+        np.testing.assert_array_equal(pipeline(images), _host_reference(images, None, 0, 0))
+        assert backend.streams == [pipeline.stream]
+    assert cuda.memory == {}
