@@ -167,7 +167,7 @@ def test_rounds_are_interleaved_and_one_failure_does_not_stop_the_others(checkpo
     )
     doc = benchmark.run_benchmark(config, progress=None)
     results = {r["backend"]: r for r in doc["cases"][0]["results"]}
-    # warm-up (1 call) + fidelity output (1 call) each, then round-robin rounds with a rotating start
+    # first call + fidelity output (the two warm-up calls) each, then round-robin rounds, rotating start
     # (the failing one raises on its 4th call, in round 2, and is left out of rounds 3 and 4)
     base, cl, comp = "torch-fp32", "torch-fp32-cl", "torch-compile-fp32"
     assert log[6:] == [base, cl, comp, cl, base, base, cl, base, cl]
@@ -243,3 +243,26 @@ def test_runtime_backends_on_cpu_through_load_purifier(checkpoint, tmp_path, mon
     assert int8["precision"] == "int8" and 15 < int8["fidelity"]["psnr_db"] < 80
     e2e = _case(doc, 2, "e2e")["onnxruntime-cpu-fp32"]["fidelity"]
     assert e2e["identical"] or e2e["max_abs_err"] <= 1
+
+
+@pytest.mark.gpu
+def test_gpu_torch_variants_use_cuda_events_and_report_device_memory(checkpoint):
+    config = benchmark.BenchConfig(
+        models=(str(checkpoint),),
+        backends=("torch-fp32", "torch-fp16-cl", "onnxruntime-cuda-fp32", "tensorrt-fp16"),
+        batch_sizes=(1, 2),
+        scenarios=("model", "e2e-dynamic"),
+        device="cuda",
+        **FAST,
+    )
+    doc = benchmark.run_benchmark(config, progress=None)
+    assert doc["machine"]["gpu"] is not None
+    model_only = _case(doc, 2, "model")
+    for name in ("torch-fp32", "torch-fp16-cl"):
+        assert model_only[name]["status"] == "ok"
+        assert model_only[name]["device_peak_mib"] > 0
+    fp16 = model_only["torch-fp16-cl"]["fidelity"]
+    assert fp16["identical"] or fp16["psnr_db"] > 35
+    statuses = {b["backend"]: b for b in doc["models"][0]["backends"]}
+    for name in ("onnxruntime-cuda-fp32", "tensorrt-fp16"):  # run where installed, else say why not
+        assert statuses[name]["status"] == "ok" or statuses[name]["reason"]
