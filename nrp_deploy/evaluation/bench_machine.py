@@ -167,7 +167,8 @@ def cpu_peak(info: dict[str, Any], measured_fp32: float | None = None) -> Peak:
 
     FLOP per cycle assumes two FMA pipes per core (x86 server cores since Haswell / Zen) of the widest
     vector unit: 512-bit on Intel with AVX-512; 256-bit on AMD, where Zen 4 executes AVX-512 as two 256-bit
-    halves. int8 with VNNI (or AMX) does four multiply-adds per 32-bit lane, so its peak is 4x FP32.
+    halves. int8 with VNNI (or AMX) does four multiply-adds per 32-bit lane, so its peak is 4x FP32; BF16
+    dot products do two, 2x.
     The measured rate, when given, is used instead: a VM's clock and turbo are not visible from inside.
     """
     flags = set(info.get("vector_extensions", []))
@@ -182,6 +183,8 @@ def cpu_peak(info: dict[str, Any], measured_fp32: float | None = None) -> Peak:
         fp32 = measured_fp32
         method = f"measured: best FP32 numpy matmul 1024^3 on all cores ({method.replace(': ', ' ', 1)})"
     peaks = {"fp32": fp32}
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        peaks["bf16"] = 2 * fp32  # a BF16 dot product does two multiply-adds per 32-bit lane (AMX: more)
     if flags & {"avx512_vnni", "amx_int8"}:
         peaks["int8"] = 4 * fp32
     return Peak(device=str(info.get("model", "cpu")), per_precision=peaks, method=method)

@@ -29,6 +29,17 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
     "torch-compile-fp16-cl": ("fp16", ("cuda",), "torch.compile (inductor) FP16, channels_last"),
     "onnxruntime-cpu-fp32": ("fp32", ("cpu",), "ONNX Runtime, CPU execution provider, FP32 ONNX"),
     "onnxruntime-cpu-int8": ("int8", ("cpu",), "ONNX Runtime, CPU execution provider, INT8 Q/DQ ONNX"),
+    "openvino-cpu-fp32": (
+        "fp32",
+        ("cpu",),
+        "OpenVINO CPU plugin, FP32 ONNX (optional: pip install openvino)",
+    ),
+    "openvino-cpu-bf16": ("bf16", ("cpu",), "OpenVINO CPU plugin, FP32 ONNX run in BF16 (AVX512-BF16/AMX)"),
+    "openvino-cpu-int8": (
+        "int8",
+        ("cpu",),
+        "OpenVINO CPU plugin, the INT8 Q/DQ ONNX of onnxruntime-cpu-int8",
+    ),
     "onnxruntime-cuda-fp32": ("fp32", ("cuda",), "ONNX Runtime, CUDA execution provider, FP32 ONNX"),
     "onnxruntime-cuda-fp16": ("fp16", ("cuda",), "ONNX Runtime, CUDA execution provider, FP16 ONNX"),
     "onnxruntime-trtep-fp16": ("fp16", ("cuda",), "ONNX Runtime, TensorRT execution provider, FP16 ONNX"),
@@ -147,22 +158,10 @@ _RUNTIME: dict[str, tuple[str, dict[str, Any]]] = {
 
 def _runtime_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
     """A runner over the runtime's Purifier: ``infer`` for model only, the call itself end to end."""
-    from nrp_deploy.runtime import DynamicDefense, load_purifier
+    from nrp_deploy.runtime import DynamicDefense
 
-    backend, options = _RUNTIME[name]
     precision, _, description = CATALOGUE[name]
-    device = "cuda:0" if ctx.device == "cuda" else "cpu"
-    source, details = model.checkpoint, {}
-    if name == "onnxruntime-cpu-int8":
-        source, details = _ort_int8(model, ctx)
-    purifier = load_purifier(
-        source,
-        backend=backend,
-        precision=precision,
-        device=device,
-        threads=ctx.threads,
-        options=options or None,
-    )
+    purifier, details = _open_purifier(name, precision, model, ctx)
     if purifier.precision != precision:
         purifier.close()
         raise BackendUnavailableError(
@@ -188,6 +187,35 @@ def _runtime_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
     if ctx.device == "cuda":
         _device_model_only(runner, purifier.backend)
     return runner
+
+
+def _open_purifier(name: str, precision: str, model: BenchModel, ctx: TargetContext) -> tuple[Any, dict]:
+    from nrp_deploy.runtime import Purifier, load_purifier
+
+    details: dict[str, Any] = {}
+    if name.startswith("openvino-"):  # not a runtime backend: wrapped here, driven by the same Purifier
+        from nrp_deploy.evaluation.bench_openvino import openvino_backend
+        from nrp_deploy.runtime.artifacts import identify, onnx_for
+
+        if precision == "int8":
+            path, details = _ort_int8(model, ctx)
+        else:
+            path = onnx_for(identify(model.checkpoint), "fp32")
+        return Purifier(openvino_backend(path, precision, ctx.threads, model.spec)), details
+    backend, options = _RUNTIME[name]
+    source: Path = model.checkpoint
+    if name == "onnxruntime-cpu-int8":
+        source, details = _ort_int8(model, ctx)
+    device = "cuda:0" if ctx.device == "cuda" else "cpu"
+    purifier = load_purifier(
+        source,
+        backend=backend,
+        precision=precision,
+        device=device,
+        threads=ctx.threads,
+        options=options or None,
+    )
+    return purifier, details
 
 
 def _ort_int8(model: BenchModel, ctx: TargetContext) -> tuple[Path, dict[str, Any]]:
