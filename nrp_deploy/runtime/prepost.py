@@ -31,10 +31,25 @@ class InputKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated batch as the model takes it: contiguous float32 NCHW in [0, 1]."""
+    """A validated batch: uint8 NHWC (RGB) for image inputs, float32 NCHW in [0, 1] for float inputs.
 
-    x: np.ndarray
+    Image batches stay uint8 here so that a GPU path can take them as they are (a quarter of the bytes);
+    the host path converts them with ``uint8_to_float``.
+    """
+
+    batch: np.ndarray
     kind: InputKind
+
+    @property
+    def is_uint8(self) -> bool:
+        return self.kind is not InputKind.NCHW_FLOAT
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the images."""
+        if self.is_uint8:
+            return self.batch.shape[1], self.batch.shape[2]
+        return self.batch.shape[2], self.batch.shape[3]
 
 
 def uint8_to_float(images: np.ndarray) -> np.ndarray:
@@ -61,9 +76,9 @@ def prepare(images: Any) -> Prepared:
     """Validate ``images`` and convert them to the model's input; see the module docstring for the forms."""
     if _is_pil(images):
         rgb = images if images.mode == "RGB" else images.convert("RGB")
-        array = np.asarray(rgb, dtype=np.uint8)
-        _check_not_empty(array[None])
-        return Prepared(uint8_to_float(array[None]), InputKind.PIL)
+        batch = np.asarray(rgb, dtype=np.uint8)[None]
+        _check_not_empty(batch)
+        return Prepared(batch, InputKind.PIL)
     if not isinstance(images, np.ndarray):
         raise InputError(
             f"expected a numpy array or a PIL image, got {type(images).__name__}; "
@@ -94,7 +109,7 @@ def _prepare_uint8(images: np.ndarray) -> Prepared:
         hint = " (expand grey to RGB: np.repeat(image, 3, axis=-1))" if channels == 1 else hint
         raise InputError(f"uint8 images must be RGB with 3 channels last, got shape {images.shape}{hint}")
     _check_not_empty(batch)
-    return Prepared(uint8_to_float(batch), kind)
+    return Prepared(np.ascontiguousarray(batch), kind)
 
 
 def _check_float(x: np.ndarray) -> np.ndarray:
@@ -118,12 +133,9 @@ def _check_not_empty(batch: np.ndarray) -> None:
         raise InputError(f"empty input: shape {batch.shape} holds no image or no pixel")
 
 
-def finish(y: np.ndarray, kind: InputKind) -> Any:
-    """The model's float NCHW output handed back in the form the input came in."""
-    if kind is InputKind.NCHW_FLOAT:
-        return np.clip(y.astype(np.float32, copy=False), 0.0, 1.0)
-    out = float_to_uint8(y)
-    if kind is InputKind.NHWC_UINT8:
+def deliver(out: np.ndarray, kind: InputKind) -> Any:
+    """A purified batch (uint8 NHWC, or float32 NCHW for float input) in the form the input came in."""
+    if kind in (InputKind.NCHW_FLOAT, InputKind.NHWC_UINT8):
         return out
     if kind is InputKind.HWC_UINT8:
         return out[0]

@@ -3,10 +3,17 @@
 ``load_purifier`` resolves the model, picks and opens a backend (``auto``: TensorRT, then ONNX Runtime on a
 GPU or the CPU, then eager torch, first that works) and wraps it. A Purifier validates its input, applies
 the dynamic defence if asked, batches, tiles images that are larger than the tile or than the engine's
-shape profile allows, and hands the result back in the form it came in. One instance may be called from
-several threads: the pre/post-processing and tiling keep no state, and a backend that is not thread-safe
-(``backend.thread_safe`` False: CUDA graphs, compiled torch, engines with one execution context) is
-serialised with a lock.
+shape profile allows, and hands the result back in the form it came in.
+
+On a GPU backend (a ``DeviceBackend`` on ``cuda``) uint8 images take the fused path
+(``runtime.gpu_pipeline.DevicePipeline``: pinned uint8 upload, one kernel for conversion, noise and
+projection, the engine on device buffers, one kernel back to uint8) whenever no tiling is needed; float
+input, tiled images, CPU backends, and GPUs where the kernels cannot load take the host path, whose numpy
+arithmetic the kernels reproduce.
+
+One instance may be called from several threads: pre/post-processing and tiling keep no state, a backend
+that is not thread-safe (``backend.thread_safe`` False: CUDA graphs, compiled torch, TensorRT's one
+execution context) is serialised with a lock, and the fused path serialises on its shared buffers.
 """
 
 from __future__ import annotations
@@ -19,11 +26,18 @@ from typing import Any
 
 import numpy as np
 
-from nrp_deploy.errors import BackendUnavailableError, InputError
+from nrp_deploy.errors import BackendUnavailableError, InputError, NRPDeployError
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime import prepost
 from nrp_deploy.runtime.artifacts import identify
-from nrp_deploy.runtime.backends import AUTO_ORDER, BACKENDS, Backend, ModelSource, open_backend
+from nrp_deploy.runtime.backends import (
+    AUTO_ORDER,
+    BACKENDS,
+    Backend,
+    DeviceBackend,
+    ModelSource,
+    open_backend,
+)
 from nrp_deploy.runtime.dynamic import DynamicDefense
 from nrp_deploy.runtime.tiling import TileConfig, infer_tiled
 
@@ -41,7 +55,8 @@ class Purifier:
 
     ``tile`` (a TileConfig) tiles images larger than ``tile.tile`` on either side; without it, images are
     tiled only when the backend's shape profile cannot take them whole (then at the profile's optimal
-    shape). ``max_batch`` bounds the images (or tiles) per backend call.
+    shape). ``max_batch`` bounds the images (or tiles) per backend call. ``fused``: use the fused GPU path
+    for uint8 images (None: when the backend is on a GPU and the kernels load; True: insist).
     """
 
     def __init__(
@@ -51,6 +66,7 @@ class Purifier:
         tile: TileConfig | None = None,
         max_batch: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        fused: bool | None = None,
     ) -> None:
         if max_batch is not None and max_batch < 1:
             raise InputError(f"max_batch must be >= 1, got {max_batch}")
@@ -61,6 +77,7 @@ class Purifier:
         self.max_pixels = max_pixels
         self._lock = threading.Lock()
         backend.activate()
+        self._pipeline = self._open_pipeline(fused)
 
     # -- what it is --------------------------------------------------------------------------------------
 
@@ -84,7 +101,8 @@ class Purifier:
     def describe(self) -> str:
         model = self.spec.describe() if self.spec else "unknown architecture"
         origin = f" from {self.source.path}" if self.source else ""
-        return f"{model}{origin} on {self.backend_name} ({self.precision}, {self.backend.device})"
+        path = ", fused GPU path" if self._pipeline is not None else ""
+        return f"{model}{origin} on {self.backend_name} ({self.precision}, {self.backend.device}{path})"
 
     def __repr__(self) -> str:
         return f"Purifier({self.describe()})"
@@ -92,7 +110,10 @@ class Purifier:
     # -- lifetime ----------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the backend's engine / session (the Purifier cannot be called afterwards)."""
+        """Free the fused path's buffers and the backend's engine / session (no calls afterwards)."""
+        if self._pipeline is not None:
+            self._pipeline.close()
+            self._pipeline = None
         self.backend.deactivate()
 
     def __enter__(self) -> Purifier:
@@ -116,40 +137,68 @@ class Purifier:
         if isinstance(images, list | tuple):
             return self._call_many(images, dynamic, seed, start_index)
         prepared = prepost.prepare(images)
-        x = self._noisy(prepared.x, dynamic, seed, start_index)
-        return prepost.finish(self.infer(x), prepared.kind)
+        return prepost.deliver(self._purify(prepared, dynamic, seed, start_index), prepared.kind)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Model output (unclamped float32 NCHW) for a validated float32 NCHW batch: batching and tiling."""
         count, _, height, width = x.shape
         self._check_size(height, width)
-        profile = self.backend.profile
         config, min_shape = self._layout(height, width)
         if config is None:
-            step = min(self.max_batch or count, profile.max[0] if profile else count)
+            step = self._batch_limit(count)
             return np.concatenate([self._run(x[i : i + step]) for i in range(0, count, step)])
+        profile = self.backend.profile
         per_call = min(self.max_batch or profile.opt[0], profile.max[0]) if profile else self.max_batch or 1
         return infer_tiled(x, self._run, config, min_shape=min_shape, tiles_per_call=per_call)
+
+    def _purify(
+        self, prepared: prepost.Prepared, dynamic: DynamicDefense | None, seed: int, start_index: int
+    ) -> np.ndarray:
+        """uint8 NHWC -> uint8 NHWC, or float32 NCHW -> clamped float32 NCHW; the GPU path when it can."""
+        if prepared.is_uint8 and self._pipeline is not None:
+            height, width = prepared.size
+            self._check_size(height, width)
+            if self._layout(height, width)[0] is None:
+                return self._fused(prepared.batch, dynamic, seed, start_index)
+        x = prepost.uint8_to_float(prepared.batch) if prepared.is_uint8 else prepared.batch
+        if dynamic is not None:
+            x = dynamic.apply(x, seed, start_index)
+        y = self.infer(x)
+        return prepost.float_to_uint8(y) if prepared.is_uint8 else np.clip(y, 0.0, 1.0)
+
+    def _fused(
+        self, images: np.ndarray, dynamic: DynamicDefense | None, seed: int, start_index: int
+    ) -> np.ndarray:
+        step = self._batch_limit(len(images))
+        return np.concatenate(
+            [
+                self._pipeline(images[i : i + step], dynamic, seed=seed, start_index=start_index + i)
+                for i in range(0, len(images), step)
+            ]
+        )
 
     def _call_many(
         self, images: Sequence[Any], dynamic: DynamicDefense | None, seed: int, start_index: int
     ) -> list[Any]:
+        """Equal sizes are batched together; with noise on, only runs of consecutive images, since a
+        batch's noise indices are consecutive."""
         if not images:
             raise InputError("empty input: the list holds no image")
         prepared = [prepost.prepare(image) for image in images]
-        if any(
-            p.kind is prepost.InputKind.NHWC_UINT8 or p.kind is prepost.InputKind.NCHW_FLOAT for p in prepared
-        ):
+        if any(p.kind in (prepost.InputKind.NHWC_UINT8, prepost.InputKind.NCHW_FLOAT) for p in prepared):
             raise InputError("a list must hold single images (uint8 HWC arrays or PIL images), not batches")
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[tuple[int, int], list[int]] = {}
         for k, p in enumerate(prepared):
-            groups.setdefault(p.x.shape, []).append(k)
+            groups.setdefault(p.size, []).append(k)
+        batches = [run for members in groups.values() for run in _runs(members, split=dynamic is not None)]
         results: list[Any] = [None] * len(images)
-        for members in groups.values():
-            x = np.concatenate([self._noisy(prepared[k].x, dynamic, seed, start_index + k) for k in members])
-            y = self.infer(x)
+        for members in batches:
+            batch = prepost.Prepared(
+                np.concatenate([prepared[k].batch for k in members]), prepost.InputKind.NHWC_UINT8
+            )
+            out = self._purify(batch, dynamic, seed, start_index + members[0])
             for row, k in enumerate(members):
-                results[k] = prepost.finish(y[row : row + 1], prepared[k].kind)
+                results[k] = prepost.deliver(out[row : row + 1], prepared[k].kind)
         return results
 
     def as_batch_fn(self, dynamic: DynamicDefense | None = None) -> Callable[[np.ndarray], np.ndarray]:
@@ -167,15 +216,32 @@ class Purifier:
 
         return purify
 
-    @staticmethod
-    def _noisy(x: np.ndarray, dynamic: DynamicDefense | None, seed: int, start_index: int) -> np.ndarray:
-        return x if dynamic is None else dynamic.apply(x, seed, start_index)
-
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self.backend.thread_safe:
             return self.backend.infer(x)
         with self._lock:
             return self.backend.infer(x)
+
+    def _open_pipeline(self, fused: bool | None) -> Any:
+        """The fused GPU path over this backend, or None for the host path."""
+        on_gpu = isinstance(self.backend, DeviceBackend) and self.backend.device.startswith("cuda")
+        if fused is False or (fused is None and not on_gpu):
+            return None
+        if not on_gpu:
+            raise InputError(f"the fused GPU path needs a CUDA device backend, not {self.backend_name}")
+        from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+        try:
+            return DevicePipeline(self.backend)
+        except NRPDeployError as exc:
+            if fused:
+                raise
+            log.warning("fused GPU path unavailable, using the host path: %s", exc)
+            return None
+
+    def _batch_limit(self, count: int) -> int:
+        profile = self.backend.profile
+        return min(self.max_batch or count, profile.max[0] if profile else count)
 
     def _check_size(self, height: int, width: int) -> None:
         if height * width > self.max_pixels:
@@ -209,6 +275,19 @@ class Purifier:
         return config, min_shape
 
 
+def _runs(members: list[int], split: bool) -> list[list[int]]:
+    """``members`` (ascending) as one batch, or, with ``split``, as runs of consecutive indices."""
+    if not split:
+        return [members]
+    runs = [[members[0]]]
+    for k in members[1:]:
+        if k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs
+
+
 def _default_tile(side: int, overlap: int | None = None) -> TileConfig:
     """Tiles of ``side`` px with the given (else the default) overlap and the default feather, both
     shrunk as far as needed to leave a core to keep in small tiles."""
@@ -229,6 +308,7 @@ def load_purifier(
     threads: int | None = None,
     max_batch: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    fused: bool | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> Purifier:
     """A ready Purifier for ``source`` (registry name, checkpoint, .onnx with its sidecar, TensorRT engine).
@@ -238,7 +318,8 @@ def load_purifier(
     artifact's own precision otherwise); a checkpoint is exported to a cached ONNX of that precision on
     first use. ``device``: ``cpu`` / ``cuda:N`` (None: the GPU when the backend can use one). ``tile``: tile
     side in pixels (or a TileConfig); ``overlap`` its context margin (default: ``DEFAULT_OVERLAP``).
-    ``threads``: intra-op threads (ONNX Runtime, torch). ``options``: backend-specific options
+    ``threads``: intra-op threads (ONNX Runtime, torch). ``fused``: the fused GPU path for uint8 images
+    (None: wherever it can run). ``options``: backend-specific options
     (e.g. ``{"cuda_graph": True, "fixed_shape": (1, 224, 224)}``, ``{"channels_last": True}``).
     """
     config = _tile_config(tile, overlap)
@@ -247,7 +328,7 @@ def load_purifier(
     if threads is not None:
         backend_options["threads"] = threads
     opened = _open(backend, model, precision, device, backend_options)
-    purifier = Purifier(opened, model, tile=config, max_batch=max_batch, max_pixels=max_pixels)
+    purifier = Purifier(opened, model, tile=config, max_batch=max_batch, max_pixels=max_pixels, fused=fused)
     log.info("purifier: %s", purifier.describe())
     return purifier
 
