@@ -266,3 +266,22 @@ def test_gpu_torch_variants_use_cuda_events_and_report_device_memory(checkpoint)
     statuses = {b["backend"]: b for b in doc["models"][0]["backends"]}
     for name in ("onnxruntime-cuda-fp32", "tensorrt-fp16"):  # run where installed, else say why not
         assert statuses[name]["status"] == "ok" or statuses[name]["reason"]
+
+
+def test_openvino_backends_match_the_baseline(checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("NRP_DEPLOY_CACHE", str(tmp_path / "cache"))
+    config = benchmark.BenchConfig(
+        models=(str(checkpoint),),
+        backends=("torch-fp32", "openvino-cpu-fp32"),
+        batch_sizes=(2,),
+        scenarios=("model", "e2e-dynamic"),
+        device="cpu",
+        threads=1,
+        **FAST,
+    )
+    doc = benchmark.run_benchmark(config, progress=None)
+    result = _case(doc, 2, "model")["openvino-cpu-fp32"]
+    assert result["status"] == "ok"
+    assert result["fidelity"]["identical"] or result["fidelity"]["psnr_db"] > 80
+    assert _case(doc, 2, "e2e-dynamic")["openvino-cpu-fp32"]["status"] == "ok"
