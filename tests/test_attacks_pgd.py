@@ -180,3 +180,17 @@ def test_pgd_rejects_bad_arguments():
         pgd_attack(x, classifier, purifier, mode="eot", eot_samples=0)
     with pytest.raises(InputError, match=r"\[0, 1\]"):
         pgd_attack(x * 2, classifier, purifier)
+
+
+@pytest.mark.gpu
+def test_attacks_run_on_cuda_tensors_with_a_cuda_generator():
+    from nrp_deploy.attacks import ssp_attack
+
+    classifier, purifier = (m.to("cuda") for m in _models())
+    x = _images().to("cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    result = pgd_attack(x, classifier, purifier, mode="eot", eot_samples=2, iterations=2, generator=gen)
+    adv = ssp_attack(x, classifier[:2], iterations=2, generator=gen)
+    for out in (result.adversarial, adv):
+        assert out.is_cuda and (out - x).abs().max() <= EPS + 1e-6
+    assert result.labels.is_cuda
