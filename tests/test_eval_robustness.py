@@ -113,6 +113,9 @@ def test_evaluate_rejects_bad_requests(images, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no images"):
         evaluate([tmp_path / "empty"], "unused", ["none"], purify=_identity)
+    (tmp_path / "empty" / "bad.png").write_bytes(b"junk")
+    with pytest.raises(InputError, match=r"no readable images.*bad\.png"):
+        evaluate([tmp_path / "empty"], "unused", ["none"], purify=_identity)
 
 
 def test_nrp_eval_cli_writes_table_json_and_grids(images, checkpoint, tmp_path, capsys):

@@ -230,6 +230,8 @@ def evaluate(
     results = {a: AttackResult(a, _EPS[a]) for a in attacks}
     failed: list[tuple[str, str]] = []
     batches = _batches(tasks, batch_size, failed)
+    if not batches:
+        raise InputError("no readable images: " + "; ".join(error for _, error in failed))
     bar = tqdm(total=len(batches) * len(attacks), unit="attack-batch", disable=not progress, file=sys.stderr)
     for names, images in batches:
         x = images_to_tensor(images, device)
