@@ -180,20 +180,23 @@ class OrtBackend:
         if self.cuda_graph:
             with self._graph_lock:
                 return self._infer_graph(x)
+        inp, out = self._specs()
         if self.on_gpu:
             binding = session.io_binding()
-            binding.bind_cpu_input(self._input.name, x)
-            binding.bind_output(self._output.name, "cuda", self.device_id)
+            binding.bind_cpu_input(inp.name, x)
+            binding.bind_output(out.name, "cuda", self.device_id)
             session.run_with_iobinding(binding)
             y = binding.copy_outputs_to_cpu()[0]
         else:
-            y = session.run([self._output.name], {self._input.name: x})[0]
+            y = session.run([out.name], {inp.name: x})[0]
         return y.astype(np.float32, copy=False)
 
     def infer_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int) -> None:
         """Run on device buffers (DeviceBackend). ONNX Runtime's Run waits for its compute stream before
         returning, so the output is complete for any later work; the caller's stream is synchronised
-        first when it is not the stream this session computes on, so its pending writes are visible."""
+        first when it is not the stream this session computes on, so its pending writes are visible.
+        In CUDA-graph mode the graph replays the addresses it captured: pass the same buffers every call
+        (DevicePipeline reuses its buffers per shape)."""
         session = self._active()._session
         if not self.on_gpu:
             raise InputError("infer_device needs the CUDA execution provider; this session runs on the CPU")
@@ -203,11 +206,15 @@ class OrtBackend:
             check(driver_module().cuStreamSynchronize(int(stream)), "cuStreamSynchronize")
         binding = session.io_binding()
         for bind, spec, ptr in (
-            (binding.bind_input, self._input, in_ptr),
-            (binding.bind_output, self._output, out_ptr),
+            (binding.bind_input, self.input_spec, in_ptr),
+            (binding.bind_output, self.output_spec, out_ptr),
         ):
             bind(spec.name, "cuda", self.device_id, np.dtype(spec.dtype), list(shape), int(ptr))
-        session.run_with_iobinding(binding)
+        if self.cuda_graph:
+            with self._graph_lock:
+                session.run_with_iobinding(binding)
+        else:
+            session.run_with_iobinding(binding)
 
     # -- internals -------------------------------------------------------------------------------------
 
@@ -302,13 +309,14 @@ class OrtBackend:
         if x.shape != (n, 3, h, w):
             raise InputError(f"this CUDA-graph session runs shape {(n, 3, h, w)} only, got {x.shape}")
         if self._graph_buffers is None:
+            inp, out = self._specs()
             x_dev = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, x.dtype, "cuda", self.device_id)
             y_dev = ort.OrtValue.ortvalue_from_shape_and_type(
-                x.shape, np.dtype(self._output.dtype), "cuda", self.device_id
+                x.shape, np.dtype(out.dtype), "cuda", self.device_id
             )
             binding = self._session.io_binding()
-            binding.bind_ortvalue_input(self._input.name, x_dev)
-            binding.bind_ortvalue_output(self._output.name, y_dev)
+            binding.bind_ortvalue_input(inp.name, x_dev)
+            binding.bind_ortvalue_output(out.name, y_dev)
             self._graph_buffers = (x_dev, y_dev, binding)
         x_dev, y_dev, binding = self._graph_buffers
         x_dev.update_inplace(x)
