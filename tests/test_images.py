@@ -75,3 +75,12 @@ def test_collect_walks_folders_and_keeps_layout(tmp_path):
     assert tasks[1].output_path(tmp_path / "out").name == "b.png"
     with pytest.raises(ImageError, match="missing"):
         collect_images([tmp_path / "missing"])
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    write_png(tmp_path / "m.png", _rgb())
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "m.png").stat().st_mode & 0o777 == 0o666 & ~mask
