@@ -297,3 +297,13 @@ def test_nrp_purify_backends_and_seeded_dynamic(cache, checkpoint, images, tmp_p
 
     assert main(["purify", *base, "-o", str(tmp_path / "c"), "--seed", "9"]) == 2
     assert "add --dynamic" in capsys.readouterr().err
+
+
+def test_torch_backend_options_channels_last_and_half(cache, checkpoint, torch_purifier, images):
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    reference = torch_purifier.infer(x)
+    nhwc = load_purifier(checkpoint, backend="torch", threads=1, options={"channels_last": True})
+    assert np.abs(nhwc.infer(x) - reference).max() < 1e-5
+    half = load_purifier(checkpoint, backend="torch", precision="fp16", threads=1)
+    assert half.precision == "fp16" and half.backend.input_spec.dtype == "float16"
+    assert np.abs(half.infer(x) - reference).max() < 2e-2
