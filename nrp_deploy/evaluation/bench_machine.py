@@ -162,26 +162,34 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def cpu_peak(info: dict[str, Any], measured_fp32: float | None = None) -> Peak:
+def cpu_peak(info: dict[str, Any], measured_fp32: float | None = None, threads: int | None = None) -> Peak:
     """CPU peak: cores x clock x FP32 FLOP per cycle from the vector width, or a measured matmul rate.
 
     FLOP per cycle assumes two FMA pipes per core (x86 server cores since Haswell / Zen) of the widest
     vector unit: 512-bit on Intel with AVX-512; 256-bit on AMD, where Zen 4 executes AVX-512 as two 256-bit
     halves. int8 with VNNI (or AMX) does four multiply-adds per 32-bit lane, so its peak is 4x FP32; BF16
-    dot products do two, 2x.
-    The measured rate, when given, is used instead: a VM's clock and turbo are not visible from inside.
+    dot products do two, 2x. A measured matmul rate above the estimate replaces it (a VM hides its turbo
+    clock); one below it does not, since other processes on a shared machine pull a measurement down.
+    ``threads`` below the core count scales the peak to the cores the backends were allowed to use.
     """
     flags = set(info.get("vector_extensions", []))
     wide = "avx512f" in flags and info.get("vendor") != "AuthenticAMD"
     lanes = 16 if wide else 8 if "avx2" in flags else 4
     cores = int(info.get("usable_cpus") or 1)
+    used = min(threads, cores) if threads else cores
     ghz = float(info.get("mhz") or 0.0) / 1000.0
-    estimate = cores * ghz * 1e9 * 2 * lanes * 2  # cores x Hz x FMA pipes x lanes x (mul + add)
-    method = f"estimate: {cores} cores x {ghz:.2f} GHz x 2 FMA pipes x {lanes} fp32 lanes x 2 FLOP"
+    estimate = used * ghz * 1e9 * 2 * lanes * 2  # cores x Hz x FMA pipes x lanes x (mul + add)
+    method = (
+        f"estimate: {used} of {cores} cores x {ghz:.2f} GHz x 2 FMA pipes x {lanes} fp32 lanes x 2 FLOP "
+        f"= {estimate / 1e9:.0f} GFLOP/s"
+    )
     fp32 = estimate
     if measured_fp32 is not None:
-        fp32 = measured_fp32
-        method = f"measured: best FP32 numpy matmul 1024^3 on all cores ({method.replace(': ', ' ', 1)})"
+        measured = measured_fp32 * used / cores
+        method += f"; numpy FP32 matmul 1024^3 measured {measured / 1e9:.0f} GFLOP/s on {used} cores"
+        if measured > estimate:
+            fp32 = measured
+            method = "measured (above the estimate): " + method
     peaks = {"fp32": fp32}
     if flags & {"avx512_bf16", "amx_bf16"}:
         peaks["bf16"] = 2 * fp32  # a BF16 dot product does two multiply-adds per 32-bit lane (AMX: more)

@@ -255,11 +255,12 @@ def _case_results(
     return results
 
 
-def _device_peak(device: str, info: dict[str, Any], measure: bool) -> Peak | None:
+def _device_peak(device: str, info: dict[str, Any], config: BenchConfig) -> Peak | None:
     if device == "cuda":
         gpu = info.get("gpu") or {}
         return gpu_peak(gpu.get("name", "")) if gpu else None
-    return cpu_peak(info["cpu"], measured_matmul_flops() if measure else None)
+    measured = measured_matmul_flops() if config.measure_peak else None
+    return cpu_peak(info["cpu"], measured, config.threads)
 
 
 def _prepare_models(
@@ -298,7 +299,7 @@ def run_benchmark(
         backends.insert(0, BASELINE)  # every speed-up is relative to it, so it always runs
     info = machine_info()
     say(f"machine: {info['cpu']['model']}, {info['cpu']['usable_cpus']} cpus, gpu {info['gpu']}")
-    peak = _device_peak(device, info, config.measure_peak)
+    peak = _device_peak(device, info, config)
     memory = HostMemory()
     with tempfile.TemporaryDirectory(prefix="nrp-bench-") as tmp:
         root = Path(work_dir) if work_dir is not None else Path(tmp)
