@@ -256,7 +256,8 @@ def _machine_title(doc: dict[str, Any]) -> str:
     if doc["device"] == "cuda" and gpu:
         return gpu["name"]
     cpu = doc["machine"]["cpu"]
-    return f"{cpu['model']}, {cpu['usable_cpus']} cores"
+    threads = doc["config"].get("threads")
+    return f"{cpu['model']}, {cpu['usable_cpus']} cores" + (f", {threads} thread(s)" if threads else "")
 
 
 def _save(plt: Any, fig: Any, path: Path, title: str) -> None:
