@@ -307,3 +307,20 @@ def test_torch_backend_options_channels_last_and_half(cache, checkpoint, torch_p
     half = load_purifier(checkpoint, backend="torch", precision="fp16", threads=1)
     assert half.precision == "fp16" and half.backend.input_spec.dtype == "float16"
     assert np.abs(half.infer(x) - reference).max() < 2e-2
+
+
+@pytest.mark.parametrize(
+    ("precision", "label", "tolerance"), [("fp16", "fp16", 2e-2), ("int8", "int8-ort", 0.1)]
+)
+def test_reduced_precision_artifacts_are_made_once_and_cached(
+    cache, checkpoint, torch_purifier, images, precision, label, tolerance
+):
+    purifier = load_purifier(checkpoint, backend="onnxruntime", precision=precision, threads=1)
+    assert purifier.precision == precision
+    path = purifier.backend.path
+    assert path.name.startswith(f"{sha256_file(checkpoint)[:16]}-{label}-opset")
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    assert np.abs(purifier(x) - torch_purifier(x)).max() < tolerance
+    before = path.stat().st_mtime_ns
+    assert load_purifier(checkpoint, backend="onnxruntime", precision=precision).backend.path == path
+    assert path.stat().st_mtime_ns == before

@@ -87,13 +87,20 @@ def _identify_onnx(path: Path, name: str) -> ModelSource:
     )
 
 
-def cached_onnx_path(sha256: str, precision: str, opset: int) -> Path:
-    """Where the cache keeps the ONNX of checkpoint ``sha256`` at ``precision`` and ``opset``."""
-    return cache_dir() / f"{sha256[:16]}-{precision}-opset{opset}.onnx"
+def cached_onnx_path(sha256: str, label: str, opset: int) -> Path:
+    """Where the cache keeps the ONNX of checkpoint ``sha256`` of kind ``label`` (the precision, plus the
+    INT8 method when it is not the default) and ``opset``."""
+    return cache_dir() / f"{sha256[:16]}-{label}-opset{opset}.onnx"
 
 
-def onnx_for(source: ModelSource, precision: str, opset: int | None = None) -> Path:
-    """The ONNX that runs ``source`` at ``precision``: the source itself, a cached export, or a new one."""
+def onnx_for(
+    source: ModelSource, precision: str, opset: int | None = None, int8_method: str = "modelopt"
+) -> Path:
+    """The ONNX that runs ``source`` at ``precision``: the source itself, a cached export, or a new one.
+
+    ``int8_method`` picks the INT8 quantiser for a new INT8 export: ``modelopt`` (Q/DQ for TensorRT and
+    GPUs) or ``ort`` (ONNX Runtime's static quantisation, faster on CPUs); each is cached separately.
+    """
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if source.kind == "onnx":
@@ -105,16 +112,17 @@ def onnx_for(source: ModelSource, precision: str, opset: int | None = None) -> P
         return source.path
     if source.kind != "checkpoint":
         raise InputError(f"{source.path} is a TensorRT engine; it has no ONNX to run")
-    found = _find_cached(source.sha256, precision, opset)
+    label = precision if precision != "int8" or int8_method == "modelopt" else f"int8-{int8_method}"
+    found = _find_cached(source.sha256, label, precision, opset)
     if found is not None:
-        log.info("using cached %s ONNX %s", precision, found)
+        log.info("using cached %s ONNX %s", label, found)
         return found
-    return _export(source, precision, opset)
+    return _export(source, precision, label, opset, int8_method)
 
 
-def _find_cached(sha256: str, precision: str, opset: int | None) -> Path | None:
-    """A cached artifact of this checkpoint and precision whose sidecar checks out (highest opset first)."""
-    pattern = f"{sha256[:16]}-{precision}-opset{opset if opset is not None else '*'}.onnx"
+def _find_cached(sha256: str, label: str, precision: str, opset: int | None) -> Path | None:
+    """A cached artifact of this checkpoint and kind whose sidecar checks out (highest opset first)."""
+    pattern = f"{sha256[:16]}-{label}-opset{opset if opset is not None else '*'}.onnx"
     candidates = sorted(cache_dir().glob(pattern), key=_opset_of_name, reverse=True)
     for path in candidates:
         try:
@@ -132,23 +140,22 @@ def _opset_of_name(path: Path) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def _export(source: ModelSource, precision: str, opset: int | None) -> Path:
+def _export(source: ModelSource, precision: str, label: str, opset: int | None, int8_method: str) -> Path:
     """Export ``source`` into the cache with the export API, imported here so torch is needed only now."""
     module_name, function_name = _EXPORTERS[precision]
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"no cached {precision} ONNX for {source.path} (sha256 {source.sha256[:16]}) in {cache_dir()}, and "
+            f"no cached {label} ONNX for {source.path} (sha256 {source.sha256[:16]}) in {cache_dir()}, and "
             f"making one needs the export tools, which cannot be imported here ({exc}): install torch and "
             "'nrp-deploy[export]', or pass a prebuilt .onnx with its .json sidecar"
         ) from exc
     if opset is None:
         opset = importlib.import_module("nrp_deploy.export.onnx").DEFAULT_OPSET
-    output = cached_onnx_path(source.sha256, precision, opset)
-    log.warning(
-        "exporting %s to %s ONNX in the artifact cache (first use): %s", source.path, precision, output
-    )
-    result = getattr(module, function_name)(str(source.path), output, opset=opset, overwrite=True)
+    output = cached_onnx_path(source.sha256, label, opset)
+    log.warning("exporting %s to %s ONNX in the artifact cache (first use): %s", source.path, label, output)
+    extra = {"method": int8_method} if precision == "int8" else {}
+    result = getattr(module, function_name)(str(source.path), output, opset=opset, overwrite=True, **extra)
     log.info("%s", result.verdict.line)
     return Path(result.path)
