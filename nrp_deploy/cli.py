@@ -24,7 +24,9 @@ def _add_purify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output folder")
     p.add_argument(
-        "--model", default="default", help="registry name (default, NRP, NRP_resG) or checkpoint path"
+        "--model",
+        default="default",
+        help="registry name (default, NRP, NRP_resG), checkpoint, .onnx (with its .json) or TensorRT engine",
     )
     p.add_argument(
         "--dynamic", action="store_true", help="dynamic inference: noise (sigma 0.05) within 16/255"
