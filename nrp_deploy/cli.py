@@ -456,7 +456,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "-o", "--output", type=Path, default=Path("bench_out"), help="output folder (default: bench_out)"
     )
     p.add_argument(
-        "--quick", action="store_true", help="NRP_resG, 224 px, batch 1 and 2, 5 rounds: minutes on a CPU"
+        "--quick",
+        action="store_true",
+        help="NRP_resG, 224 px, batch 1 and 2, model and e2e-dynamic, 4 rounds: minutes on a CPU",
     )
     p.add_argument(
         "--models", nargs="+", help="registry names or checkpoints (default: NRP_resG NRP default)"
