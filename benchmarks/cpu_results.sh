@@ -3,26 +3,25 @@
 #
 # Run it on a quiet machine: every result records the load average at its start and end, and a busy
 # machine slows multi-threaded eager torch more than the other backends (its OpenMP threads wait for each
-# other whenever one is descheduled). Artifacts (ONNX, INT8 Q/DQ) are kept in $NRP_BENCH_WORK so the runs
-# share them. Registry models whose published weights are absent run with seeded random weights.
+# other whenever one is descheduled). The ONNX / INT8 artifacts land in the runtime's artifact cache and are
+# shared by the runs. Registry models whose published weights are absent run with seeded random weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=${NRP_BENCH_WORK:-/tmp/nrp-bench-work}
 out=benchmarks/results
 nrp=${NRP:-nrp}
 
 # 1. The quick run, as a user would do it first.
-"$nrp" bench --quick --work-dir "$work" -o "$out/cpu_quick"
+"$nrp" bench --quick -o "$out/cpu_quick"
 
 # 2. Headline: NRP_resG 224x224 batch 1, every CPU backend, model only and end to end, 15 rounds.
-"$nrp" bench --models NRP_resG --batch-sizes 1 --rounds 15 --work-dir "$work" -o "$out/cpu_nrp_resg_224_b1"
+"$nrp" bench --models NRP_resG --batch-sizes 1 --rounds 15 -o "$out/cpu_nrp_resg_224_b1"
 
 # 3. Batch scaling of the main CPU paths, model only.
 "$nrp" bench --models NRP_resG --batch-sizes 1 2 4 8 --scenarios model --rounds 5 \
     --backends torch-fp32 onnxruntime-cpu-fp32 onnxruntime-cpu-int8 openvino-cpu-fp32 openvino-cpu-int8 \
-    --work-dir "$work" -o "$out/cpu_nrp_resg_224_batches"
+    -o "$out/cpu_nrp_resg_224_batches"
 
 # 4. The full-size NRP (16.6 M MAC/pixel) at batch 1.
 "$nrp" bench --models NRP --batch-sizes 1 --scenarios model e2e-dynamic --rounds 5 \
     --backends torch-fp32 onnxruntime-cpu-fp32 onnxruntime-cpu-int8 openvino-cpu-fp32 openvino-cpu-int8 \
-    --work-dir "$work" -o "$out/cpu_nrp_224_b1"
+    -o "$out/cpu_nrp_224_b1"

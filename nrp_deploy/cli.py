@@ -474,7 +474,6 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reps", type=int, help="timed calls per backend per round (default: 1)")
     p.add_argument("--warmup", type=int, help="untimed calls per backend before timing (default: 2)")
     p.add_argument("--threads", type=int, help="intra-op threads for every backend (default: library's)")
-    p.add_argument("--work-dir", type=Path, help="keep built artifacts here (default: a temporary folder)")
     p.add_argument("--no-plots", action="store_true", help="write JSON and Markdown only")
     p.add_argument("--render", type=Path, metavar="JSON", help="only re-render a bench.json into OUT")
     p.add_argument("--list", action="store_true", help="list the backends with what each is, and exit")
@@ -506,7 +505,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             threads=args.threads,
         )
-        doc = run_benchmark(config, work_dir=args.work_dir)
+        doc = run_benchmark(config)
     print(console_table(doc))
     for path in write_report(doc, args.output, plots=not args.no_plots):
         print(f"wrote {path}", file=sys.stderr)

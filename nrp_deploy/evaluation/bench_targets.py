@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from nrp_deploy.errors import BackendUnavailableError
-from nrp_deploy.fileutil import sha256_file
+from nrp_deploy.export.metadata import read_metadata
 
 # name -> (precision, devices it runs on, what it is)
 CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -67,13 +67,10 @@ class BenchModel:
 
 @dataclass(frozen=True)
 class TargetContext:
-    """What factories need besides the model: the device, a folder for artifacts, the shapes to serve."""
+    """What factories need besides the model: the device and the intra-op thread count (None: default)."""
 
     device: str
-    work_dir: Path
     threads: int | None
-    max_batch: int
-    resolutions: tuple[int, ...]
 
 
 def _wall_ms(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
@@ -190,25 +187,28 @@ def _runtime_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
 
 
 def _open_purifier(name: str, precision: str, model: BenchModel, ctx: TargetContext) -> tuple[Any, dict]:
+    """The runtime's Purifier for a benchmark backend, and what the INT8 artifact's sidecar says of it."""
     from nrp_deploy.runtime import Purifier, load_purifier
+    from nrp_deploy.runtime.artifacts import identify, onnx_for
 
     details: dict[str, Any] = {}
+    if ctx.device == "cpu" and precision == "int8":
+        # the runtime's artifact cache makes CPU INT8 with ONNX Runtime's static Q/DQ quantisation
+        int8 = onnx_for(identify(model.checkpoint), "int8", int8_method="ort")
+        details["int8_artifact"] = {"path": str(int8), "verdict": read_metadata(int8).verdict.line}
     if name.startswith("openvino-"):  # not a runtime backend: wrapped here, driven by the same Purifier
         from nrp_deploy.evaluation.bench_openvino import openvino_backend
-        from nrp_deploy.runtime.artifacts import identify, onnx_for
 
-        if precision == "int8":
-            path, details = _ort_int8(model, ctx)
-        else:
-            path = onnx_for(identify(model.checkpoint), "fp32")
+        path = (
+            onnx_for(identify(model.checkpoint), "fp32")
+            if precision != "int8"
+            else Path(details["int8_artifact"]["path"])
+        )
         return Purifier(openvino_backend(path, precision, ctx.threads, model.spec)), details
     backend, options = _RUNTIME[name]
-    source: Path = model.checkpoint
-    if name == "onnxruntime-cpu-int8":
-        source, details = _ort_int8(model, ctx)
     device = "cuda:0" if ctx.device == "cuda" else "cpu"
     purifier = load_purifier(
-        source,
+        model.checkpoint,
         backend=backend,
         precision=precision,
         device=device,
@@ -216,26 +216,6 @@ def _open_purifier(name: str, precision: str, model: BenchModel, ctx: TargetCont
         options=options or None,
     )
     return purifier, details
-
-
-def _ort_int8(model: BenchModel, ctx: TargetContext) -> tuple[Path, dict[str, Any]]:
-    """The CPU INT8 model: ONNX Runtime's own static Q/DQ quantisation (``export_int8(method="ort")``).
-
-    The runtime's artifact cache makes INT8 with the default (ModelOpt) method, which targets TensorRT and
-    keeps the unquantised rest in FP16, slow on CPUs; ONNX Runtime's QDQ is what its CPU provider fuses into
-    integer kernels. Calibrated on the example photos, fidelity judged on held-out ones (in the sidecar).
-    """
-    from nrp_deploy.export.int8 import export_int8
-    from nrp_deploy.export.metadata import read_metadata
-
-    path = ctx.work_dir / f"{model.name}-int8-ort.onnx"
-    how = "export_int8(method='ort'), minmax calibration"
-    if path.is_file():  # a kept --work-dir: reuse the artifact made from this very checkpoint
-        metadata = read_metadata(path)
-        if metadata.source.get("sha256") == sha256_file(model.checkpoint):
-            return path, {"int8_export": how + " (reused)", "verdict": metadata.verdict.line}
-    result = export_int8(str(model.checkpoint), path, method="ort", overwrite=True, progress=False)
-    return result.path, {"int8_export": how, "verdict": result.verdict.line}
 
 
 def _device_model_only(runner: Runner, backend: Any) -> None:

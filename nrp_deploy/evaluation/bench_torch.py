@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from nrp_deploy.errors import BackendUnavailableError, ModelNotFoundError
 from nrp_deploy.evaluation.bench_targets import CATALOGUE, BenchModel, Runner, TargetContext
@@ -101,9 +102,11 @@ def bench_model(source: str, work_dir: Path, seed: int) -> BenchModel:
         spec = ModelSpec(entry.architecture, entry.config)
         torch.manual_seed(seed)
         module = spec.build()
-        path = work_dir / f"{source}-random-seed{seed}.pth"
+        # safetensors bytes depend only on the tensors (torch.save adds a random id), so the file's sha256,
+        # which keys the runtime's artifact cache, is the same on every run and the exports are reused
+        path = work_dir / f"{source}-random-seed{seed}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(module.state_dict(), path)
+        save_file(module.state_dict(), str(path))
         weights = f"seeded random weights (seed {seed}): {entry.file} is not on disk"
         return BenchModel(source, spec, path, weights, random_weights=True)
     weights = f"{loaded.path.name} (sha256 {loaded.sha256[:12]})"

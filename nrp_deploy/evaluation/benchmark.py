@@ -292,13 +292,11 @@ def _prepare_models(
     return models, skipped
 
 
-def run_benchmark(
-    config: BenchConfig, progress: Any = sys.stderr, work_dir: str | Path | None = None
-) -> dict[str, Any]:
+def run_benchmark(config: BenchConfig, progress: Any = sys.stderr) -> dict[str, Any]:
     """Run the benchmark described by ``config`` and return the result document (see ``SCHEMA``).
 
-    ``work_dir`` keeps the artifacts backends build (ONNX, engines, random-weight checkpoints); a
-    temporary folder is used and removed when it is None.
+    The ONNX and engine artifacts backends build live in the runtime's artifact cache
+    (``$NRP_DEPLOY_CACHE``), keyed by checkpoint content, so later runs reuse them.
     """
     say = _Progress(progress)
     device = resolve_device(config.device)
@@ -310,8 +308,7 @@ def run_benchmark(
     peak = _device_peak(device, info, config)
     memory = HostMemory()
     with tempfile.TemporaryDirectory(prefix="nrp-bench-") as tmp:
-        root = Path(work_dir) if work_dir is not None else Path(tmp)
-        models, skipped_models = _prepare_models(config, root, say)
+        models, skipped_models = _prepare_models(config, Path(tmp), say)
         doc: dict[str, Any] = {
             "schema": SCHEMA,
             "machine": info,
@@ -324,9 +321,7 @@ def run_benchmark(
             "cases": [],
         }
         for model in models:
-            doc["models"].append(
-                _bench_one_model(model, backends, device, config, root, peak, memory, doc, say)
-            )
+            doc["models"].append(_bench_one_model(model, backends, device, config, peak, memory, doc, say))
     doc["machine"]["load_average_end"] = machine_info()["load_average"]
     return doc
 
@@ -336,16 +331,12 @@ def _bench_one_model(
     backends: Sequence[str],
     device: str,
     config: BenchConfig,
-    root: Path,
     peak: Peak | None,
     memory: HostMemory,
     doc: dict[str, Any],
     say: _Progress,
 ) -> dict[str, Any]:
-    ctx = TargetContext(
-        device, root / model.name, config.threads, max(config.batch_sizes), config.resolutions
-    )
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    ctx = TargetContext(device, config.threads)
     statuses, runners = [], {}
     for name in backends:
         status = {"backend": name}
