@@ -1,10 +1,36 @@
-"""Shared fixtures; `gpu` tests are skipped where no CUDA device is present (checked without torch)."""
+"""Shared test settings.
+
+- `gpu` tests are skipped where no CUDA device is present (checked through the driver, without torch).
+- Artifacts that tests export on the fly go to a per-session cache, never the user's ~/.cache.
+- torch runs single-threaded: test tensors are tiny, where threads cost more than they give, and CI has
+  two cores.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_artifact_cache(tmp_path_factory):
+    previous = os.environ.get("NRP_DEPLOY_CACHE")
+    os.environ["NRP_DEPLOY_CACHE"] = str(tmp_path_factory.mktemp("nrp-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("NRP_DEPLOY_CACHE", None)
+    else:
+        os.environ["NRP_DEPLOY_CACHE"] = previous
+
+
+def pytest_configure(config):
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
 
 
 @functools.cache

@@ -10,8 +10,6 @@ from nrp_deploy.cli import main
 from nrp_deploy.images import read_image, write_png
 from nrp_deploy.models import NRP_resG
 
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and CI shares two cores
-
 
 @pytest.fixture
 def image_tree(tmp_path):

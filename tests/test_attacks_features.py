@@ -13,8 +13,6 @@ from nrp_deploy.attacks.features import LITE0_STAGE_ENDS
 from nrp_deploy.errors import CheckpointError, InputError, ModelNotFoundError
 from nrp_deploy.images import read_image
 
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and CI shares two cores
-
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 VGG16_CONVS = {
     0: (3, 64),

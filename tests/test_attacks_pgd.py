@@ -11,8 +11,6 @@ from nrp_deploy.attacks.pgd import attack_gradient, pgd_attack, random_targets
 from nrp_deploy.errors import InputError
 from nrp_deploy.models.eager import dynamic_input
 
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and CI shares two cores
-
 EPS = 16 / 255
 NUM_CLASSES = 10
 

@@ -9,8 +9,6 @@ from torch import nn
 from nrp_deploy.attacks import feature_distance, ssp_attack
 from nrp_deploy.errors import InputError
 
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and CI shares two cores
-
 EPS = 16 / 255
 
 

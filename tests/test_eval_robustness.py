@@ -16,8 +16,6 @@ from nrp_deploy.evaluation.robustness import ATTACKS, DEFENCES, evaluate
 from nrp_deploy.images import write_png
 from nrp_deploy.models import NRP_resG
 
-torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and CI shares two cores
-
 
 @pytest.fixture
 def images(tmp_path):
