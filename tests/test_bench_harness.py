@@ -101,6 +101,8 @@ def test_markdown_json_and_png_report(torch_doc, tmp_path):
     assert bench_report.read_result(paths[0]) == json.loads(json.dumps(torch_doc))
     text = paths[1].read_text()
     assert "| backend | batch | median ms |" in text
+    assert "## Summary: fastest backend per case" in text
+    assert text.count("| tiny_resg | 16 |") == 6  # one summary row per (batch, scenario)
     assert "torch-fp16-cl`: skipped:" in text
     assert text.count("## tiny_resg, 16x16,") == 3
     for png in paths[2:]:
@@ -243,6 +245,13 @@ def test_runtime_backends_on_cpu_through_load_purifier(checkpoint, tmp_path, mon
     assert int8["precision"] == "int8" and 15 < int8["fidelity"]["psnr_db"] < 80
     e2e = _case(doc, 2, "e2e")["onnxruntime-cpu-fp32"]["fidelity"]
     assert e2e["identical"] or e2e["max_abs_err"] <= 1
+    # the only torch variant here is the baseline, so both speed-ups are the same measurement
+    ort = model_only["onnxruntime-cpu-fp32"]
+    assert ort["speedup_vs_best_torch"]["best_torch"] == "torch-fp32"
+    assert ort["speedup_vs_best_torch"]["paired_median"] == pytest.approx(
+        ort["speedup_vs_baseline"]["paired_median"]
+    )
+    assert model_only["torch-fp32"]["speedup_vs_best_torch"] is None
 
 
 @pytest.mark.gpu

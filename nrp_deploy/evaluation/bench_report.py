@@ -129,6 +129,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
         lines.append(
             f"- peak for '% of peak' ({peak['device']}), TFLOP/s (int8: TOP/s): {rates}; {peak['method']}"
         )
+    lines += ["", "## Summary: fastest backend per case", ""]
+    lines += _markdown_table(_summary_rows(doc), SUMMARY_HEADER)
     lines += ["", "## Models", ""]
     for model in doc["models"]:
         lines.append(
@@ -163,6 +165,46 @@ def to_markdown(doc: dict[str, Any]) -> str:
             "give, since quantisation error depends on the weights' and activations' ranges.",
         ]
     return "\n".join(lines) + "\n"
+
+
+SUMMARY_HEADER = (
+    "model",
+    "px",
+    "scenario",
+    "batch",
+    "fastest",
+    "median ms",
+    "vs torch-fp32",
+    "vs best torch",
+    "PSNR dB",
+    "% of peak",
+)
+
+
+def _summary_rows(doc: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows = []
+    for case in doc["cases"]:
+        ok = [r for r in case["results"] if r["status"] == "ok"]
+        if not ok:
+            continue
+        best = min(ok, key=lambda r: r["latency_ms"]["median_ms"])
+        versus = best.get("speedup_vs_best_torch")
+        frac = best.get("peak_fraction")
+        rows.append(
+            (
+                case["model"],
+                str(case["resolution"]),
+                case["scenario"],
+                str(case["batch"]),
+                best["backend"],
+                f"{best['latency_ms']['median_ms']:.2f}",
+                _speedup_text(best),
+                f"{versus['paired_median']:.2f}x ({versus['best_torch']})" if versus else "-",
+                _psnr_text(best),
+                _fmt(None if frac is None else 100 * frac, ".1f"),
+            )
+        )
+    return rows
 
 
 def _load(values: list[float] | None) -> str:

@@ -235,6 +235,10 @@ def _case_results(
 ) -> list[dict[str, Any]]:
     baseline = slots.get(BASELINE)
     base_ok = baseline is not None and baseline.error is None and baseline.rounds
+    timed = {name: slot for name, slot in slots.items() if slot.error is None and slot.rounds}
+    torch_variants = [name for name in timed if name.startswith("torch-")]
+    # the strongest torch configuration here (FP16, channels_last, compile): what a deployment must beat
+    best_torch = min(torch_variants, key=lambda n: np.median(timed[n].rounds), default=None)
     results = []
     for name, slot in slots.items():
         entry: dict[str, Any] = {"backend": name, "precision": slot.runner.precision}
@@ -250,6 +254,14 @@ def _case_results(
             latency_ms=stats.to_dict(),
             throughput_ips=stats.throughput(batch),
             speedup_vs_baseline=speedup,
+            speedup_vs_best_torch=(
+                {
+                    "best_torch": best_torch,
+                    **bench_stats.paired_speedup(timed[best_torch].rounds, slot.rounds).to_dict(),
+                }
+                if best_torch and not name.startswith("torch-")
+                else None
+            ),
             fidelity=_fidelity(baseline.output if base_ok else None, slot.output, scenario),
             achieved_tflops=achieved / 1e12,
             peak_fraction=achieved / peak.for_precision(slot.runner.precision) if peak else None,
