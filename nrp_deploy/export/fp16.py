@@ -23,6 +23,7 @@ import math
 import os
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,6 +153,7 @@ def export_fp16(
             raise ExportError(f"AutoCast's FP16 graph fails onnx.checker: {exc}") from exc
         model_bytes = converted.SerializeToString()
         kept = fp32_nodes_in(converted)
+        op_of = {n.name: n.op_type for n in converted.graph.node}
         total = sum(1 for n in converted.graph.node if n.op_type != "Cast")
         calibration_summary = {
             **calib.summary(),
@@ -162,6 +164,7 @@ def export_fp16(
             "nodes_total": total,
             "nodes_fp16": total - len(kept),
             "nodes_fp32": kept,
+            "nodes_fp32_ops": dict(Counter(op_of[name] for name in kept).most_common()),
             "nodes_fp32_by_range": by_range,
         }
         fidelity = measure_fidelity(model_bytes, base.loaded, held.batch, progress=progress)
