@@ -208,7 +208,7 @@ def test_fp16_keeps_overflowing_nodes_in_fp32(loud, photos, tmp_path):
     assert result.verdict.passed, result.verdict.line
     # Without the range rule everything becomes FP16, the trunk overflows, and the verdict says so.
     naive = export_fp16(path, tmp_path / "naive16.onnx", photos, data_max=float("inf"), **SMALL)
-    assert naive.metadata.calibration["nodes_fp32"] == []
+    assert naive.metadata.calibration["nodes_fp32"] == [] and naive.metadata.calibration["data_max"] is None
     assert not naive.verdict.passed and naive.verdict.line.startswith("FAIL fp16")
 
 

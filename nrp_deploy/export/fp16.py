@@ -158,7 +158,9 @@ def export_fp16(
         calibration_summary = {
             **calib.summary(),
             "method": "modelopt.onnx.autocast.convert_to_mixed_precision; FP32 nodes from streamed ranges",
-            "data_max": data_max,
+            "data_max": data_max
+            if math.isfinite(data_max)
+            else None,  # None: no range rule (JSON has no inf)
             "init_max": init_max,
             "max_activation": max(absmax.values(), default=0.0),
             "nodes_total": total,
