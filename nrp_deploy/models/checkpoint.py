@@ -36,7 +36,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise many types for unreadable files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        first_line = (str(exc).strip().splitlines() or [""])[0]  # torch's unpickling errors run to pages
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line}") from exc
     return _unwrap(raw, path)
 
 
