@@ -9,6 +9,7 @@ prefixes left by DataParallel and torch.compile, and ``.safetensors`` files. Tor
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raw = load_file(str(path), device="cpu")
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it holds pickled Python objects beyond tensors and containers, "
+            "which are refused (checkpoints load with weights_only=True); save model.state_dict() instead"
+        ) from exc
     except Exception as exc:  # torch and safetensors raise many types for unreadable files
         first_line = (str(exc).strip().splitlines() or [""])[0]  # torch's unpickling errors run to pages
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line}") from exc
