@@ -222,3 +222,20 @@ def test_training_runs_on_cuda(photo_dir, tmp_path):
         features=TinyFeatures(),
     )
     assert result.steps == 2 and load_model(result.weights).spec.config["nf"] == 8
+
+
+def test_the_shipped_default_purifier_is_registered_verified_and_small():
+    from nrp_deploy.models.registry import load_manifest, resolve
+
+    manifest = load_manifest()
+    assert {"default", "NRP", "NRP_resG"} <= set(manifest)
+    resolved = resolve("default")  # raises if the file's sha256 differs from the manifest's
+    assert resolved.path.suffix == ".safetensors" and resolved.path.stat().st_size < 20 * 2**20
+    entry = manifest["default"]
+    assert entry.extra["training"]["data"]["held_out"] == list(SKIMAGE_HELD_OUT)
+    assert (
+        entry.metrics["examples"]["attacks"]["ssp"]["psnr_purified_db"]
+        > (entry.metrics["examples"]["attacks"]["ssp"]["psnr_adversarial_db"])
+    )
+    loaded = load_model("default")
+    assert loaded.spec.to_dict() == {"architecture": entry.architecture, "config": entry.config}
