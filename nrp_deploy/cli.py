@@ -415,12 +415,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "minute on 2 CPU cores), purify them with the shipped default purifier through the fastest backend "
         "here, print agreement with the clean prediction and PSNR, and write the report and picture grids.",
     )
-    p.add_argument(
-        "-o", "--output", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)"
-    )
+    p.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: demo_out)")
     p.add_argument("--model", default="default", help="registry name or checkpoint (default: default)")
     p.add_argument("--images", type=Path, default=None, help="image folder (default: examples/images)")
-    p.add_argument("--iterations", type=int, default=10, help="SSP iterations (default: 10)")
+    p.add_argument("--iterations", type=int, default=None, help="attack iterations (default: 10)")
     p.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch (default: auto)")
     p.add_argument("--with-pgd", action="store_true", help="also PGD straight-through (BPDA) against it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -428,15 +426,15 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from nrp_deploy.demo import DEMO_ATTACKS, EXAMPLES_DIR, run_demo
+    from nrp_deploy.demo import DEFAULT_OUT, DEMO_ATTACKS, DEMO_ITERATIONS, EXAMPLES_DIR, run_demo
 
     attacks = (*DEMO_ATTACKS, "pgd-bpda") if args.with_pgd else DEMO_ATTACKS
     run_demo(
-        args.output,
+        args.output or DEFAULT_OUT,
         model=args.model,
         images=args.images or EXAMPLES_DIR,
         attacks=attacks,
-        iterations=args.iterations,
+        iterations=DEMO_ITERATIONS if args.iterations is None else args.iterations,
         backend=args.backend,
         progress=not args.no_progress,
     )

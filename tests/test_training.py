@@ -121,6 +121,8 @@ def test_bad_configurations_are_refused(photo_dir, tmp_path):
         _run(tiny_config(photo_dir, crop=64), tmp_path / "a")
     with pytest.raises(InputError, match="no images"):
         _run(tiny_config(tmp_path), tmp_path / "b")
+    with pytest.raises(InputError, match="lr_min"):
+        _run(tiny_config(photo_dir, lr=1e-3, lr_min=1e-2), tmp_path / "e")
     with pytest.raises(InputError, match="clean_fraction"):
         _run(tiny_config(photo_dir, clean_fraction=1.5), tmp_path / "c")
     with pytest.raises(InputError, match="identity"):

@@ -49,6 +49,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.ssp_iterations < 1:
             raise InputError("steps, batch size and SSP iterations must be at least 1")
+        if not self.lr > 0 or not 0 <= self.lr_min <= self.lr:
+            raise InputError(f"need lr > 0 and 0 <= lr_min <= lr, got lr={self.lr}, lr_min={self.lr_min}")
         if not 0 < self.eps_min_fraction <= 1:
             raise InputError(f"eps_min_fraction must be in (0, 1], got {self.eps_min_fraction}")
         for name in ("clean_fraction", "noise_fraction"):
