@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 _LIBRARIES = (
     "nrp-deploy",
     "numpy",
@@ -146,27 +144,9 @@ class Peak:
         return asdict(self)
 
 
-def measured_matmul_flops(n: int = 1024, repeats: int = 25) -> float:
-    """Best FP32 FLOP/s of an n x n numpy matmul (BLAS, all threads): an achievable, not a paper, peak.
-
-    The best of many short runs, so that on a shared machine one quiet moment is enough.
-    """
-    rng = np.random.default_rng(0)
-    a = rng.random((n, n), dtype=np.float32)
-    b = rng.random((n, n), dtype=np.float32)
-    a @ b  # warm-up: thread pool start, page faults
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2.0 * n**3 / best
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def cpu_peak(info: dict[str, Any], measured_fp32: float | None = None, threads: int | None = None) -> Peak:
-    """CPU peak: cores x clock x FP32 FLOP per cycle from the vector width, or a measured matmul rate.
+    """CPU peak: cores x clock x FP32 FLOP per cycle from the vector width, or a measured matmul rate
+    (``measured_fp32``, measured on ``threads`` threads).
 
     FLOP per cycle assumes two FMA pipes per core (x86 server cores since Haswell / Zen) of the widest
     vector unit: 512-bit on Intel with AVX-512; 256-bit on AMD, where Zen 4 executes AVX-512 as two 256-bit
@@ -188,12 +168,9 @@ def cpu_peak(info: dict[str, Any], measured_fp32: float | None = None, threads: 
     )
     fp32 = estimate
     if measured_fp32 is not None:
-        measured = measured_fp32 * used / cores
-        method += (
-            f"; numpy FP32 matmul 1024^3 best of 25 measured {measured / 1e9:.0f} GFLOP/s on {used} cores"
-        )
-        if measured > estimate:
-            fp32 = measured
+        method += f"; FP32 matmul measured {measured_fp32 / 1e9:.0f} GFLOP/s on {used} thread(s)"
+        if measured_fp32 > estimate:
+            fp32 = measured_fp32
             method = "measured (above the estimate): " + method
     peaks = {"fp32": fp32}
     if flags & {"avx512_bf16", "amx_bf16"}:

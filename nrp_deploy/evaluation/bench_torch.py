@@ -6,7 +6,9 @@ and compilation change, so a speed-up here is the model's, not a different host 
 
 from __future__ import annotations
 
+import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +113,27 @@ def bench_model(source: str, work_dir: Path, seed: int) -> BenchModel:
         return BenchModel(source, spec, path, weights, random_weights=True)
     weights = f"{loaded.path.name} (sha256 {loaded.sha256[:12]})"
     return BenchModel(loaded.name, loaded.spec, loaded.path, weights, random_weights=False)
+
+
+def matmul_flops(threads: int | None, n: int = 1024, repeats: int = 25) -> float:
+    """Best FP32 FLOP/s of an n x n torch matmul on ``threads`` threads: an achievable CPU peak.
+
+    The best of many short runs, so that on a shared machine one quiet moment is enough; measured with the
+    backends' thread count because a core boosts higher when fewer are busy.
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a = torch.rand(n, n, generator=generator)
+        b = torch.rand(n, n, generator=generator)
+        torch.mm(a, b)  # warm-up: thread pool start, page faults
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2.0 * n**3 / best

@@ -27,7 +27,6 @@ from nrp_deploy.evaluation.bench_machine import (
     cpu_peak,
     gpu_peak,
     machine_info,
-    measured_matmul_flops,
 )
 from nrp_deploy.evaluation.bench_targets import (
     BASELINE,
@@ -279,8 +278,11 @@ def _device_peak(device: str, info: dict[str, Any], config: BenchConfig) -> Peak
     if device == "cuda":
         gpu = info.get("gpu") or {}
         return gpu_peak(gpu.get("name", "")) if gpu else None
-    measured = measured_matmul_flops() if config.measure_peak else None
-    return cpu_peak(info["cpu"], measured, config.threads)
+    if not config.measure_peak:
+        return cpu_peak(info["cpu"], None, config.threads)
+    from nrp_deploy.evaluation.bench_torch import matmul_flops
+
+    return cpu_peak(info["cpu"], matmul_flops(config.threads), config.threads)
 
 
 def _prepare_models(
