@@ -11,9 +11,8 @@ import torch
 from nrp_deploy.errors import CheckpointError
 from nrp_deploy.models import ModelSpec, build_from_state, detect_spec, read_state_dict
 
-REFERENCE = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "original_checkpoint_keys.json"
-)
+# Every key and shape of the published NRP.pth / NRP_resG.pth, with their constructors and parameter counts.
+REFERENCE = Path(__file__).resolve().parent / "data" / "original_checkpoint_keys.json"
 
 
 def _reference() -> dict:
