@@ -120,7 +120,7 @@ def test_metadata_round_trip(files):
 def test_unreadable_metadata_is_named(files, content, message):
     engine = files[1]
     if content is not None:
-        ec.metadata_path(engine).write_text(content)
+        ec.sidecar_path(engine).write_text(content)
     with pytest.raises(MetadataError, match=message):
         ec.read_engine_metadata(engine)
 

@@ -132,17 +132,26 @@ def write_metadata(artifact: str | os.PathLike[str], metadata: ArtifactMetadata)
     return path
 
 
-def read_metadata(artifact: str | os.PathLike[str]) -> ArtifactMetadata:
-    """The sidecar of ``artifact``; ``MetadataError`` naming the file if it is missing or malformed."""
+def read_sidecar(artifact: str | os.PathLike[str], made_by: str) -> tuple[Path, dict[str, Any]]:
+    """The parsed JSON object beside ``artifact`` (ONNX or engine); ``MetadataError`` naming the file when it
+    is missing (``made_by`` says which command writes it), unreadable or not a JSON object."""
     path = sidecar_path(artifact)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise MetadataError(f"{artifact} has no metadata file {path} (export it with `nrp export`)") from exc
+        raise MetadataError(f"{artifact} has no metadata file {path} ({made_by})") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MetadataError(f"{path} is not readable JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+    if not isinstance(data, dict):
+        raise MetadataError(f"{path} holds a JSON {type(data).__name__}, not a metadata object")
+    return path, data
+
+
+def read_metadata(artifact: str | os.PathLike[str]) -> ArtifactMetadata:
+    """The sidecar of ``artifact``; ``MetadataError`` naming the file if it is missing or malformed."""
+    path, data = read_sidecar(artifact, made_by="export it with `nrp export`")
+    if data.get("format") != FORMAT_VERSION:
+        found = data.get("format")
         raise MetadataError(f"{path}: unsupported metadata format {found!r} (expected {FORMAT_VERSION})")
     try:
         metadata = ArtifactMetadata.from_dict(data)

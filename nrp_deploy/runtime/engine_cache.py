@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nrp_deploy.errors import InputError, MetadataError, ModelNotFoundError, StaleArtifactError
+from nrp_deploy.export.metadata import read_sidecar, sidecar_path
 from nrp_deploy.fileutil import sha256_file, write_json_atomic
 from nrp_deploy.runtime.backends.base import ShapeProfile
 
@@ -153,27 +154,16 @@ class EngineMetadata:
         return profile_from_dict(self.profile)
 
 
-def metadata_path(engine: str | os.PathLike[str]) -> Path:
-    """The sidecar's path: the engine's path with ``.json`` appended (as for every exported artifact)."""
-    return Path(os.fspath(engine) + ".json")
-
-
 def write_engine_metadata(engine: str | os.PathLike[str], metadata: EngineMetadata) -> Path:
-    path = metadata_path(engine)
+    path = sidecar_path(engine)
     write_json_atomic(path, metadata.to_dict())
     return path
 
 
 def read_engine_metadata(engine: str | os.PathLike[str]) -> EngineMetadata:
     """The engine's sidecar; ``MetadataError`` naming the file when it is missing, unreadable or foreign."""
-    path = metadata_path(engine)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise MetadataError(f"{engine} has no metadata file {path} (build engines with `nrp build`)") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MetadataError(f"{path} is not readable JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    path, data = read_sidecar(engine, made_by="build engines with `nrp build`")
+    if data.get("format") != FORMAT:
         raise MetadataError(f"{path} is not TensorRT engine metadata (no format {FORMAT!r})")
     if data.get("format_version") != FORMAT_VERSION:
         raise MetadataError(
