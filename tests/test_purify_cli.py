@@ -99,3 +99,12 @@ def test_registry_missing_file_and_checksum_mismatch(tmp_path, monkeypatch, tiny
     assert "sha256" in capsys.readouterr().err
     assert main(["purify", str(tmp_path), "-o", out, "--model", "nope"]) == 2
     assert "registered: NRP, tiny" in capsys.readouterr().err
+
+
+def test_eager_baseline_feeds_plain_nchw(tiny_checkpoint):
+    """The baseline must run the module on contiguous NCHW input, as the published script does."""
+    loaded = load_model(tiny_checkpoint)
+    seen = []
+    loaded.module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+    EagerPurifier(loaded.module)(np.zeros((1, 8, 8, 3), np.uint8))
+    assert seen == [True]

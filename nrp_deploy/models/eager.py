@@ -44,7 +44,9 @@ class EagerPurifier:
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div(255.0)
+        # contiguous(): plain NCHW as the published script feeds it; the permuted view alone would keep
+        # NHWC strides, and torch would silently run the convolutions channels_last.
+        x = x.permute(0, 3, 1, 2).contiguous().float().div(255.0)
         if self.dynamic:
             x = dynamic_input(x, generator=self.generator)
         y = self.module(x).clamp(0.0, 1.0)
