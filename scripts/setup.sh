@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${NRP_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q -e ".[cpu,export,attacks,bench,nvrtc,dev]"
+.venv/bin/python -m pip install -q -e ".[cpu,export,attacks,bench,openvino,nvrtc,dev]"
 # NVIDIA's TensorRT bindings wheels (names only; TensorRT's libraries are not needed) for the API-name test.
 .venv/bin/python scripts/tensorrt_api_names.py fetch ||
   echo "TensorRT bindings not fetched; the committed name snapshot is checked instead"
