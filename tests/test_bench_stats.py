@@ -9,8 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+from nrp_deploy.errors import InputError
 from nrp_deploy.evaluation import bench_stats
 from nrp_deploy.evaluation.bench_machine import HostMemory, cpu_peak, gpu_peak, machine_info
+from nrp_deploy.evaluation.metrics import psnr
 
 
 def test_summarise_matches_numpy_percentiles():
@@ -76,11 +78,11 @@ def test_paired_speedup_needs_matching_rounds():
 def test_psnr_known_value_identity_and_shape_check():
     ref = np.zeros((2, 3, 4, 4), dtype=np.uint8)
     test = ref.copy()
-    assert bench_stats.psnr(ref, test, 255.0) == math.inf
+    assert psnr(ref, test, 255.0) == math.inf
     test[0, 0, 0, 0] = 255  # one full-scale error in 96 values: mse = 255^2 / 96
-    assert bench_stats.psnr(ref, test, 255.0) == pytest.approx(10 * math.log10(96))
-    with pytest.raises(ValueError, match="shape mismatch"):
-        bench_stats.psnr(ref, ref[:1], 255.0)
+    assert psnr(ref, test, 255.0) == pytest.approx(10 * math.log10(96))
+    with pytest.raises(InputError, match="one shape"):
+        psnr(ref, ref[:1], 255.0)
 
 
 def test_cpu_peak_estimate_from_vector_width_and_measured_override():

@@ -7,7 +7,6 @@ in that round alike, and the per-round ratio cancels it where back-to-back block
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -106,14 +105,3 @@ def paired_speedup(baseline_rounds: Sequence[Sequence[float]], rounds: Sequence[
         paired_min=float(min(ratios)),
         paired_max=float(max(ratios)),
     )
-
-
-def psnr(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
-    """Peak signal-to-noise ratio in dB; ``inf`` when the arrays are equal."""
-    if reference.shape != test.shape:
-        raise ValueError(f"shape mismatch: reference {reference.shape} vs test {test.shape}")
-    diff = reference.astype(np.float64) - test.astype(np.float64)
-    mse = float(np.mean(diff * diff))
-    if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(data_range * data_range / mse)

@@ -37,6 +37,7 @@ from nrp_deploy.evaluation.bench_targets import (
     build_runner,
     default_backends,
 )
+from nrp_deploy.evaluation.metrics import psnr
 
 SCHEMA = "nrp-bench/1"
 SCENARIOS = ("model", "e2e", "e2e-dynamic")
@@ -170,7 +171,7 @@ def _fidelity(reference: np.ndarray | None, output: np.ndarray | None, scenario:
     if reference is None or output is None:
         return {"psnr_db": None, "max_abs_err": None, "note": "no baseline output to compare with"}
     data_range = 255.0 if scenario == "e2e" else 1.0
-    value = bench_stats.psnr(reference, output, data_range)
+    value = psnr(reference, output, data_range)
     max_err = float(np.max(np.abs(reference.astype(np.float64) - output.astype(np.float64))))
     unit = "uint8 levels" if scenario == "e2e" else "on [0, 1]"
     return {

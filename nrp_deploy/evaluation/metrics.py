@@ -27,10 +27,16 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return a.astype(np.float64), b.astype(np.float64), peak
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB (peak 255 for uint8, 1 for float); inf for identical images."""
-    x, y, peak = _pair(a, b)
-    mse = float(np.mean((x - y) ** 2))
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float | None = None) -> float:
+    """Peak signal-to-noise ratio in dB of two arrays of one shape (images, NCHW batches); ``inf`` when equal.
+
+    The peak is ``data_range`` if given, else 255 for uint8 and 1 for float arrays.
+    """
+    if a.shape != b.shape:
+        raise InputError(f"PSNR compares two arrays of one shape, got {a.shape} and {b.shape}")
+    peak = data_range if data_range is not None else (255.0 if a.dtype == np.uint8 else 1.0)
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    mse = float(np.mean(diff * diff))
     return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
 
 
