@@ -9,9 +9,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nrp_deploy import __version__
 from nrp_deploy.errors import NRPDeployError
+
+if TYPE_CHECKING:
+    from nrp_deploy.batch import BatchReport
+
+
+def _finish_batch(report: BatchReport) -> int:
+    """Print a batch job's summary (failures named) and turn it into the exit status: 1 if any file failed."""
+    print(report.summary(), file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def _add_purify(sub: argparse._SubParsersAction) -> None:
@@ -84,8 +94,7 @@ def _run_purify(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    print(report.summary(), file=sys.stderr)
-    return 0 if report.ok else 1
+    return _finish_batch(report)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -311,8 +320,7 @@ def _run_attack_ssp(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    print(report.summary(), file=sys.stderr)
-    return 0 if report.ok else 1
+    return _finish_batch(report)
 
 
 def _run_attack_pgd(args: argparse.Namespace) -> int:
@@ -334,8 +342,7 @@ def _run_attack_pgd(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    print(report.summary(), file=sys.stderr)
-    return 0 if report.ok else 1
+    return _finish_batch(report)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
