@@ -678,6 +678,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="modelopt: entropy (default) or max; ort: minmax (default), entropy, percentile",
     )
     int8.add_argument(
+        "--target-cpu",
+        choices=("auto", "vnni", "any"),
+        help="ort: the CPUs the artifact is exact on; vnni: 8-bit weights, for CPUs with VNNI (AVX-512 VNNI, "
+        "AVX-VNNI, AMX); any: 7-bit weights, every CPU; auto (default): whichever this CPU needs",
+    )
+    int8.add_argument(
         "--high-precision", choices=("fp16", "fp32"), help="modelopt: precision of the rest (default: fp16)"
     )
 
@@ -714,6 +720,7 @@ def _run_export(args: argparse.Namespace) -> int:
                 method=args.method,
                 calibration_method=args.calibration_method,
                 high_precision=args.high_precision,
+                target_cpu=args.target_cpu,
             )
             result = export_int8(args.model, args.output, **common, **options)
     print(f"wrote {result.path} and {result.metadata_path}", file=sys.stderr)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nrp_deploy.cli import main
+from nrp_deploy.cpu_features import host_isa
 from nrp_deploy.errors import InputError
 from nrp_deploy.evaluation import bench_report, benchmark
 from nrp_deploy.evaluation.bench_targets import BASELINE, Runner
@@ -105,6 +106,8 @@ def test_markdown_json_and_png_report(torch_doc, tmp_path):
     assert text.count("| tiny_resg | 16 |") == 6  # one summary row per (batch, scenario)
     assert "torch-fp16-cl`: skipped:" in text
     assert text.count("## tiny_resg, 16x16,") == 3
+    assert f"- CPU ISA: {host_isa().headline()}" in text  # AVX2 / AVX-512 / VNNI / BF16 / AMX named
+    assert "{" not in text.partition("## ")[0]  # every placeholder of the header filled in
     for png in paths[2:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = bench_report.console_table(torch_doc)

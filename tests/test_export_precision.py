@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from nrp_deploy.cli import main
-from nrp_deploy.errors import ExportError
+from nrp_deploy.cpu_features import host_isa, int8_target_mismatch, parse_cpuinfo, resolve_int8_target
+from nrp_deploy.errors import ExportError, InputError
 from nrp_deploy.export.calibration import (
     DEFAULT_FOLDER,
     calibration_and_holdout,
@@ -25,6 +26,7 @@ from nrp_deploy.export.onnx import export_onnx
 from nrp_deploy.export.ranges import collect_absmax
 from nrp_deploy.images import write_png
 from nrp_deploy.models import ModelSpec
+from nrp_deploy.runtime.artifacts import identify
 
 # Every conv has >= 16 channels on one side (a multiple of 8), so ModelOpt quantises all of them.
 SPEC = ModelSpec("NRP", {"nf": 16, "nb": 1, "gc": 16})
@@ -232,6 +234,85 @@ def test_int8_has_qdq_on_every_conv_and_runs(fp32, photos, tmp_path, method):
     assert meta.verdict.passed and meta.fidelity.psnr_db >= 35.0
     out = run_session(cpu_session(result.path), np.full((2, 3, 21, 19), 0.25, dtype=np.float32))
     assert out.shape == (2, 3, 21, 19) and np.isfinite(out).all()
+
+
+def _int8_weights(model: onnx.ModelProto) -> np.ndarray:
+    """Every int8 initializer (the quantised weights) flattened into one array."""
+    tensors = [
+        onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8
+    ]
+    return np.concatenate([t.ravel() for t in tensors])
+
+
+@pytest.mark.parametrize("target", ["any", "vnni"])
+def test_ort_int8_target_cpu_bounds_weights(fp32, photos, tmp_path, target, caplog):
+    _, path = fp32
+    result = export_int8(path, tmp_path / f"{target}.onnx", "ort", photos, target_cpu=target, **SMALL)
+    weights = _int8_weights(onnx.load(result.path)).astype(np.int32)
+    meta = verify_artifact(result.path)
+    assert meta.calibration["target_cpu"] == target
+    assert meta.calibration["export_cpu"] == host_isa().to_dict()
+    low, high = meta.calibration["weight_range"]
+    assert low <= weights.min() and weights.max() <= high
+    # The U8S8 kernels of CPUs without VNNI add two uint8 x int8 products in a saturating int16 lane.
+    worst_pair = 2 * 255 * int(np.abs(weights).max())
+    if target == "any":
+        assert worst_pair <= np.iinfo(np.int16).max
+    else:
+        assert worst_pair > np.iinfo(np.int16).max  # full-range weights: exact only with VNNI
+    if int8_target_mismatch(target) is None:
+        assert meta.verdict.passed and meta.fidelity.psnr_db >= 35.0
+    else:  # a VNNI artifact on a CPU that saturates: loading it says so
+        with caplog.at_level("WARNING"):
+            identify(result.path)
+        assert "lacks VNNI" in caplog.text
+
+
+def test_ort_int8_cache_keys_on_cpu_target(fp32, tmp_path, monkeypatch, caplog):
+    """The cache keeps one ORT INT8 artifact per CPU target and never serves a VNNI one to a CPU without."""
+    from nrp_deploy import cpu_features
+    from nrp_deploy.runtime.artifacts import onnx_for
+
+    module, _ = fp32
+    checkpoint = tmp_path / "tiny.pth"
+    torch.save(module.state_dict(), checkpoint)
+    zen4 = cpu_features.CpuIsa("x86_64", "Zen 4", frozenset({"avx2", "avx512f", "avx512_vnni"}))
+    zen3 = cpu_features.CpuIsa("x86_64", "Zen 3", frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(cpu_features, "host_isa", lambda: zen4)
+    source = identify(checkpoint)
+    vnni = onnx_for(source, "int8", int8_method="ort")
+    assert "-int8-ort-vnni-" in vnni.name and verify_artifact(vnni).calibration["target_cpu"] == "vnni"
+    assert onnx_for(source, "int8", int8_method="ort") == vnni  # reused on the same CPU
+    monkeypatch.setattr(cpu_features, "host_isa", lambda: zen3)
+    with caplog.at_level("WARNING"):
+        anycpu = onnx_for(source, "int8", int8_method="ort")
+    assert "-int8-ort-any-" in anycpu.name and verify_artifact(anycpu).calibration["target_cpu"] == "any"
+    with caplog.at_level("WARNING"):
+        identify(vnni)
+    assert "Zen 3" in caplog.text and "lacks VNNI" in caplog.text
+
+
+def test_cpuinfo_parsing_and_int8_target():
+    zen3 = cpu_features_of("fpu sse2 avx avx2 fma bmi2 sha_ni")
+    zen4 = cpu_features_of("fpu avx2 fma avx512f avx512_bf16 avx512_vnni")
+    assert zen3.flags == {"avx2", "fma"} and not zen3.vnni and zen3.u8s8_saturates
+    assert zen4.vnni and not zen4.u8s8_saturates
+    assert zen3.headline() == "AVX2 yes, AVX-512 no, VNNI no, BF16 no, AMX no"
+    assert zen4.headline() == "AVX2 yes, AVX-512 yes, VNNI yes, BF16 yes, AMX no"
+    assert resolve_int8_target("auto", zen3) == "any" and resolve_int8_target("auto", zen4) == "vnni"
+    assert resolve_int8_target("vnni", zen3) == "vnni"
+    assert int8_target_mismatch("vnni", zen3) and int8_target_mismatch("vnni", zen4) is None
+    assert int8_target_mismatch("any", zen3) is None and int8_target_mismatch(None, zen3) is None
+    arm = parse_cpuinfo("processor : 0\nFeatures : fp asimd asimddp\nCPU part : 0xd42\n", "aarch64")
+    assert not arm.u8s8_saturates and resolve_int8_target("auto", arm) == "vnni"
+    unknown = parse_cpuinfo("", "x86_64")
+    assert not unknown.known and unknown.u8s8_saturates  # unknown features: the safe choice
+    with pytest.raises(InputError, match="one of auto, vnni, any"):
+        resolve_int8_target("avx2")
+
+
+def cpu_features_of(flags: str):
+    return parse_cpuinfo(f"processor : 0\nmodel name : test cpu\nflags : {flags}\n", "x86_64")
 
 
 def test_int8_rejects_unknown_options(fp32, tmp_path):

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nrp_deploy.cpu_features import ISA_FEATURES, host_isa
+
 _LIBRARIES = (
     "nrp-deploy",
     "numpy",
@@ -77,8 +79,7 @@ def _cpuinfo_mhz() -> float | None:
 def cpu_info() -> dict[str, Any]:
     """CPU model, usable cores, clock and the vector extensions that decide the kernels backends pick."""
     info = _lscpu()
-    flags = set(info.get("Flags", "").split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16")
+    isa = host_isa()
     mhz = _cpuinfo_mhz()
     max_mhz = info.get("CPU max MHz")
     return {
@@ -90,7 +91,8 @@ def cpu_info() -> dict[str, Any]:
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "mhz": float(max_mhz) if max_mhz else mhz,
         "hypervisor": info.get("Hypervisor vendor", ""),
-        "vector_extensions": [f for f in wanted if f in flags],
+        "vector_extensions": [f for f in ISA_FEATURES if f in isa.flags],
+        "isa": isa.headline(),
     }
 
 

@@ -113,12 +113,13 @@ def to_markdown(doc: dict[str, Any]) -> str:
         f"{cpu['usable_cpus']} usable cores, {_fmt(cpu['mhz'], '.0f')} MHz, "
         f"{', '.join(cpu['vector_extensions']) or 'no AVX'}"
         + (f", under {cpu['hypervisor']}" if cpu.get("hypervisor") else ""),
+        f"- CPU ISA: {cpu.get('isa', 'not recorded')}",
         f"- GPU: {gpu['name']}, driver {gpu['driver']}, {gpu['memory_mib']} MiB" if gpu else "- GPU: none",
         "- libraries: " + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()),
         f"- load average at start / end: {_load(m.get('load_average'))} / {_load(m.get('load_average_end'))}",
         f"- device benchmarked: {doc['device']}; threads: {cfg['threads'] or 'library default'}",
         f"- timing: {max(2, cfg['warmup'])} warm-up calls (the first timed apart, the second giving the output "
-        "judged for fidelity), then {cfg['rounds']} interleaved rounds x "
+        f"judged for fidelity), then {cfg['rounds']} interleaved rounds x "
         f"{cfg['reps']} call(s) per backend (round-robin, start rotating each round); speed-up = the "
         "median over rounds of (baseline round median / backend round median)",
         f"- host memory: {doc['host_memory_method']}; '+run' is the rise over the resident set before the run",

@@ -319,7 +319,9 @@ def run_benchmark(config: BenchConfig, progress: Any = sys.stderr) -> dict[str, 
     if BASELINE not in backends:
         backends.insert(0, BASELINE)  # every speed-up is relative to it, so it always runs
     info = machine_info()
-    say(f"machine: {info['cpu']['model']}, {info['cpu']['usable_cpus']} cpus, gpu {info['gpu']}")
+    say(
+        f"machine: {info['cpu']['model']} ({info['cpu']['isa']}), {info['cpu']['usable_cpus']} cpus, gpu {info['gpu']}"
+    )
     peak = _device_peak(device, info, config)
     memory = HostMemory()
     with tempfile.TemporaryDirectory(prefix="nrp-bench-") as tmp:

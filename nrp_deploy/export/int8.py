@@ -16,6 +16,12 @@ Two producers, for two runtimes (``method``):
   entropy calibration reduces crop by crop but still holds one crop's convolution inputs (about 9 GB for
   the full NRP at 224x224): calibrate that one on smaller crops on a small machine.
 
+ONNX Runtime's INT8 artifacts have a target CPU (``target_cpu``; ``nrp_deploy.cpu_features`` explains why):
+``vnni`` keeps full 8-bit weights, exact only where the CPU has VNNI; ``any`` keeps weights to 7 bits,
+exact on every CPU; ``auto`` (default) takes what is exact on the exporting machine. The sidecar records
+the target and the exporting CPU's features, and the runtime warns when an artifact runs on a CPU its
+target does not cover.
+
 Which one serves CPU deployment better was measured (README, benchmarks/results/export_int8_cpu.md).
 The metadata records the method, the calibration, and how many convolutions got Q/DQ on both inputs.
 """
@@ -32,7 +38,9 @@ from typing import Any
 
 import onnx
 
-from nrp_deploy.errors import ExportError
+from nrp_deploy import cpu_features
+from nrp_deploy.cpu_features import resolve_int8_target
+from nrp_deploy.errors import ExportError, InputError
 from nrp_deploy.export.artifact import ExportResult, check_output, write_artifact
 from nrp_deploy.export.calibration import (
     DEFAULT_COUNT,
@@ -84,6 +92,15 @@ def _modelopt_int8(fp32: Path, target: Path, calib: CropSet, method: str, high_p
     )
 
 
+def _ort_target_summary(cpu_target: str) -> dict[str, Any]:
+    """What the sidecar records of an ORT artifact's CPU target: the choice, the weights, the exporting CPU."""
+    return {
+        "target_cpu": cpu_target,
+        "weight_range": [-64, 64] if cpu_target == "any" else [-127, 127],
+        "export_cpu": cpu_features.host_isa().to_dict(),
+    }
+
+
 def export_int8(
     source: ModelSource,
     output: str | os.PathLike[str],
@@ -93,6 +110,7 @@ def export_int8(
     validation: PictureSource | None = None,
     calibration_method: str | None = None,
     high_precision: str = "fp16",
+    target_cpu: str = "auto",
     crop_size: int = DEFAULT_CROP_SIZE,
     count: int = DEFAULT_COUNT,
     holdout_size: int | None = None,
@@ -108,10 +126,15 @@ def export_int8(
     ``method``: ``"modelopt"`` (for TensorRT) or ``"ort"`` (for ONNX Runtime on CPUs); see the module
     docstring. ``calibration_method``: modelopt ``entropy`` (default) / ``max``; ort ``minmax`` (default) /
     ``entropy`` / ``percentile``. ``high_precision``: ``fp16`` or ``fp32`` for what ModelOpt leaves
-    unquantised. Sources, calibration and held-out images as for ``export_fp16``.
+    unquantised. ``target_cpu`` (ort only): ``auto``, ``vnni`` or ``any``, see the module docstring.
+    Sources, calibration and held-out images as for ``export_fp16``.
     """
     if method not in METHODS:
         raise ExportError(f"INT8 method must be one of {', '.join(METHODS)}, not {method!r}")
+    try:
+        cpu_target = resolve_int8_target(target_cpu)
+    except InputError as exc:
+        raise ExportError(str(exc)) from exc
     calibration_method = calibration_method or _DEFAULT_CALIBRATION_METHOD[method]
     if calibration_method not in CALIBRATION_METHODS[method]:
         raise ExportError(
@@ -140,7 +163,13 @@ def export_int8(
                 spawn = multiprocessing.get_context("spawn")
                 with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
                     pool.submit(
-                        quantize_ort_qdq, fp32, target, calib.batch, calibration_method, progress
+                        quantize_ort_qdq,
+                        fp32,
+                        target,
+                        calib.batch,
+                        calibration_method,
+                        progress,
+                        reduce_range=cpu_target == "any",
                     ).result()
             model = onnx.load(target)
             onnx.checker.check_model(model)
@@ -157,6 +186,7 @@ def export_int8(
         "method": method,
         "calibration_method": calibration_method,
         **({"high_precision": high_precision} if method == "modelopt" else {}),
+        **(_ort_target_summary(cpu_target) if method == "ort" else {}),
         **coverage,
     }
     fidelity = measure_fidelity(model_bytes, base.loaded, held.batch, progress=progress)

@@ -7,7 +7,9 @@ the child starts in about a second.
 
 Settings: the graph is first pre-processed as ONNX Runtime recommends (shape inference, basic graph
 optimisation); activations uint8, weights int8 per output channel, every operator ONNX Runtime can
-quantise gets Q/DQ (its CPU provider then fuses the graph into integer kernels).
+quantise gets Q/DQ (its CPU provider then fuses the graph into integer kernels). ``reduce_range`` keeps
+weights to 7 bits so that the U8S8 kernels of x86-64 CPUs without VNNI cannot saturate
+(``nrp_deploy.cpu_features`` explains the arithmetic).
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ def quantize_ort_qdq(
     method: str = "minmax",
     progress: bool = True,
     input_name: str = "input",
+    reduce_range: bool = False,
 ) -> None:
-    """Quantise the FP32 ONNX ``fp32`` into ``target`` (QDQ), calibrated on NCHW ``crops`` one at a time."""
+    """Quantise the FP32 ONNX ``fp32`` into ``target`` (QDQ), calibrated on NCHW ``crops`` one at a time;
+    ``reduce_range`` limits weights to [-64, 64]."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -68,4 +72,5 @@ def quantize_ort_qdq(
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=calibrate_method,
+        reduce_range=reduce_range,
     )

@@ -19,8 +19,9 @@ import logging
 import os
 from pathlib import Path
 
+from nrp_deploy.cpu_features import int8_target_mismatch, resolve_int8_target
 from nrp_deploy.errors import BackendUnavailableError, InputError, MetadataError, StaleArtifactError
-from nrp_deploy.export.metadata import read_metadata, sidecar_path, verify_artifact
+from nrp_deploy.export.metadata import ArtifactMetadata, read_metadata, sidecar_path, verify_artifact
 from nrp_deploy.fileutil import sha256_file
 from nrp_deploy.models.registry import resolve
 from nrp_deploy.models.spec import ModelSpec
@@ -77,6 +78,13 @@ def _identify_onnx(path: Path, name: str) -> ModelSource:
         )
         return ModelSource(kind="onnx", path=path, name=name, sha256=sha256_file(path))
     metadata = verify_artifact(path)
+    mismatch = _cpu_target_mismatch(metadata)
+    if mismatch:
+        log.warning(
+            "%s: %s; export it again on this machine (or with --target-cpu any) for exact INT8",
+            path,
+            mismatch,
+        )
     return ModelSource(
         kind="onnx",
         path=path,
@@ -113,6 +121,8 @@ def onnx_for(
     if source.kind != "checkpoint":
         raise InputError(f"{source.path} is a TensorRT engine; it has no ONNX to run")
     label = precision if precision != "int8" or int8_method == "modelopt" else f"int8-{int8_method}"
+    if label == "int8-ort":  # one artifact per CPU target: a VNNI artifact must not serve a CPU without VNNI
+        label = f"int8-ort-{resolve_int8_target('auto')}"
     found = _find_cached(source.sha256, label, precision, opset)
     if found is not None:
         log.info("using cached %s ONNX %s", label, found)
@@ -130,9 +140,23 @@ def _find_cached(sha256: str, label: str, precision: str, opset: int | None) -> 
         except (MetadataError, StaleArtifactError) as exc:
             log.warning("ignoring cached artifact %s: %s", path, exc)
             continue
+        mismatch = _cpu_target_mismatch(metadata)
+        if mismatch:
+            log.warning("ignoring cached artifact %s: %s", path, mismatch)
+            continue
         if metadata.source.get("sha256") == sha256 and metadata.precision == precision:
             return path
     return None
+
+
+def _cpu_target_mismatch(metadata: ArtifactMetadata) -> str | None:
+    """Why an ONNX Runtime INT8 artifact would saturate on this CPU, or None (see ``cpu_features``).
+
+    ORT artifacts made before targets were recorded have full-range weights, so they count as ``vnni``.
+    """
+    calibration = metadata.calibration or {}
+    legacy = "vnni" if calibration.get("method") == "ort" else None
+    return int8_target_mismatch(calibration.get("target_cpu", legacy))
 
 
 def _opset_of_name(path: Path) -> int:
