@@ -1,4 +1,4 @@
-"""INT8 on the CPU: ONNX Runtime static QDQ vs ModelOpt Q/DQ vs FP32, speed and PSNR, all on ONNX Runtime.
+"""INT8 on the CPU: ONNX Runtime static QDQ (per CPU target) vs ModelOpt Q/DQ vs FP32, speed and PSNR.
 
 Which INT8 artifact should a CPU deployment run? Full-size NRP_resG (seeded random weights: speed does not
 depend on their values, and PSNR is measured against the same weights in FP32 torch), batch 1, 224x224,
@@ -7,9 +7,14 @@ photos (random 224 crops, every 4th photo held out), so PSNR is on a photo the c
 Models are timed alternately after a warm-up (median and minimum of the repeats), so a noisy shared
 machine slows all of them alike.
 
-    python benchmarks/export_int8_cpu.py [--threads 2] [--repeats 15] [--out benchmarks/results]
+ONNX Runtime's artifacts come in both CPU targets (``nrp_deploy.cpu_features``): ``vnni`` (8-bit weights)
+and ``any`` (weights in [-64, 64]). An ``any`` artifact cannot saturate anywhere, so its integer results,
+and hence its PSNR, are the same on every x86-64 CPU; only its speed is this machine's. The machine line
+names the CPU's ISA, which decides whether the ``vnni`` row is exact here.
 
-Writes ``export_int8_cpu.json`` and ``export_int8_cpu.md`` into the output folder.
+    python benchmarks/export_int8_cpu.py [--threads 2] [--repeats 15] [--ort-only] [--name export_int8_cpu]
+
+Writes ``NAME.json`` and ``NAME.md`` into the output folder (``--out``, default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +31,7 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
+from nrp_deploy.cpu_features import host_isa
 from nrp_deploy.export.calibration import calibration_and_holdout
 from nrp_deploy.export.fidelity import measure_fidelity
 from nrp_deploy.export.int8 import export_int8
@@ -36,13 +43,6 @@ from nrp_deploy.models.spec import ModelSpec
 SIZE = 224
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def session(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -51,7 +51,7 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def build(workdir: Path) -> tuple[torch.nn.Module, dict[str, Path], dict[str, dict]]:
+def build(workdir: Path, ort_only: bool) -> tuple[torch.nn.Module, dict[str, Path], dict[str, dict]]:
     torch.manual_seed(0)
     module = ModelSpec("NRP_resG").build().eval()
     checkpoint = workdir / "NRP_resG_random_seed0.pth"
@@ -61,10 +61,15 @@ def build(workdir: Path) -> tuple[torch.nn.Module, dict[str, Path], dict[str, di
     info: dict[str, dict] = {}
     common = {"crop_size": SIZE, "count": 8, "progress": False}
     variants = {
-        "INT8 ORT QDQ (method=ort)": {"method": "ort"},
-        "INT8 ModelOpt, rest FP16 (method=modelopt)": {"method": "modelopt", "high_precision": "fp16"},
-        "INT8 ModelOpt, rest FP32": {"method": "modelopt", "high_precision": "fp32"},
+        "INT8 ORT QDQ, target vnni (8-bit weights)": {"method": "ort", "target_cpu": "vnni"},
+        "INT8 ORT QDQ, target any (weights in [-64, 64])": {"method": "ort", "target_cpu": "any"},
     }
+    if not ort_only:
+        variants["INT8 ModelOpt, rest FP16 (method=modelopt)"] = {
+            "method": "modelopt",
+            "high_precision": "fp16",
+        }
+        variants["INT8 ModelOpt, rest FP32"] = {"method": "modelopt", "high_precision": "fp32"}
     for index, (label, options) in enumerate(variants.items()):
         start = time.perf_counter()
         result = export_int8(fp32, workdir / f"int8_{index}.onnx", **common, **options)
@@ -82,10 +87,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--name", default="export_int8_cpu", help="file name stem of the results")
+    parser.add_argument("--ort-only", action="store_true", help="leave out the ModelOpt artifacts")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="nrp-int8-bench-") as tmp:
-        module, models, info = build(Path(tmp))
+        module, models, info = build(Path(tmp), args.ort_only)
         _, held = calibration_and_holdout(crop_size=SIZE, count=8)
         psnr = {label: measure_fidelity(path, module, held.batch) for label, path in models.items()}
         x = held.batch[:1]
@@ -120,7 +127,13 @@ def main() -> None:
             }
         )
     report = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpu": host_isa().model,
+            "isa": host_isa().headline(),
+            "features": sorted(host_isa().flags),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "tools": tool_versions(),
         "setup": {
             "model": "NRP_resG(nf=64, nb=23), random weights torch.manual_seed(0)",
@@ -132,19 +145,20 @@ def main() -> None:
         },
         "results": rows,
         "exports": info,
+        "command_args": " ".join(sys.argv[1:]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "export_int8_cpu.json", report)
-    write_bytes_atomic(args.out / "export_int8_cpu.md", markdown(report).encode("utf-8"))
+    write_json_atomic(args.out / f"{args.name}.json", report)
+    write_bytes_atomic(args.out / f"{args.name}.md", markdown(report).encode("utf-8"))
     print(markdown(report))
 
 
 def markdown(report: dict) -> str:
     setup, machine = report["setup"], report["machine"]
     lines = [
-        "# INT8 on the CPU: ONNX Runtime QDQ vs ModelOpt Q/DQ vs FP32",
+        "# INT8 on the CPU: ONNX Runtime QDQ (per CPU target) vs ModelOpt Q/DQ vs FP32",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, shared (1-min load average "
+        f"Machine: {machine['cpu']} ({machine.get('isa', 'ISA not recorded')}), {machine['cores']} cores, shared (1-min load average "
         f"{setup['load_average_1min'][0]:.1f} before, {setup['load_average_1min'][1]:.1f} after timing); "
         f"no GPU. ONNX Runtime {report['tools']['onnxruntime']} CPU provider, "
         f"{setup['threads']} intra-op threads for every model.",
@@ -164,7 +178,11 @@ def markdown(report: dict) -> str:
         )
     lines += ["", "Verdicts recorded in the artifacts' metadata:", ""]
     lines += [f"- {v['verdict']}" for v in report["exports"].values()]
-    lines += ["", "Reproduce: `python benchmarks/export_int8_cpu.py` (writes this file and its JSON).", ""]
+    lines += [
+        "",
+        f"Reproduce: `python benchmarks/export_int8_cpu.py {report['command_args']}` (writes this file and its JSON).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -680,8 +680,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     int8.add_argument(
         "--target-cpu",
         choices=("auto", "vnni", "any"),
-        help="ort: the CPUs the artifact is exact on; vnni: 8-bit weights, for CPUs with VNNI (AVX-512 VNNI, "
-        "AVX-VNNI, AMX); any: 7-bit weights, every CPU; auto (default): whichever this CPU needs",
+        help="ort: the CPUs the artifact is exact on; any (default): weights in [-64, 64], every CPU; vnni: "
+        "8-bit weights, only CPUs with VNNI (AVX-512 VNNI, AVX-VNNI, AMX); auto: what this CPU needs",
     )
     int8.add_argument(
         "--high-precision", choices=("fp16", "fp32"), help="modelopt: precision of the rest (default: fp16)"

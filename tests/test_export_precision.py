@@ -152,6 +152,38 @@ def test_streamed_ranges_equal_whole_graph_ranges(fp32):
         assert segmented[name] == whole[name] == pytest.approx(reference[name], rel=1e-6)
 
 
+def test_streamed_minmax_quantises_like_onnxruntimes_own_calibration(fp32, tmp_path):
+    """The streamed (min, max) pass handed to quantize_static as its cache gives the model ONNX Runtime's
+    own MinMax calibration gives: same graph, same scales, zero points and weights."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from nrp_deploy.export.ort_quant import _CropReader, quantize_ort_qdq
+
+    _, path = fp32
+    crops = smooth_batch(3, 4, CROP, CROP)
+    ours = tmp_path / "ours.onnx"
+    quantize_ort_qdq(path, ours, crops, "minmax", progress=False)
+    assert (tmp_path / "ours.ranges.json").is_file()  # the calibration ran as our streamed pass
+    reference = tmp_path / "reference.onnx"
+    quantize_static(
+        str(tmp_path / "ours.pre.onnx"),
+        str(reference),
+        _CropReader(crops, "input", progress=False),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    a, b = onnx.load(ours), onnx.load(reference)
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+    ref_inits = {t.name: onnx.numpy_helper.to_array(t) for t in b.graph.initializer}
+    ours_inits = {t.name: onnx.numpy_helper.to_array(t) for t in a.graph.initializer}
+    assert ours_inits.keys() == ref_inits.keys()
+    for name, value in ours_inits.items():
+        np.testing.assert_allclose(value, ref_inits[name], rtol=1e-6, atol=0, err_msg=name)
+
+
 def test_fp32_node_choice_matches_autocasts_own(loud, tmp_path):
     """Our streamed ranges + AutoCast's rule pick the nodes AutoCast picks from its own reference run."""
     from modelopt.onnx.autocast import convert_to_mixed_precision
@@ -268,25 +300,27 @@ def test_ort_int8_target_cpu_bounds_weights(fp32, photos, tmp_path, target, capl
         assert "lacks VNNI" in caplog.text
 
 
-def test_ort_int8_cache_keys_on_cpu_target(fp32, tmp_path, monkeypatch, caplog):
-    """The cache keeps one ORT INT8 artifact per CPU target and never serves a VNNI one to a CPU without."""
+def test_ort_int8_cache_is_portable_and_vnni_artifacts_warn(fp32, photos, tmp_path, monkeypatch, caplog):
+    """The cache makes artifacts exact on every CPU, even on a VNNI machine; a VNNI artifact opened on a
+    CPU without VNNI is named as such."""
     from nrp_deploy import cpu_features
     from nrp_deploy.runtime.artifacts import onnx_for
 
-    module, _ = fp32
+    module, path = fp32
     checkpoint = tmp_path / "tiny.pth"
     torch.save(module.state_dict(), checkpoint)
     zen4 = cpu_features.CpuIsa("x86_64", "Zen 4", frozenset({"avx2", "avx512f", "avx512_vnni"}))
     zen3 = cpu_features.CpuIsa("x86_64", "Zen 3", frozenset({"avx2", "fma"}))
     monkeypatch.setattr(cpu_features, "host_isa", lambda: zen4)
     source = identify(checkpoint)
-    vnni = onnx_for(source, "int8", int8_method="ort")
-    assert "-int8-ort-vnni-" in vnni.name and verify_artifact(vnni).calibration["target_cpu"] == "vnni"
-    assert onnx_for(source, "int8", int8_method="ort") == vnni  # reused on the same CPU
+    cached = onnx_for(source, "int8", int8_method="ort")
+    assert "-int8-ort-any-" in cached.name and verify_artifact(cached).calibration["target_cpu"] == "any"
+    assert onnx_for(source, "int8", int8_method="ort") == cached  # reused
+    vnni = export_int8(path, tmp_path / "vnni.onnx", "ort", photos, target_cpu="vnni", **SMALL).path
     monkeypatch.setattr(cpu_features, "host_isa", lambda: zen3)
     with caplog.at_level("WARNING"):
-        anycpu = onnx_for(source, "int8", int8_method="ort")
-    assert "-int8-ort-any-" in anycpu.name and verify_artifact(anycpu).calibration["target_cpu"] == "any"
+        identify(cached)
+    assert "VNNI" not in caplog.text
     with caplog.at_level("WARNING"):
         identify(vnni)
     assert "Zen 3" in caplog.text and "lacks VNNI" in caplog.text

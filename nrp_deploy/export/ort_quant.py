@@ -10,10 +10,18 @@ optimisation); activations uint8, weights int8 per output channel, every operato
 quantise gets Q/DQ (its CPU provider then fuses the graph into integer kernels). ``reduce_range`` keeps
 weights to 7 bits so that the U8S8 kernels of x86-64 CPUs without VNNI cannot saturate
 (``nrp_deploy.cpu_features`` explains the arithmetic).
+
+MinMax ranges are measured by the export's own streamed pass (``ranges.collect_ranges``: the graph run in
+segments, each tensor reduced as soon as it exists) and handed to ``quantize_static`` as its calibration
+cache, so ONNX Runtime runs no calibration session of its own. Its session for the augmented graph (every
+tensor feeding ReduceMin/ReduceMax nodes) needed more than 23 GiB for the full NRP on 224x224 crops; the
+streamed pass needs one segment's activations for one crop. The histogram methods (entropy, percentile)
+still use ONNX Runtime's calibrator, which keeps every calibrated tensor of every crop: use small crops.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,14 +71,38 @@ def quantize_ort_qdq(
     }[method]
     prepared = Path(target).with_suffix(".pre.onnx")
     quant_pre_process(os.fspath(fp32), os.fspath(prepared))
+    cache: dict[str, str] = {}
+    if method == "minmax" and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+        cache_path = Path(target).with_suffix(".ranges.json")
+        _write_minmax_cache(prepared, crops, input_name, progress, cache_path)
+        cache = {"calibration_cache_path": os.fspath(cache_path)}
     quantize_static(
         os.fspath(prepared),
         os.fspath(target),
-        _CropReader(crops, input_name, progress),
+        None if cache else _CropReader(crops, input_name, progress),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=calibrate_method,
         reduce_range=reduce_range,
+        **cache,
     )
+
+
+def _write_minmax_cache(
+    prepared: Path, crops: np.ndarray, input_name: str, progress: bool, cache_path: Path
+) -> None:
+    """Every tensor's (min, max) over ``crops``, streamed, saved in ONNX Runtime's calibration-cache format."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+
+    from nrp_deploy.export.ranges import collect_ranges
+
+    batches = (crops[i : i + 1] for i in range(len(crops)))
+    ranges = collect_ranges(onnx.load(prepared), batches, input_name, progress=progress, total=len(crops))
+    as_float32 = {
+        name: TensorData(lowest=np.array([low], np.float32), highest=np.array([high], np.float32))
+        for name, (low, high) in ranges.items()
+    }
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, as_float32), cache_path)

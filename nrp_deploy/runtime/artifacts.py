@@ -19,7 +19,7 @@ import logging
 import os
 from pathlib import Path
 
-from nrp_deploy.cpu_features import int8_target_mismatch, resolve_int8_target
+from nrp_deploy.cpu_features import int8_target_mismatch
 from nrp_deploy.errors import BackendUnavailableError, InputError, MetadataError, StaleArtifactError
 from nrp_deploy.export.metadata import ArtifactMetadata, read_metadata, sidecar_path, verify_artifact
 from nrp_deploy.fileutil import sha256_file
@@ -121,8 +121,8 @@ def onnx_for(
     if source.kind != "checkpoint":
         raise InputError(f"{source.path} is a TensorRT engine; it has no ONNX to run")
     label = precision if precision != "int8" or int8_method == "modelopt" else f"int8-{int8_method}"
-    if label == "int8-ort":  # one artifact per CPU target: a VNNI artifact must not serve a CPU without VNNI
-        label = f"int8-ort-{resolve_int8_target('auto')}"
+    if label == "int8-ort":  # the export's default target, exact on every CPU (not older full-range ones)
+        label = "int8-ort-any"
     found = _find_cached(source.sha256, label, precision, opset)
     if found is not None:
         log.info("using cached %s ONNX %s", label, found)
@@ -139,10 +139,6 @@ def _find_cached(sha256: str, label: str, precision: str, opset: int | None) -> 
             metadata = verify_artifact(path)
         except (MetadataError, StaleArtifactError) as exc:
             log.warning("ignoring cached artifact %s: %s", path, exc)
-            continue
-        mismatch = _cpu_target_mismatch(metadata)
-        if mismatch:
-            log.warning("ignoring cached artifact %s: %s", path, mismatch)
             continue
         if metadata.source.get("sha256") == sha256 and metadata.precision == precision:
             return path
