@@ -486,9 +486,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from nrp_deploy.evaluation.bench_report import console_table, read_result, write_report
-    from nrp_deploy.evaluation.bench_targets import CATALOGUE
-    from nrp_deploy.evaluation.benchmark import QUICK, BenchConfig, run_benchmark, with_overrides
+    from nrp_deploy.bench.harness import QUICK, BenchConfig, run_benchmark, with_overrides
+    from nrp_deploy.bench.report import console_table, read_result, write_report
+    from nrp_deploy.bench.runner import CATALOGUE
 
     if args.list:
         for name, (precision, devices, what) in CATALOGUE.items():

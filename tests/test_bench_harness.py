@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from nrp_deploy.bench import harness, report
+from nrp_deploy.bench.runner import BASELINE, Runner
 from nrp_deploy.cli import main
 from nrp_deploy.cpu_features import host_isa
 from nrp_deploy.errors import InputError
-from nrp_deploy.evaluation import bench_report, benchmark
-from nrp_deploy.evaluation.bench_targets import BASELINE, Runner
 from nrp_deploy.models.registry import MODELS_DIR_ENV
 from nrp_deploy.models.spec import ModelSpec
 
@@ -32,14 +32,14 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def torch_doc(checkpoint):
     torch.set_num_threads(1)
-    config = benchmark.BenchConfig(
+    config = harness.BenchConfig(
         models=(str(checkpoint),),
         backends=("torch-fp32", "torch-fp32-cl", "torch-fp16-cl", "tensorrt-fp16"),
         batch_sizes=(1, 2),
         device="cpu",
         **FAST,
     )
-    return benchmark.run_benchmark(config, progress=None)
+    return harness.run_benchmark(config, progress=None)
 
 
 def _case(doc, batch, scenario):
@@ -48,12 +48,12 @@ def _case(doc, batch, scenario):
 
 
 def test_result_schema_and_statistics(torch_doc):
-    assert torch_doc["schema"] == benchmark.SCHEMA
+    assert torch_doc["schema"] == harness.SCHEMA
     assert torch_doc["device"] == "cpu"
     assert torch_doc["peak"]["method"].startswith("estimate")
     assert torch_doc["machine"]["cpu"]["usable_cpus"] >= 1
     assert {(c["batch"], c["scenario"]) for c in torch_doc["cases"]} == {
-        (b, s) for b in (1, 2) for s in benchmark.SCENARIOS
+        (b, s) for b in (1, 2) for s in harness.SCENARIOS
     }
     (model,) = torch_doc["models"]
     assert model["random_weights"] is False
@@ -97,9 +97,9 @@ def test_unavailable_backends_are_reported_with_reasons(torch_doc):
 
 
 def test_markdown_json_and_png_report(torch_doc, tmp_path):
-    paths = bench_report.write_report(torch_doc, tmp_path)
+    paths = report.write_report(torch_doc, tmp_path)
     assert [p.name for p in paths] == ["bench.json", "bench.md", "latency_vs_batch.png", "speedup.png"]
-    assert bench_report.read_result(paths[0]) == json.loads(json.dumps(torch_doc))
+    assert report.read_result(paths[0]) == json.loads(json.dumps(torch_doc))
     text = paths[1].read_text()
     assert "| backend | batch | median ms |" in text
     assert "## Summary: fastest backend per case" in text
@@ -110,7 +110,7 @@ def test_markdown_json_and_png_report(torch_doc, tmp_path):
     assert "{" not in text.partition("## ")[0]  # every placeholder of the header filled in
     for png in paths[2:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = bench_report.console_table(torch_doc)
+    table = report.console_table(torch_doc)
     assert "torch-fp32-cl" in table and "1.00x" in table
 
 
@@ -118,7 +118,7 @@ def test_absent_registry_weights_run_with_seeded_random_weights(tmp_path, monkey
     entry = {"name": "tiny", "file": "tiny.pth", "architecture": "NRP_resG", "config": TINY}
     (tmp_path / "manifest.json").write_text(json.dumps({"format": 1, "models": [entry]}))
     monkeypatch.setenv(MODELS_DIR_ENV, str(tmp_path))
-    config = benchmark.BenchConfig(
+    config = harness.BenchConfig(
         models=("tiny", "no-such-model"),
         backends=("torch-fp32",),
         batch_sizes=(1,),
@@ -126,11 +126,11 @@ def test_absent_registry_weights_run_with_seeded_random_weights(tmp_path, monkey
         device="cpu",
         **FAST,
     )
-    doc = benchmark.run_benchmark(config, progress=None)
+    doc = harness.run_benchmark(config, progress=None)
     (model,) = doc["models"]
     assert model["random_weights"] is True and "seed 0" in model["weights"]
     assert doc["skipped_models"][0]["model"] == "no-such-model"
-    assert "seeded random weights" in bench_report.to_markdown(doc)
+    assert "seeded random weights" in report.to_markdown(doc)
 
 
 class _FakeRunner:
@@ -157,8 +157,8 @@ def test_rounds_are_interleaved_and_one_failure_does_not_stop_the_others(checkpo
         "torch-fp32-cl": _FakeRunner(log),
         "torch-compile-fp32": _FakeRunner(log, fail_after=3),
     }
-    monkeypatch.setattr(benchmark, "build_runner", lambda name, model, ctx: fakes[name].make(name))
-    config = benchmark.BenchConfig(
+    monkeypatch.setattr(harness, "build_runner", lambda name, model, ctx: fakes[name].make(name))
+    config = harness.BenchConfig(
         models=(str(checkpoint),),
         backends=tuple(fakes),
         batch_sizes=(1,),
@@ -170,7 +170,7 @@ def test_rounds_are_interleaved_and_one_failure_does_not_stop_the_others(checkpo
         reps=1,
         measure_peak=False,
     )
-    doc = benchmark.run_benchmark(config, progress=None)
+    doc = harness.run_benchmark(config, progress=None)
     results = {r["backend"]: r for r in doc["cases"][0]["results"]}
     # first call + fidelity output (the two warm-up calls) each, then round-robin rounds, rotating start
     # (the failing one raises on its 4th call, in round 2, and is left out of rounds 3 and 4)
@@ -183,13 +183,13 @@ def test_rounds_are_interleaved_and_one_failure_does_not_stop_the_others(checkpo
 
 def test_config_validation():
     with pytest.raises(InputError, match="unknown backend"):
-        benchmark.BenchConfig(backends=("torch-fp64",))
+        harness.BenchConfig(backends=("torch-fp64",))
     with pytest.raises(InputError, match="batch_sizes"):
-        benchmark.BenchConfig(batch_sizes=(0,))
+        harness.BenchConfig(batch_sizes=(0,))
     with pytest.raises(InputError, match="scenarios"):
-        benchmark.BenchConfig(scenarios=("training",))
+        harness.BenchConfig(scenarios=("training",))
     with pytest.raises(InputError, match="rounds"):
-        benchmark.BenchConfig(rounds=0)
+        harness.BenchConfig(rounds=0)
 
 
 def test_cli_bench_writes_report_and_renders_again(checkpoint, tmp_path, capsys):
@@ -229,7 +229,7 @@ def test_cli_bench_writes_report_and_renders_again(checkpoint, tmp_path, capsys)
 def test_runtime_backends_on_cpu_through_load_purifier(checkpoint, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("NRP_DEPLOY_CACHE", str(tmp_path / "cache"))  # never the user's artifact cache
-    config = benchmark.BenchConfig(
+    config = harness.BenchConfig(
         models=(str(checkpoint),),
         backends=("torch-fp32", "onnxruntime-cpu-fp32", "onnxruntime-cpu-int8"),
         batch_sizes=(2,),
@@ -238,7 +238,7 @@ def test_runtime_backends_on_cpu_through_load_purifier(checkpoint, tmp_path, mon
         threads=1,
         **FAST,
     )
-    doc = benchmark.run_benchmark(config, progress=None)
+    doc = harness.run_benchmark(config, progress=None)
     statuses = {b["backend"]: b["status"] for b in doc["models"][0]["backends"]}
     assert statuses == {name: "ok" for name in config.backends}
     model_only = _case(doc, 2, "model")
@@ -259,7 +259,7 @@ def test_runtime_backends_on_cpu_through_load_purifier(checkpoint, tmp_path, mon
 
 @pytest.mark.gpu
 def test_gpu_torch_variants_use_cuda_events_and_report_device_memory(checkpoint):
-    config = benchmark.BenchConfig(
+    config = harness.BenchConfig(
         models=(str(checkpoint),),
         backends=("torch-fp32", "torch-fp16-cl", "onnxruntime-cuda-fp32", "tensorrt-fp16"),
         batch_sizes=(1, 2),
@@ -267,7 +267,7 @@ def test_gpu_torch_variants_use_cuda_events_and_report_device_memory(checkpoint)
         device="cuda",
         **FAST,
     )
-    doc = benchmark.run_benchmark(config, progress=None)
+    doc = harness.run_benchmark(config, progress=None)
     assert doc["machine"]["gpu"] is not None
     model_only = _case(doc, 2, "model")
     for name in ("torch-fp32", "torch-fp16-cl"):
@@ -283,7 +283,7 @@ def test_gpu_torch_variants_use_cuda_events_and_report_device_memory(checkpoint)
 def test_openvino_backends_match_the_baseline(checkpoint, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     monkeypatch.setenv("NRP_DEPLOY_CACHE", str(tmp_path / "cache"))
-    config = benchmark.BenchConfig(
+    config = harness.BenchConfig(
         models=(str(checkpoint),),
         backends=("torch-fp32", "openvino-cpu-fp32"),
         batch_sizes=(2,),
@@ -292,7 +292,7 @@ def test_openvino_backends_match_the_baseline(checkpoint, tmp_path, monkeypatch)
         threads=1,
         **FAST,
     )
-    doc = benchmark.run_benchmark(config, progress=None)
+    doc = harness.run_benchmark(config, progress=None)
     result = _case(doc, 2, "model")["openvino-cpu-fp32"]
     assert result["status"] == "ok"
     assert result["fidelity"]["identical"] or result["fidelity"]["psnr_db"] > 80

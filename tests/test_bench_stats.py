@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from nrp_deploy.bench import stats as bench_stats
+from nrp_deploy.bench.machine import HostMemory, cpu_peak, gpu_peak, machine_info
 from nrp_deploy.errors import InputError
-from nrp_deploy.evaluation import bench_stats
-from nrp_deploy.evaluation.bench_machine import HostMemory, cpu_peak, gpu_peak, machine_info
 from nrp_deploy.evaluation.metrics import psnr
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from nrp_deploy.bench.runner import CATALOGUE, BenchModel, Runner, TargetContext
 from nrp_deploy.errors import BackendUnavailableError, ModelNotFoundError
-from nrp_deploy.evaluation.bench_targets import CATALOGUE, BenchModel, Runner, TargetContext
 from nrp_deploy.models import ModelSpec, load_model
 from nrp_deploy.models.eager import EagerPurifier
 from nrp_deploy.models.registry import load_manifest

@@ -2,7 +2,7 @@
 
 For each model, resolution, batch size and scenario (``model``: the network alone; ``e2e``: uint8 host
 images in and out; ``e2e-dynamic``: the same with the dynamic defence) the backends are warmed up and then
-timed in interleaved rounds (``bench_stats.interleaved_order``), so the speed-up over the baseline is
+timed in interleaved rounds (``stats.interleaved_order``), so the speed-up over the baseline is
 measured side by side in the same minutes. Each result carries the machine, the fidelity against the eager
 FP32 output on the same images, and the roofline context (achieved FLOP/s over the device's peak).
 """
@@ -19,24 +19,24 @@ from typing import Any
 
 import numpy as np
 
-from nrp_deploy.errors import BackendUnavailableError, InputError, NRPDeployError
-from nrp_deploy.evaluation import bench_stats
-from nrp_deploy.evaluation.bench_machine import (
+from nrp_deploy.bench import stats as bench_stats
+from nrp_deploy.bench.machine import (
     HostMemory,
     Peak,
     cpu_peak,
     gpu_peak,
     machine_info,
 )
-from nrp_deploy.evaluation.bench_targets import (
+from nrp_deploy.bench.runner import (
     BASELINE,
     CATALOGUE,
     BenchModel,
     Runner,
     TargetContext,
-    build_runner,
     default_backends,
 )
+from nrp_deploy.bench.targets import build_runner
+from nrp_deploy.errors import BackendUnavailableError, InputError, NRPDeployError
 from nrp_deploy.evaluation.metrics import psnr
 
 SCHEMA = "nrp-bench/1"
@@ -281,7 +281,7 @@ def _device_peak(device: str, info: dict[str, Any], config: BenchConfig) -> Peak
         return gpu_peak(gpu.get("name", "")) if gpu else None
     if not config.measure_peak:
         return cpu_peak(info["cpu"], None, config.threads)
-    from nrp_deploy.evaluation.bench_torch import matmul_flops
+    from nrp_deploy.bench.torch_configs import matmul_flops
 
     return cpu_peak(info["cpu"], matmul_flops(config.threads), config.threads)
 
@@ -290,7 +290,7 @@ def _prepare_models(
     config: BenchConfig, work_dir: Path, progress: _Progress
 ) -> tuple[list[BenchModel], list]:
     try:
-        from nrp_deploy.evaluation.bench_torch import bench_model
+        from nrp_deploy.bench.torch_configs import bench_model
     except ImportError as exc:
         raise BackendUnavailableError(
             f"the benchmark's baseline is eager PyTorch: install torch ({exc})"

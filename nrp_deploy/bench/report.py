@@ -1,6 +1,6 @@
 """Reading a benchmark result: the console table, the JSON and Markdown files, and the PNG plots.
 
-Everything here works from the result document alone (``benchmark.run_benchmark``'s return value, or its
+Everything here works from the result document alone (``harness.run_benchmark``'s return value, or its
 JSON read back), so a committed result can be re-rendered without re-running it.
 """
 
