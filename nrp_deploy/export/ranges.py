@@ -6,8 +6,9 @@ of them for all calibration batches before reducing: for the full NRP that is ab
 image (73,600 feature planes of 200 KB), which no laptop or CI runner holds. Here the graph is cut into
 consecutive segments of at most ``segment_nodes`` nodes, each run as its own ONNX Runtime session; a
 segment's tensors are reduced to their minimum and maximum as soon as it has run, and only the tensors a
-later segment still reads are kept. Peak memory is one segment's activations for one image; the result
-is the same as running the whole graph. Works for any graph without sub-graphs (If / Loop / Scan).
+later segment still reads are kept. Peak memory is one segment's activations for one image (the
+sessions run without ONNX Runtime's memory arena, which would otherwise keep each segment's peak); the
+result is the same as running the whole graph. Works for any graph without sub-graphs (If / Loop / Scan).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def _segments(model: onnx.ModelProto, segment_nodes: int) -> list[_Segment]:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # sessions run in turn
+    # Each session's arena would keep its peak allocation after a run, so together the segments would
+    # hold every activation of the graph again: without the arena a segment's memory is freed as it ends.
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
     segments = []
     for index, chunk in enumerate(chunks):
         produced = [name for node in chunk for name in node.output if name]
