@@ -4,7 +4,9 @@ No GPU is needed: ``FakeCuda`` stands in for ``cuda.bindings.driver`` (device me
 stream runs its work at once unless it is being captured into a graph, graphs replay what they captured),
 ``FakeEngine`` for a deserialised TensorRT engine (its execution context computes ``0.5 * x`` from the
 addresses bound to it, on the stream it is given), and the fused kernels are their numpy reference applied
-to those addresses. What runs for real is our code: buffer management, pinned staging, bindings, CUDA-graph
+to those addresses. Like the real ones, the emulated context re-lays out its internal state when its input
+shape changes (a graph captured before then replays garbage), needs the scratch memory it was created
+without, and refuses I/O addresses that are not 256-byte aligned. What runs for real is our code: buffer management, pinned staging, bindings, CUDA-graph
 capture / replay / fallback, stream ordering, shape checks, the engine cache and the Purifier on top.
 """
 
@@ -104,9 +106,10 @@ class FakeCuda:
 
     # memory
     def _alloc(self, nbytes: int) -> int:
-        buffer = ctypes.create_string_buffer(b"\xaa" * nbytes, nbytes)  # poisoned
-        self.memory[ctypes.addressof(buffer)] = buffer
-        return ctypes.addressof(buffer)
+        buffer = ctypes.create_string_buffer(b"\xaa" * (nbytes + 256), nbytes + 256)  # poisoned
+        ptr = (ctypes.addressof(buffer) + 255) & ~255  # cudaMalloc's alignment
+        self.memory[ptr] = buffer
+        return ptr
 
     def cuMemAlloc(self, nbytes):
         return 0, self._alloc(nbytes)
@@ -127,6 +130,8 @@ class FakeCuda:
     def cuMemcpyDtoHAsync(self, dst, src, nbytes, stream):
         self.enqueue(stream, lambda: ctypes.memmove(int(dst), int(src), nbytes))
         return (0,)
+
+    cuMemcpyDtoDAsync = cuMemcpyDtoHAsync
 
     # graphs
     def cuStreamBeginCapture(self, stream, mode):
@@ -166,6 +171,8 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
     trt.__version__ = ENV.tensorrt_version
     trt.enqueues = 0
     trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(STATIC="STATIC", USER_MANAGED="USER_MANAGED")
+    scratch_bytes = 4096
 
     class ILogger:
         Severity = types.SimpleNamespace(ERROR="ERROR", INTERNAL_ERROR="INTERNAL_ERROR")
@@ -174,26 +181,40 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
             pass
 
     class Context:
-        def __init__(self) -> None:
+        def __init__(self, strategy: str) -> None:
             self.shape: tuple[int, ...] = ()
             self.addresses: dict[str, int] = {}
+            self.layout = object()  # the internal state TensorRT re-lays out when the input shape changes
+            self.scratch = None if strategy == "USER_MANAGED" else "own"
+
+        def set_device_memory(self, ptr, size):
+            assert size >= scratch_bytes and int(ptr) in cuda.memory
+            self.scratch = int(ptr)
 
         def set_input_shape(self, name, shape):
-            self.shape = tuple(shape)
+            if tuple(shape) != self.shape:
+                self.shape, self.layout = tuple(shape), object()
             return True
 
         def get_tensor_shape(self, name):
             return self.shape
 
         def set_tensor_address(self, name, ptr):
+            if int(ptr) % 256:
+                return False
             self.addresses[name] = int(ptr)
             return True
 
         def execute_async_v3(self, stream):
+            if self.scratch is None:
+                return False  # created without device memory and never given any
             shape, src, dst = self.shape, self.addresses["input"], self.addresses["output"]
+            layout = self.layout
 
             def run() -> None:
                 y = (_array(src, shape, in_dtype).astype(np.float32) * np.float32(0.5)).astype(out_dtype)
+                if layout is not self.layout:  # replayed over state laid out for another shape
+                    y[...] = np.nan
                 _array(dst, shape, out_dtype)[...] = y
 
             trt.enqueues += 1
@@ -212,8 +233,10 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
         def get_tensor_profile_shape(self, name, index):
             return [(b, 3, h, w) for b, h, w in (PROFILE.min, PROFILE.opt, PROFILE.max)]
 
-        def create_execution_context(self):
-            return Context()
+        device_memory_size_v2 = scratch_bytes
+
+        def create_execution_context(self, strategy="STATIC"):
+            return Context(strategy)
 
     class Runtime:
         def __init__(self, logger) -> None:
@@ -339,6 +362,55 @@ def test_host_path_captures_once_then_replays(fake_trt, cuda, tmp_path):
     assert cuda.memory == {}  # every buffer freed
 
 
+def test_graphs_of_several_shapes_replay_on_contexts_that_keep_their_shape(fake_trt, cuda, tmp_path):
+    """A graph captured for one shape must not be replayed on a context whose shape has changed since."""
+    trt = fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    shapes = [(2, 16, 16), (1, 8, 12), (2, 16, 16), (1, 8, 12), (2, 16, 16)]
+    for call, (n, h, w) in enumerate(shapes):
+        x = prepost.uint8_to_float(_images(n, h, w, seed=call))
+        np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))
+    assert trt.enqueues == 4  # per shape: one warm-up, one captured; every later call replays
+    assert sorted(b.replays for b in backend._bindings.values()) == [1, 2]
+    contexts = [b.context for b in backend._bindings.values()]
+    assert len({id(c) for c in contexts}) == 2 and all(c.scratch == backend._scratch.ptr for c in contexts)
+    backend.deactivate()
+    assert cuda.memory == {}
+
+
+def test_device_pointers_must_be_aligned(fake_trt, cuda, tmp_path):
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    shape = (1, 3, 8, 8)
+    src, dst = cuda_mem.DeviceBuffer(4 * 192 + 256), cuda_mem.DeviceBuffer(4 * 192 + 256)
+    for args, role in [((src.ptr + 4, dst.ptr), "input"), ((src.ptr, dst.ptr + 128), "output")]:
+        with pytest.raises(InputError, match=f"{role} device pointer .* 256-byte aligned"):
+            backend.infer_device(*args, shape, backend.stream)
+    backend.infer_device(src.ptr, dst.ptr, shape, backend.stream)  # aligned: runs
+    src.close(), dst.close()
+    backend.deactivate()
+
+
+def test_an_address_tensorrt_refuses_is_an_input_error(fake_trt, cuda, tmp_path, monkeypatch):
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    engine = backend._engine
+    original = engine.create_execution_context
+
+    def refusing(strategy="STATIC"):
+        context = original(strategy)
+        context.set_tensor_address = lambda name, ptr: False
+        return context
+
+    monkeypatch.setattr(engine, "create_execution_context", refusing)
+    with pytest.raises(InputError, match="TensorRT refused address .* 'input'"):
+        backend.infer(np.zeros((1, 3, 8, 8), np.float32))
+    backend.deactivate()
+
+
 def test_plain_enqueue_without_graphs_and_when_capture_fails(fake_trt, cuda, tmp_path):
     trt = fake_trt()
     backend = _backend(tmp_path, cuda_graph=False)
@@ -424,7 +496,7 @@ def test_buffers_and_graphs_of_old_shapes_are_freed(fake_trt, cuda, tmp_path):
         np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))
     assert list(backend._slots) == [(1, 3, 16, 16), (1, 3, 20, 20)]
     live = set(cuda.memory)
-    assert all(ptr in live for key in backend._graphs for ptr in key[1:])
+    assert all(ptr in live for key in backend._bindings for ptr in key[1:])
     backend.deactivate()
     assert cuda.memory == {}
 
