@@ -16,6 +16,7 @@ import ctypes
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -520,7 +521,7 @@ def test_pipeline_matches_the_host_path(fake_trt, cuda, tmp_path, dynamic):
     backend.activate()
     kernels = FakeKernels(cuda)
     with DevicePipeline(backend, kernels) as pipeline:
-        assert pipeline.stream == backend.stream  # the engine's stream: no cross-stream events
+        assert pipeline.stream not in (0, backend.stream)  # its own stream, ordered by events
         for call in range(2):
             images = _images(3, 16, 24, seed=call)
             got = pipeline(images, dynamic, seed=99, start_index=5)
@@ -532,8 +533,83 @@ def test_pipeline_matches_the_host_path(fake_trt, cuda, tmp_path, dynamic):
             eps=dynamic.eps if dynamic else 0.0,
             seed=99,
             start_index=5,
-            stream=backend.stream,
+            stream=pipeline.stream,
         )
+    backend.deactivate()
+    assert cuda.memory == {}
+
+
+def test_pipeline_work_is_not_swallowed_by_a_capture_in_another_thread(fake_trt, cuda, tmp_path):
+    """While one thread's host-path call captures a CUDA graph on the engine's stream, another thread's
+    fused call enqueues its upload and preprocessing: they must run, not be recorded into that graph."""
+    import threading
+
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    capturing, preprocessed = threading.Event(), threading.Event()
+    begin_capture = cuda.cuStreamBeginCapture
+
+    def slow_capture(stream, mode):
+        result = begin_capture(stream, mode)
+        capturing.set()
+        preprocessed.wait(5)  # hold the capture open until the other thread has enqueued its kernel
+        return result
+
+    cuda.cuStreamBeginCapture = slow_capture
+    kernels = FakeKernels(cuda)
+    original_preprocess = kernels.preprocess
+
+    def preprocess(*args, **kwargs):
+        original_preprocess(*args, **kwargs)
+        preprocessed.set()
+
+    kernels.preprocess = preprocess
+    images = _images(2, 16, 16, seed=4)
+    x = prepost.uint8_to_float(_images(1, 8, 8, seed=5))
+    with DevicePipeline(backend, kernels) as pipeline:
+        host = threading.Thread(target=lambda: backend.infer(x))
+        host.start()
+        assert capturing.wait(5)
+        got = pipeline(images)
+        host.join(5)
+        np.testing.assert_array_equal(got, _host_reference(images, None, 0, 0))
+        np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))  # its graph holds only its own work
+    backend.deactivate()
+
+
+def test_pipeline_unloads_the_kernels_it_loaded_and_only_those(fake_trt, cuda, tmp_path, monkeypatch):
+    import nrp_deploy.kernels as kernels_package
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    class CountingKernels(FakeKernels):
+        loaded: ClassVar[list] = []
+
+        def __init__(self, ordinal: int) -> None:
+            super().__init__(cuda)
+            self.closed = False
+            CountingKernels.loaded.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(kernels_package, "FusedKernels", CountingKernels)
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    pipeline = DevicePipeline(backend)
+    images = _images(1, 8, 8)
+    np.testing.assert_array_equal(pipeline(images), _host_reference(images, None, 0, 0))
+    pipeline.close()
+    assert [k.closed for k in CountingKernels.loaded] == [True]
+    pipeline.close()  # idempotent
+    with pytest.raises(InputError, match="closed"):
+        pipeline(images)
+    mine = FakeKernels(cuda)
+    mine.close = lambda: pytest.fail("a pipeline must not unload kernels it was given")
+    DevicePipeline(backend, mine).close()
     backend.deactivate()
     assert cuda.memory == {}
 

@@ -79,12 +79,6 @@ class Stream:
             self._stream = None
 
 
-def synchronize(stream: int) -> None:
-    """Wait on the host until stream handle ``stream`` has run everything enqueued on it."""
-    drv = init_driver()
-    check(drv.cuStreamSynchronize(drv.CUstream(stream)), "cuStreamSynchronize")
-
-
 class DeviceBuffer:
     """``nbytes`` of device memory at ``ptr`` (an int, as TensorRT and the kernels take it)."""
 
@@ -157,8 +151,11 @@ class Graph:
 def capture_graph(stream: Stream, enqueue: Callable[[], None]) -> Graph | None:
     """Record what ``enqueue`` puts on ``stream`` into a graph; None if the work cannot be captured.
 
-    Capture runs in thread-local mode, so other threads' CUDA calls neither join the capture nor break it.
-    The caller must have run ``enqueue`` once already: first-call initialisation (allocations, lazy
+    Capture runs in thread-local mode, so other threads' unsafe API calls (synchronous allocations and the
+    like) do not invalidate it. It does not keep their work out: anything any thread enqueues on ``stream``
+    while it is capturing is recorded into the graph rather than run, so ``stream`` must be private to the
+    caller for the duration (the backends capture on their own stream, under their lock, and nobody else
+    enqueues there). The caller must have run ``enqueue`` once already: first-call initialisation (allocations, lazy
     module loads) is not capturable. On failure the capture is ended and the stream left usable, so the
     caller can fall back to plain enqueues.
     """
