@@ -172,7 +172,9 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
     trt.__version__ = ENV.tensorrt_version
     trt.enqueues = 0
     trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(STATIC="STATIC", USER_MANAGED="USER_MANAGED")
+    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(
+        STATIC="STATIC", USER_MANAGED="USER_MANAGED"
+    )
     scratch_bytes = 4096
 
     class ILogger:
@@ -407,7 +409,7 @@ def test_an_address_tensorrt_refuses_is_an_input_error(fake_trt, cuda, tmp_path,
         return context
 
     monkeypatch.setattr(engine, "create_execution_context", refusing)
-    with pytest.raises(InputError, match="TensorRT refused address .* 'input'"):
+    with pytest.raises(InputError, match=r"TensorRT refused address .* 'input'"):
         backend.infer(np.zeros((1, 3, 8, 8), np.float32))
     backend.deactivate()
 
@@ -576,7 +578,9 @@ def test_pipeline_work_is_not_swallowed_by_a_capture_in_another_thread(fake_trt,
         got = pipeline(images)
         host.join(5)
         np.testing.assert_array_equal(got, _host_reference(images, None, 0, 0))
-        np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))  # its graph holds only its own work
+        np.testing.assert_array_equal(
+            backend.infer(x), x * np.float32(0.5)
+        )  # its graph holds only its own work
     backend.deactivate()
 
 
@@ -727,3 +731,135 @@ def test_pipeline_brings_its_own_stream_when_the_backend_has_none(cuda):
         np.testing.assert_array_equal(pipeline(images), _host_reference(images, None, 0, 0))
         assert backend.streams == [pipeline.stream]
     assert cuda.memory == {}
+
+
+# -- ONNX Runtime's CUDA execution provider in CUDA-graph mode ----------------------------------------------
+
+
+def make_fake_ort(cuda: FakeCuda) -> types.SimpleNamespace:
+    """A stand-in ``onnxruntime`` (CUDA build) whose model computes 0.5 * x on emulated device memory. As
+    ONNX Runtime documents for ``enable_cuda_graph``, the first run captures, and every later run replays
+    the addresses bound at capture, whatever is bound now."""
+
+    class Arg:
+        name, type, shape = "input", "tensor(float)", ["N", 3, "H", "W"]
+
+    class OutArg(Arg):
+        name = "output"
+
+    class OrtValue:
+        def __init__(self, shape, dtype) -> None:
+            self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+            self.ptr = cuda._alloc(int(np.prod(shape)) * self.dtype.itemsize)
+
+        @classmethod
+        def ortvalue_from_shape_and_type(cls, shape, dtype, device, device_id):
+            assert device == "cuda"
+            return cls(shape, dtype)
+
+        def data_ptr(self) -> int:
+            return self.ptr
+
+        def update_inplace(self, x) -> None:
+            _array(self.ptr, self.shape, self.dtype)[...] = x
+
+        def numpy(self):
+            return _array(self.ptr, self.shape, self.dtype).copy()
+
+    class IOBinding:
+        def __init__(self) -> None:
+            self.bound: dict[str, tuple[int, tuple[int, ...]]] = {}
+
+        def bind_input(self, name, device, device_id, dtype, shape, ptr):
+            self.bound[name] = (int(ptr), tuple(shape))
+
+        bind_output = bind_input
+
+        def bind_ortvalue_input(self, name, value):
+            self.bound[name] = (value.ptr, value.shape)
+
+        bind_ortvalue_output = bind_ortvalue_input
+
+    class InferenceSession:
+        def __init__(self, path, sess_options=None, providers=()) -> None:
+            self.graph = any(isinstance(p, tuple) and p[1].get("enable_cuda_graph") == "1" for p in providers)
+            self.captured: tuple[tuple[int, tuple[int, ...]], ...] | None = None
+
+        def get_inputs(self):
+            return [Arg()]
+
+        def get_outputs(self):
+            return [OutArg()]
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def io_binding(self):
+            return IOBinding()
+
+        def run_with_iobinding(self, binding) -> None:
+            io = (binding.bound["input"], binding.bound["output"])
+            if self.graph:
+                self.captured = self.captured or io
+                io = self.captured
+            (src, shape), (dst, _) = io
+            _array(dst, shape, np.float32)[...] = _array(src, shape, np.float32) * np.float32(0.5)
+
+    return types.SimpleNamespace(
+        InferenceSession=InferenceSession,
+        OrtValue=OrtValue,
+        SessionOptions=types.SimpleNamespace,
+        GraphOptimizationLevel=types.SimpleNamespace(ORT_ENABLE_ALL=99),
+        ExecutionMode=types.SimpleNamespace(ORT_SEQUENTIAL=0),
+        get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+
+
+def test_ort_cuda_graph_session_serves_host_and_device_callers_alike(cuda, tmp_path, monkeypatch):
+    """Host calls and device calls, in any order, with new data each time, all see their own results."""
+    from nrp_deploy.runtime.backends import ort as ort_backend
+
+    monkeypatch.setattr(ort_backend, "_ort", lambda: make_fake_ort(cuda))
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"stand-in")
+    backend = ort_backend.OrtBackend(onnx, device="cuda:0", cuda_graph=True, fixed_shape=(2, 8, 8))
+    backend.activate()
+    shape = (2, 3, 8, 8)
+    src, dst = (cuda_mem.DeviceBuffer(4 * int(np.prod(shape))) for _ in range(2))
+    caller = cuda_mem.Stream()
+    for call in range(6):
+        x = prepost.uint8_to_float(_images(2, 8, 8, seed=call))
+        if call % 2:  # on the session's stream, then on another one
+            _array(src.ptr, shape, np.float32)[...] = x
+            backend.infer_device(src.ptr, dst.ptr, shape, backend.stream if call < 3 else caller.handle)
+            y = _array(dst.ptr, shape, np.float32).copy()
+        else:
+            y = backend.infer(x)
+        np.testing.assert_array_equal(y, x * np.float32(0.5))
+    with pytest.raises(InputError, match="runs shape"):
+        backend.infer_device(src.ptr, dst.ptr, (1, 3, 8, 8), caller.handle)
+    backend.deactivate()
+    src.close(), dst.close(), caller.close()
+
+
+@pytest.mark.parametrize(("name", "channels", "expected"), [("images", 1, "1"), ("x", "C", "3")])
+def test_tensorrt_ep_profile_names_the_models_input(tmp_path, name, channels, expected):
+    """The TensorRT EP's profile strings carry the model's own input name and channel count."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from nrp_deploy.runtime.backends.ort import OrtBackend
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", channels, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, "H", "W"])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    backend = OrtBackend(path, device="cuda:0", execution_provider="tensorrt", fixed_shape=(2, 16, 24))
+    options = backend._trt_options()
+    for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+        assert options[key] == f"{name}:2x{expected}x16x24"

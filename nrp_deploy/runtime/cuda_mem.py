@@ -79,6 +79,21 @@ class Stream:
             self._stream = None
 
 
+def synchronize(stream: int) -> None:
+    """Wait on the host until stream handle ``stream`` has run everything enqueued on it."""
+    drv = init_driver()
+    check(drv.cuStreamSynchronize(drv.CUstream(stream)), "cuStreamSynchronize")
+
+
+def copy_device(dst: int, src: int, nbytes: int, stream: int) -> None:
+    """Enqueue a device-to-device copy of ``nbytes`` on stream handle ``stream``."""
+    drv = init_driver()
+    check(
+        drv.cuMemcpyDtoDAsync(drv.CUdeviceptr(dst), drv.CUdeviceptr(src), nbytes, drv.CUstream(stream)),
+        "cuMemcpyDtoDAsync",
+    )
+
+
 class DeviceBuffer:
     """``nbytes`` of device memory at ``ptr`` (an int, as TensorRT and the kernels take it)."""
 
