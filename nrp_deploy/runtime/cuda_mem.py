@@ -9,8 +9,9 @@ pointer here can be handed to any of them. Each object frees what it holds on ``
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,21 @@ class PrimaryContext:
         if self._context is not None:
             check(self._drv.cuDevicePrimaryCtxRelease(self.device), "cuDevicePrimaryCtxRelease")
             self._context = None
+
+
+@contextlib.contextmanager
+def current_device(ordinal: int) -> Iterator[None]:
+    """Make device ``ordinal``'s primary context current on this thread for the block, then restore the
+    context that was current before. Libraries on the runtime API (TensorRT's builder) work on the device
+    whose context is current, so this is how they are pointed at a device other than 0."""
+    drv = init_driver()
+    previous = check(drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    context = PrimaryContext(ordinal)
+    try:
+        yield
+    finally:
+        check(drv.cuCtxSetCurrent(previous), "cuCtxSetCurrent")
+        context.close()
 
 
 class Stream:
