@@ -1,16 +1,35 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install nrp-deploy with everything the demo, the exporters and the tests use.
-# torch is installed first and pinned, so pip takes the CPU wheel instead of resolving a CUDA build.
+#
+#   bash scripts/setup.sh          # CPU machine: ONNX Runtime (CPU), OpenVINO, the CPU torch wheel
+#   bash scripts/setup.sh --gpu    # NVIDIA GPU machine: the `gpu` extra (onnxruntime-gpu, cuda-bindings,
+#                                  # NVRTC) instead of ONNX Runtime for CPU, so the `gpu` tests run
+#
+# torch is installed first and pinned, so pip does not resolve another build later (the pinned wheel from
+# the default index is the CPU build here and a CUDA build on Linux x86-64 GPU machines).
+# `onnxruntime` and `onnxruntime-gpu` install the same module, so the one not wanted is removed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=cpu
+case "${1:-}" in
+  "") ;;
+  --gpu) mode=gpu ;;
+  *) echo "usage: $0 [--gpu]" >&2; exit 2 ;;
+esac
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${NRP_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q -e ".[cpu,export,attacks,bench,openvino,nvrtc,dev]"
+if [ "$mode" = gpu ]; then
+  .venv/bin/python -m pip uninstall -q -y onnxruntime 2>/dev/null || true
+  .venv/bin/python -m pip install -q -e ".[gpu,export,attacks,bench,dev]"
+else
+  .venv/bin/python -m pip uninstall -q -y onnxruntime-gpu 2>/dev/null || true
+  .venv/bin/python -m pip install -q -e ".[cpu,export,attacks,bench,openvino,nvrtc,dev]"
+fi
 # NVIDIA's TensorRT bindings wheels (names only; TensorRT's libraries are not needed) for the API-name test.
 .venv/bin/python scripts/tensorrt_api_names.py fetch ||
   echo "TensorRT bindings not fetched; the committed name snapshot is checked instead"
-.venv/bin/python -c "import nrp_deploy, torch, onnxruntime; print('nrp-deploy', nrp_deploy.__version__, '| torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"
+.venv/bin/python -c "import nrp_deploy, torch, onnxruntime as ort; print('nrp-deploy', nrp_deploy.__version__, '| torch', torch.__version__, '| torch CUDA', torch.cuda.is_available(), '| onnxruntime', ort.__version__, ort.get_available_providers())"

@@ -1,8 +1,10 @@
-"""How the Purifier routes work between the fused GPU path and the host path (no GPU needed).
+"""How the Purifier routes work between the fused GPU path and the host path, and the torch backend on it.
 
 The fused path itself (kernels, buffers, streams) is tested by the kernels and TensorRT suites; here a
 stand-in pipeline computes the kernels' numpy reference, so the routing, chunking and noise indices of the
-Purifier are checked against the host path exactly.
+Purifier are checked against the host path exactly (no GPU needed). The torch backend's device entry point
+is checked on the CPU for what it refuses, and on a GPU (``gpu`` marker) end to end: the fused path over
+torch on CUDA equals torch's host path, and its ordering against a caller's stream holds.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from nrp_deploy.errors import InputError, NRPDeployError
+from nrp_deploy.errors import BackendUnavailableError, InputError, NRPDeployError
 from nrp_deploy.kernels.reference import postprocess_reference, preprocess_reference
 from nrp_deploy.runtime import DeviceBackend, DynamicDefense, Purifier, TileConfig, gpu_pipeline
 from nrp_deploy.runtime.backends import ShapeProfile, TensorSpec
@@ -125,3 +127,96 @@ def test_without_cuda_the_fused_path_falls_back_or_refuses(caplog):
 
 class _CpuBackend(FakeGpuBackend):
     device = "cpu"
+
+
+# -- the torch backend as a DeviceBackend ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    from nrp_deploy.models.spec import ModelSpec
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_resg.pth"
+    torch.save(ModelSpec("NRP_resG", {"nf": 8, "nb": 2}).build().state_dict(), path)
+    return path
+
+
+def test_torch_backend_on_the_cpu_stays_on_the_host_path(checkpoint):
+    from nrp_deploy.runtime import load_purifier
+
+    with load_purifier(checkpoint, backend="torch", device="cpu") as purifier:
+        backend = purifier.backend
+        assert isinstance(backend, DeviceBackend) and backend.stream == 0
+        assert "fused" not in purifier.describe()
+        with pytest.raises(InputError, match="needs a CUDA device"):
+            backend.infer_device(0, 0, (1, 3, 8, 8), 0)
+    with pytest.raises(InputError, match="not active"):
+        backend.infer_device(0, 0, (1, 3, 8, 8), 0)
+    with pytest.raises(InputError, match="'cpu' or 'cuda"):
+        load_purifier(checkpoint, backend="torch", device="mps")
+
+
+def test_torch_backend_on_cuda_without_a_gpu_says_why(checkpoint):
+    import torch
+
+    from nrp_deploy.runtime import load_purifier
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA device here")
+    with pytest.raises(BackendUnavailableError, match="sees no CUDA device"):
+        load_purifier(checkpoint, backend="torch", device="cuda")
+
+
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip(f"torch {torch.__version__} sees no CUDA device")
+    return torch
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("precision", "channels_last"), [("fp32", False), ("fp16", True)])
+@pytest.mark.parametrize("dynamic", [None, DynamicDefense(seed=7)])
+def test_torch_cuda_takes_the_fused_path_and_matches_its_host_path(
+    checkpoint, precision, channels_last, dynamic
+):
+    _torch_cuda()
+    from nrp_deploy.runtime import load_purifier
+
+    options = {"channels_last": channels_last}
+    with load_purifier(
+        checkpoint, backend="torch", precision=precision, device="cuda", options=options
+    ) as fused:
+        assert fused.backend.device == "cuda:0" and fused.backend.stream != 0
+        assert "fused GPU path" in fused.describe()
+        host = Purifier(fused.backend, fused=False)
+        for call in range(2):
+            images = np.random.default_rng(call).integers(0, 256, size=(3, 32, 48, 3), dtype=np.uint8)
+            diff = np.abs(fused(images, dynamic=dynamic).astype(int) - host(images, dynamic=dynamic))
+            assert diff.max() <= (1 if precision == "fp32" else 2)
+            assert (diff == 0).mean() > (0.995 if precision == "fp32" else 0.97)
+
+
+@pytest.mark.gpu
+def test_torch_cuda_device_entry_point_is_ordered_on_the_callers_stream(checkpoint):
+    torch = _torch_cuda()
+    from nrp_deploy.runtime import load_purifier
+
+    with load_purifier(checkpoint, backend="torch", device="cuda", fused=False) as purifier:
+        backend = purifier.backend
+        x = torch.zeros((2, 3, 32, 32), device="cuda")
+        out = torch.full_like(x, float("nan"))
+        data = torch.rand(x.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(20_000_000)  # the caller's stream is busy, so a missing wait would read zeros
+            x.copy_(data)
+            backend.infer_device(x.data_ptr(), out.data_ptr(), tuple(x.shape), side.cuda_stream)
+            result = out.clone()  # on the caller's stream: must see the output
+        torch.cuda.synchronize()
+        np.testing.assert_allclose(result.cpu().numpy(), backend.infer(data.cpu().numpy()), atol=1e-5)
+        with pytest.raises(InputError, match=r"\(N, 3, H, W\)"):
+            backend.infer_device(x.data_ptr(), out.data_ptr(), (2, 3, 32), side.cuda_stream)

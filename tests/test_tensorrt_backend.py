@@ -208,6 +208,41 @@ def _enum(*names: str, start: int = 0) -> types.SimpleNamespace:
     return types.SimpleNamespace(**{n: _Enum(n, i) for i, n in enumerate(names, start)})
 
 
+class FakeDriver:
+    """The slice of ``cuda.bindings.driver`` that making a device current takes: context 100 + ordinal."""
+
+    def __init__(self) -> None:
+        self.current, self.retained = 0, 0
+
+    def cuInit(self, flags):
+        return (0,)
+
+    def cuDeviceGet(self, ordinal):
+        return 0, ordinal
+
+    def cuDevicePrimaryCtxRetain(self, device):
+        self.retained += 1
+        return 0, 100 + device
+
+    def cuDevicePrimaryCtxRelease(self, device):
+        self.retained -= 1
+        return (0,)
+
+    def cuCtxGetCurrent(self):
+        return 0, self.current
+
+    def cuCtxSetCurrent(self, context):
+        self.current = int(context)
+        return (0,)
+
+
+DRIVER = FakeDriver()
+
+
+def current_context() -> int:
+    return DRIVER.current
+
+
 def make_fake_tensorrt(build_fails: bool = False) -> types.ModuleType:
     """A stand-in ``tensorrt`` 11.x that records the builder's calls in ``trt.record``.
 
@@ -296,7 +331,7 @@ def make_fake_tensorrt(build_fails: bool = False) -> types.ModuleType:
         def __init__(self) -> None:
             self.builder_optimization_level = 3
             self.hardware_compatibility_level = trt.HardwareCompatibilityLevel.NONE
-            self.flags: list[str] = []
+            self.flags: list[str] = ["TF32"]  # TensorRT's default
             self.profiles: list[object] = []
             self.cache: TimingCache | None = None
 
@@ -305,6 +340,9 @@ def make_fake_tensorrt(build_fails: bool = False) -> types.ModuleType:
 
         def set_flag(self, flag: _Enum) -> None:
             self.flags.append(flag.name)
+
+        def clear_flag(self, flag: _Enum) -> None:
+            self.flags = [f for f in self.flags if f != flag.name]
 
         def add_optimization_profile(self, profile: object) -> int:
             self.profiles.append(profile)
@@ -341,6 +379,7 @@ def make_fake_tensorrt(build_fails: bool = False) -> types.ModuleType:
             return Profile()
 
         def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
+            record["built_in_context"] = current_context()
             if build_fails:
                 self.logger.log(ILogger.Severity.ERROR, "out of workspace for tactic 7")
                 return None
@@ -357,6 +396,9 @@ def _fake_onnx(path: Path, layers: list, io: tuple[str, str] = ("FLOAT", "FLOAT"
 
 @pytest.fixture
 def fake_build_env(fake_trt, monkeypatch, tmp_path):
+    from nrp_deploy.runtime import cuda_mem
+
+    monkeypatch.setattr(cuda_mem, "init_driver", lambda: DRIVER)
     monkeypatch.setenv("NRP_DEPLOY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(trt_build, "current_environment", lambda device=0: ENV)
 
@@ -383,7 +425,7 @@ def test_build_engine_flow(fake_build_env, tmp_path):
     assert record["profile"] == ("input", (1, 3, 32, 32), (2, 3, 224, 224), (4, 3, 320, 320))
     assert record["pool"] == ("WORKSPACE", 512 << 20)
     assert record["config"].builder_optimization_level == 5
-    assert record["config"].flags == []
+    assert record["config"].flags == ["TF32"]  # an fp16 network: TensorRT's default left alone
     engine = tmp_path / "out" / "m.engine"
     assert engine.read_bytes() == b"PLAN\0\0\0"
     assert ec.read_engine_metadata(engine) == meta
@@ -430,9 +472,27 @@ def test_compatibility_options_reach_the_config(fake_build_env, tmp_path):
     options = ec.BuildOptions(version_compatible=True, hardware_compatibility="ampere_plus")
     meta = trt_build.build_engine(onnx, options=options, use_timing_cache=False)
     config = trt.record["config"]
-    assert config.flags == ["VERSION_COMPATIBLE"]
+    assert config.flags == ["VERSION_COMPATIBLE"]  # fp32: TF32 cleared
     assert config.hardware_compatibility_level.name == "AMPERE_PLUS"
     assert meta.version_compatible and meta.hardware_compatibility == "ampere_plus"
+
+
+@pytest.mark.parametrize(
+    ("layers", "tf32"), [([["CONVOLUTION", ["FLOAT"]]], False), ([["CAST", ["HALF"]]], True)]
+)
+def test_fp32_engines_are_built_without_tf32(fake_build_env, tmp_path, layers, tf32):
+    trt = fake_build_env()
+    trt_build.build_engine(_fake_onnx(tmp_path / "m.onnx", layers), use_timing_cache=False)
+    assert ("TF32" in trt.record["config"].flags) is tf32
+
+
+def test_build_runs_on_the_device_asked_for_and_restores_the_current_context(fake_build_env, tmp_path):
+    trt = fake_build_env()
+    DRIVER.current = 55  # some context the caller had current
+    onnx = _fake_onnx(tmp_path / "m.onnx", [["CONVOLUTION", ["FLOAT"]]])
+    trt_build.build_engine(onnx, device=1, use_timing_cache=False)
+    assert trt.record["built_in_context"] == 101  # device 1's primary context
+    assert DRIVER.current == 55 and DRIVER.retained == 0
 
 
 def test_parse_and_build_failures_carry_tensorrt_messages(fake_build_env, tmp_path):

@@ -4,7 +4,9 @@ No GPU is needed: ``FakeCuda`` stands in for ``cuda.bindings.driver`` (device me
 stream runs its work at once unless it is being captured into a graph, graphs replay what they captured),
 ``FakeEngine`` for a deserialised TensorRT engine (its execution context computes ``0.5 * x`` from the
 addresses bound to it, on the stream it is given), and the fused kernels are their numpy reference applied
-to those addresses. What runs for real is our code: buffer management, pinned staging, bindings, CUDA-graph
+to those addresses. Like the real ones, the emulated context re-lays out its internal state when its input
+shape changes (a graph captured before then replays garbage), needs the scratch memory it was created
+without, and refuses I/O addresses that are not 256-byte aligned. What runs for real is our code: buffer management, pinned staging, bindings, CUDA-graph
 capture / replay / fallback, stream ordering, shape checks, the engine cache and the Purifier on top.
 """
 
@@ -14,6 +16,7 @@ import ctypes
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -104,9 +107,10 @@ class FakeCuda:
 
     # memory
     def _alloc(self, nbytes: int) -> int:
-        buffer = ctypes.create_string_buffer(b"\xaa" * nbytes, nbytes)  # poisoned
-        self.memory[ctypes.addressof(buffer)] = buffer
-        return ctypes.addressof(buffer)
+        buffer = ctypes.create_string_buffer(b"\xaa" * (nbytes + 256), nbytes + 256)  # poisoned
+        ptr = (ctypes.addressof(buffer) + 255) & ~255  # cudaMalloc's alignment
+        self.memory[ptr] = buffer
+        return ptr
 
     def cuMemAlloc(self, nbytes):
         return 0, self._alloc(nbytes)
@@ -127,6 +131,8 @@ class FakeCuda:
     def cuMemcpyDtoHAsync(self, dst, src, nbytes, stream):
         self.enqueue(stream, lambda: ctypes.memmove(int(dst), int(src), nbytes))
         return (0,)
+
+    cuMemcpyDtoDAsync = cuMemcpyDtoHAsync
 
     # graphs
     def cuStreamBeginCapture(self, stream, mode):
@@ -166,6 +172,10 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
     trt.__version__ = ENV.tensorrt_version
     trt.enqueues = 0
     trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(
+        STATIC="STATIC", USER_MANAGED="USER_MANAGED"
+    )
+    scratch_bytes = 4096
 
     class ILogger:
         Severity = types.SimpleNamespace(ERROR="ERROR", INTERNAL_ERROR="INTERNAL_ERROR")
@@ -174,26 +184,40 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
             pass
 
     class Context:
-        def __init__(self) -> None:
+        def __init__(self, strategy: str) -> None:
             self.shape: tuple[int, ...] = ()
             self.addresses: dict[str, int] = {}
+            self.layout = object()  # the internal state TensorRT re-lays out when the input shape changes
+            self.scratch = None if strategy == "USER_MANAGED" else "own"
+
+        def set_device_memory(self, ptr, size):
+            assert size >= scratch_bytes and int(ptr) in cuda.memory
+            self.scratch = int(ptr)
 
         def set_input_shape(self, name, shape):
-            self.shape = tuple(shape)
+            if tuple(shape) != self.shape:
+                self.shape, self.layout = tuple(shape), object()
             return True
 
         def get_tensor_shape(self, name):
             return self.shape
 
         def set_tensor_address(self, name, ptr):
+            if int(ptr) % 256:
+                return False
             self.addresses[name] = int(ptr)
             return True
 
         def execute_async_v3(self, stream):
+            if self.scratch is None:
+                return False  # created without device memory and never given any
             shape, src, dst = self.shape, self.addresses["input"], self.addresses["output"]
+            layout = self.layout
 
             def run() -> None:
                 y = (_array(src, shape, in_dtype).astype(np.float32) * np.float32(0.5)).astype(out_dtype)
+                if layout is not self.layout:  # replayed over state laid out for another shape
+                    y[...] = np.nan
                 _array(dst, shape, out_dtype)[...] = y
 
             trt.enqueues += 1
@@ -212,8 +236,10 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
         def get_tensor_profile_shape(self, name, index):
             return [(b, 3, h, w) for b, h, w in (PROFILE.min, PROFILE.opt, PROFILE.max)]
 
-        def create_execution_context(self):
-            return Context()
+        device_memory_size_v2 = scratch_bytes
+
+        def create_execution_context(self, strategy="STATIC"):
+            return Context(strategy)
 
     class Runtime:
         def __init__(self, logger) -> None:
@@ -339,6 +365,55 @@ def test_host_path_captures_once_then_replays(fake_trt, cuda, tmp_path):
     assert cuda.memory == {}  # every buffer freed
 
 
+def test_graphs_of_several_shapes_replay_on_contexts_that_keep_their_shape(fake_trt, cuda, tmp_path):
+    """A graph captured for one shape must not be replayed on a context whose shape has changed since."""
+    trt = fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    shapes = [(2, 16, 16), (1, 8, 12), (2, 16, 16), (1, 8, 12), (2, 16, 16)]
+    for call, (n, h, w) in enumerate(shapes):
+        x = prepost.uint8_to_float(_images(n, h, w, seed=call))
+        np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))
+    assert trt.enqueues == 4  # per shape: one warm-up, one captured; every later call replays
+    assert sorted(b.replays for b in backend._bindings.values()) == [1, 2]
+    contexts = [b.context for b in backend._bindings.values()]
+    assert len({id(c) for c in contexts}) == 2 and all(c.scratch == backend._scratch.ptr for c in contexts)
+    backend.deactivate()
+    assert cuda.memory == {}
+
+
+def test_device_pointers_must_be_aligned(fake_trt, cuda, tmp_path):
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    shape = (1, 3, 8, 8)
+    src, dst = cuda_mem.DeviceBuffer(4 * 192 + 256), cuda_mem.DeviceBuffer(4 * 192 + 256)
+    for args, role in [((src.ptr + 4, dst.ptr), "input"), ((src.ptr, dst.ptr + 128), "output")]:
+        with pytest.raises(InputError, match=f"{role} device pointer .* 256-byte aligned"):
+            backend.infer_device(*args, shape, backend.stream)
+    backend.infer_device(src.ptr, dst.ptr, shape, backend.stream)  # aligned: runs
+    src.close(), dst.close()
+    backend.deactivate()
+
+
+def test_an_address_tensorrt_refuses_is_an_input_error(fake_trt, cuda, tmp_path, monkeypatch):
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    engine = backend._engine
+    original = engine.create_execution_context
+
+    def refusing(strategy="STATIC"):
+        context = original(strategy)
+        context.set_tensor_address = lambda name, ptr: False
+        return context
+
+    monkeypatch.setattr(engine, "create_execution_context", refusing)
+    with pytest.raises(InputError, match=r"TensorRT refused address .* 'input'"):
+        backend.infer(np.zeros((1, 3, 8, 8), np.float32))
+    backend.deactivate()
+
+
 def test_plain_enqueue_without_graphs_and_when_capture_fails(fake_trt, cuda, tmp_path):
     trt = fake_trt()
     backend = _backend(tmp_path, cuda_graph=False)
@@ -424,7 +499,7 @@ def test_buffers_and_graphs_of_old_shapes_are_freed(fake_trt, cuda, tmp_path):
         np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))
     assert list(backend._slots) == [(1, 3, 16, 16), (1, 3, 20, 20)]
     live = set(cuda.memory)
-    assert all(ptr in live for key in backend._graphs for ptr in key[1:])
+    assert all(ptr in live for key in backend._bindings for ptr in key[1:])
     backend.deactivate()
     assert cuda.memory == {}
 
@@ -448,7 +523,7 @@ def test_pipeline_matches_the_host_path(fake_trt, cuda, tmp_path, dynamic):
     backend.activate()
     kernels = FakeKernels(cuda)
     with DevicePipeline(backend, kernels) as pipeline:
-        assert pipeline.stream == backend.stream  # the engine's stream: no cross-stream events
+        assert pipeline.stream not in (0, backend.stream)  # its own stream, ordered by events
         for call in range(2):
             images = _images(3, 16, 24, seed=call)
             got = pipeline(images, dynamic, seed=99, start_index=5)
@@ -460,8 +535,85 @@ def test_pipeline_matches_the_host_path(fake_trt, cuda, tmp_path, dynamic):
             eps=dynamic.eps if dynamic else 0.0,
             seed=99,
             start_index=5,
-            stream=backend.stream,
+            stream=pipeline.stream,
         )
+    backend.deactivate()
+    assert cuda.memory == {}
+
+
+def test_pipeline_work_is_not_swallowed_by_a_capture_in_another_thread(fake_trt, cuda, tmp_path):
+    """While one thread's host-path call captures a CUDA graph on the engine's stream, another thread's
+    fused call enqueues its upload and preprocessing: they must run, not be recorded into that graph."""
+    import threading
+
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    capturing, preprocessed = threading.Event(), threading.Event()
+    begin_capture = cuda.cuStreamBeginCapture
+
+    def slow_capture(stream, mode):
+        result = begin_capture(stream, mode)
+        capturing.set()
+        preprocessed.wait(5)  # hold the capture open until the other thread has enqueued its kernel
+        return result
+
+    cuda.cuStreamBeginCapture = slow_capture
+    kernels = FakeKernels(cuda)
+    original_preprocess = kernels.preprocess
+
+    def preprocess(*args, **kwargs):
+        original_preprocess(*args, **kwargs)
+        preprocessed.set()
+
+    kernels.preprocess = preprocess
+    images = _images(2, 16, 16, seed=4)
+    x = prepost.uint8_to_float(_images(1, 8, 8, seed=5))
+    with DevicePipeline(backend, kernels) as pipeline:
+        host = threading.Thread(target=lambda: backend.infer(x))
+        host.start()
+        assert capturing.wait(5)
+        got = pipeline(images)
+        host.join(5)
+        np.testing.assert_array_equal(got, _host_reference(images, None, 0, 0))
+        np.testing.assert_array_equal(
+            backend.infer(x), x * np.float32(0.5)
+        )  # its graph holds only its own work
+    backend.deactivate()
+
+
+def test_pipeline_unloads_the_kernels_it_loaded_and_only_those(fake_trt, cuda, tmp_path, monkeypatch):
+    import nrp_deploy.kernels as kernels_package
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    class CountingKernels(FakeKernels):
+        loaded: ClassVar[list] = []
+
+        def __init__(self, ordinal: int) -> None:
+            super().__init__(cuda)
+            self.closed = False
+            CountingKernels.loaded.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(kernels_package, "FusedKernels", CountingKernels)
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    pipeline = DevicePipeline(backend)
+    images = _images(1, 8, 8)
+    np.testing.assert_array_equal(pipeline(images), _host_reference(images, None, 0, 0))
+    pipeline.close()
+    assert [k.closed for k in CountingKernels.loaded] == [True]
+    pipeline.close()  # idempotent
+    with pytest.raises(InputError, match="closed"):
+        pipeline(images)
+    mine = FakeKernels(cuda)
+    mine.close = lambda: pytest.fail("a pipeline must not unload kernels it was given")
+    DevicePipeline(backend, mine).close()
     backend.deactivate()
     assert cuda.memory == {}
 
@@ -579,3 +731,135 @@ def test_pipeline_brings_its_own_stream_when_the_backend_has_none(cuda):
         np.testing.assert_array_equal(pipeline(images), _host_reference(images, None, 0, 0))
         assert backend.streams == [pipeline.stream]
     assert cuda.memory == {}
+
+
+# -- ONNX Runtime's CUDA execution provider in CUDA-graph mode ----------------------------------------------
+
+
+def make_fake_ort(cuda: FakeCuda) -> types.SimpleNamespace:
+    """A stand-in ``onnxruntime`` (CUDA build) whose model computes 0.5 * x on emulated device memory. As
+    ONNX Runtime documents for ``enable_cuda_graph``, the first run captures, and every later run replays
+    the addresses bound at capture, whatever is bound now."""
+
+    class Arg:
+        name, type, shape = "input", "tensor(float)", ["N", 3, "H", "W"]
+
+    class OutArg(Arg):
+        name = "output"
+
+    class OrtValue:
+        def __init__(self, shape, dtype) -> None:
+            self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+            self.ptr = cuda._alloc(int(np.prod(shape)) * self.dtype.itemsize)
+
+        @classmethod
+        def ortvalue_from_shape_and_type(cls, shape, dtype, device, device_id):
+            assert device == "cuda"
+            return cls(shape, dtype)
+
+        def data_ptr(self) -> int:
+            return self.ptr
+
+        def update_inplace(self, x) -> None:
+            _array(self.ptr, self.shape, self.dtype)[...] = x
+
+        def numpy(self):
+            return _array(self.ptr, self.shape, self.dtype).copy()
+
+    class IOBinding:
+        def __init__(self) -> None:
+            self.bound: dict[str, tuple[int, tuple[int, ...]]] = {}
+
+        def bind_input(self, name, device, device_id, dtype, shape, ptr):
+            self.bound[name] = (int(ptr), tuple(shape))
+
+        bind_output = bind_input
+
+        def bind_ortvalue_input(self, name, value):
+            self.bound[name] = (value.ptr, value.shape)
+
+        bind_ortvalue_output = bind_ortvalue_input
+
+    class InferenceSession:
+        def __init__(self, path, sess_options=None, providers=()) -> None:
+            self.graph = any(isinstance(p, tuple) and p[1].get("enable_cuda_graph") == "1" for p in providers)
+            self.captured: tuple[tuple[int, tuple[int, ...]], ...] | None = None
+
+        def get_inputs(self):
+            return [Arg()]
+
+        def get_outputs(self):
+            return [OutArg()]
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def io_binding(self):
+            return IOBinding()
+
+        def run_with_iobinding(self, binding) -> None:
+            io = (binding.bound["input"], binding.bound["output"])
+            if self.graph:
+                self.captured = self.captured or io
+                io = self.captured
+            (src, shape), (dst, _) = io
+            _array(dst, shape, np.float32)[...] = _array(src, shape, np.float32) * np.float32(0.5)
+
+    return types.SimpleNamespace(
+        InferenceSession=InferenceSession,
+        OrtValue=OrtValue,
+        SessionOptions=types.SimpleNamespace,
+        GraphOptimizationLevel=types.SimpleNamespace(ORT_ENABLE_ALL=99),
+        ExecutionMode=types.SimpleNamespace(ORT_SEQUENTIAL=0),
+        get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+
+
+def test_ort_cuda_graph_session_serves_host_and_device_callers_alike(cuda, tmp_path, monkeypatch):
+    """Host calls and device calls, in any order, with new data each time, all see their own results."""
+    from nrp_deploy.runtime.backends import ort as ort_backend
+
+    monkeypatch.setattr(ort_backend, "_ort", lambda: make_fake_ort(cuda))
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"stand-in")
+    backend = ort_backend.OrtBackend(onnx, device="cuda:0", cuda_graph=True, fixed_shape=(2, 8, 8))
+    backend.activate()
+    shape = (2, 3, 8, 8)
+    src, dst = (cuda_mem.DeviceBuffer(4 * int(np.prod(shape))) for _ in range(2))
+    caller = cuda_mem.Stream()
+    for call in range(6):
+        x = prepost.uint8_to_float(_images(2, 8, 8, seed=call))
+        if call % 2:  # on the session's stream, then on another one
+            _array(src.ptr, shape, np.float32)[...] = x
+            backend.infer_device(src.ptr, dst.ptr, shape, backend.stream if call < 3 else caller.handle)
+            y = _array(dst.ptr, shape, np.float32).copy()
+        else:
+            y = backend.infer(x)
+        np.testing.assert_array_equal(y, x * np.float32(0.5))
+    with pytest.raises(InputError, match="runs shape"):
+        backend.infer_device(src.ptr, dst.ptr, (1, 3, 8, 8), caller.handle)
+    backend.deactivate()
+    src.close(), dst.close(), caller.close()
+
+
+@pytest.mark.parametrize(("name", "channels", "expected"), [("images", 1, "1"), ("x", "C", "3")])
+def test_tensorrt_ep_profile_names_the_models_input(tmp_path, name, channels, expected):
+    """The TensorRT EP's profile strings carry the model's own input name and channel count."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from nrp_deploy.runtime.backends.ort import OrtBackend
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", channels, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, "H", "W"])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    backend = OrtBackend(path, device="cuda:0", execution_provider="tensorrt", fixed_shape=(2, 16, 24))
+    options = backend._trt_options()
+    for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+        assert options[key] == f"{name}:2x{expected}x16x24"

@@ -1,10 +1,11 @@
 """The GPU paths on a real device (marked ``gpu``: skipped where no CUDA device is present).
 
-- ONNX Runtime's CUDA execution provider (the ``onnxruntime-gpu`` wheel) fed by the fused kernels through
-  I/O binding (``DevicePipeline``), FP32 and FP16, plain and in ONNX Runtime's CUDA-graph mode, and with
-  the dynamic defence: all equal to the host path on the CPU provider.
-- The native TensorRT backend, where TensorRT is installed: engine built, cached, run with CUDA graphs,
-  through the Purifier and the fused path.
+- ONNX Runtime's CUDA execution provider (the ``onnxruntime-gpu`` wheel; ``scripts/setup.sh --gpu``) fed
+  by the fused kernels through I/O binding (``DevicePipeline``), FP32 and FP16, plain and in ONNX Runtime's
+  CUDA-graph mode (host and device calls mixed on one captured session), and with the dynamic defence: all
+  equal to the host path on the CPU provider.
+- The native TensorRT backend, where TensorRT is installed: engine built, cached, run with CUDA graphs
+  (captured once per binding and replayed with new data), through the Purifier and the fused path.
 - Fidelity of the published architectures (random weights) through the fused path: FP16 >= 50 dB PSNR
   against FP32 torch (needs torch and the export tools; marked ``slow`` too).
 """
@@ -124,6 +125,29 @@ def test_ort_cuda_graph_mode_through_the_fused_path(tmp_path):
     backend.deactivate()
 
 
+def test_ort_cuda_graph_host_and_device_calls_share_the_captured_buffers(tmp_path):
+    """The captured session replays its capture-time addresses: host calls (``infer``) and fused calls
+    (``infer_device``) alternate, each with new data, and each must see its own result."""
+    from nrp_deploy.runtime.backends.ort import OrtBackend as CpuBackend
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    OrtBackend = _ort_cuda()
+    onnx = _conv_net(tmp_path / "net.onnx", fp16=False)
+    backend = OrtBackend(onnx, device="cuda:0", cuda_graph=True, fixed_shape=(2, 32, 32))
+    backend.activate()
+    cpu = CpuBackend(onnx, device="cpu")
+    cpu.activate()
+    with DevicePipeline(backend) as pipeline:
+        for call in range(6):
+            images = _images(2, 32, 32, seed=call)
+            if call % 2:
+                _assert_close(pipeline(images), _host_reference(onnx, images, None, 0), fp16=False)
+            else:
+                x = prepost.uint8_to_float(images)
+                np.testing.assert_allclose(backend.infer(x), cpu.infer(x), atol=1e-4)
+    backend.deactivate()
+
+
 # -- native TensorRT ---------------------------------------------------------------------------------------
 
 
@@ -156,19 +180,26 @@ def test_tensorrt_engine_through_purifier_and_fused_path(tmp_path, fp16):
         assert again.backend.metadata.built_at == backend.metadata.built_at
 
 
-def test_tensorrt_graph_and_plain_enqueue_agree(tmp_path):
+def test_tensorrt_graph_replays_new_data_and_equals_plain_enqueues(tmp_path):
     pytest.importorskip("tensorrt")
     from nrp_deploy.runtime import load_purifier
 
     onnx = _conv_net(tmp_path / "net.onnx", fp16=False)
-    x = prepost.uint8_to_float(_images(2, 32, 32))
-    outputs = []
+    inputs = [prepost.uint8_to_float(_images(2, 32, 32, seed=k)) for k in range(4)]
+    outputs = {}
     for graph in (True, False):
         options = {"cuda_graph": graph, "cache_dir": tmp_path / "engines"}
         with load_purifier(onnx, backend="tensorrt", options=options) as purifier:
-            outputs.append([purifier.backend.infer(x) for _ in range(3)])
-    for y in outputs[0] + outputs[1]:
-        np.testing.assert_array_equal(y, outputs[0][0])
+            backend = purifier.backend
+            outputs[graph] = [backend.infer(x) for x in inputs]
+            (binding,) = backend._bindings.values()  # one shape, one set of buffers: one binding
+            if graph:
+                assert binding.graph is not None and binding.replays == len(inputs) - 2
+            else:
+                assert binding.graph is None and binding.replays == 0
+    for with_graph, plain in zip(outputs[True], outputs[False], strict=True):
+        np.testing.assert_array_equal(with_graph, plain)
+    assert not np.array_equal(outputs[True][-1], outputs[True][-2])  # the replays saw their new inputs
 
 
 # -- fidelity of the published architectures through the fused path -------------------------------------

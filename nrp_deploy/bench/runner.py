@@ -23,6 +23,21 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
     "torch-fp16-cl": ("fp16", ("cuda",), "eager PyTorch FP16, channels_last"),
     "torch-compile-fp32": ("fp32", ("cpu", "cuda"), "torch.compile (inductor) FP32"),
     "torch-compile-fp16-cl": ("fp16", ("cuda",), "torch.compile (inductor) FP16, channels_last"),
+    "torch-compile-graphs-fp16-cl": (
+        "fp16",
+        ("cuda",),
+        "torch.compile (inductor, mode reduce-overhead: CUDA graphs) FP16, channels_last",
+    ),
+    "fused-torch-fp32": (
+        "fp32",
+        ("cuda",),
+        "the runtime's torch backend on CUDA, FP32, fused uint8/noise kernels",
+    ),
+    "fused-torch-fp16-cl": (
+        "fp16",
+        ("cuda",),
+        "the runtime's torch backend on CUDA, FP16 channels_last, fused uint8/noise kernels",
+    ),
     "onnxruntime-cpu-fp32": ("fp32", ("cpu",), "ONNX Runtime, CPU execution provider, FP32 ONNX"),
     "onnxruntime-cpu-int8": ("int8", ("cpu",), "ONNX Runtime, CPU execution provider, INT8 Q/DQ ONNX"),
     "openvino-cpu-fp32": (

@@ -33,7 +33,7 @@ def build_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
     return _runtime_runner(name, model, ctx)
 
 
-# --- runtime backends (ONNX Runtime, TensorRT) ----------------------------------------------------------
+# --- runtime backends (ONNX Runtime, TensorRT, the runtime's torch backend) ----------------------------
 
 # benchmark name -> (runtime backend, options for load_purifier)
 _RUNTIME: dict[str, tuple[str, dict[str, Any]]] = {
@@ -42,6 +42,8 @@ _RUNTIME: dict[str, tuple[str, dict[str, Any]]] = {
     "onnxruntime-cuda-fp32": ("onnxruntime", {}),
     "onnxruntime-cuda-fp16": ("onnxruntime", {}),
     "onnxruntime-trtep-fp16": ("onnxruntime", {"execution_provider": "tensorrt"}),
+    "fused-torch-fp32": ("torch", {}),
+    "fused-torch-fp16-cl": ("torch", {"channels_last": True}),
     "tensorrt-fp32": ("tensorrt", {}),
     "tensorrt-fp16": ("tensorrt", {}),
     "tensorrt-int8": ("tensorrt", {}),

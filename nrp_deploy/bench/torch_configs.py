@@ -51,7 +51,7 @@ def torch_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
 
     module = load_model(model.checkpoint, device=device).module.to(dtype=dtype, memory_format=memory_format)
     if "compile" in name:
-        module = torch.compile(module)
+        module = torch.compile(module, mode="reduce-overhead" if "graphs" in name else None)
     e2e = EagerPurifier(module if name == "torch-fp32" else AsFloat32(module, dtype, memory_format), device)
 
     def put(x: np.ndarray) -> torch.Tensor:

@@ -6,6 +6,11 @@ strongly typed always) and TensorRT keeps every tensor in the type the ONNX give
 model builds an FP16 engine, a Q/DQ model an INT8 one, and an FP32 model an FP32 engine. The precision
 recorded in the engine's metadata is read off the parsed network, so it says what the engine really is.
 
+FP32 engines are built with TF32 off: TensorRT enables TF32 tensor-core convolutions by default, which
+round their inputs to 10 mantissa bits and cost FP32 engines their fidelity to the FP32 reference (the
+ONNX Runtime backend turns TF32 off for FP32 too). The build runs on the device it is asked for: its
+primary context is made current for the build, since TensorRT builds on the current device.
+
 One optimisation profile covers (batch, height, width) from ``min`` to ``max``, tuned for ``opt``. Timings
 go to a cache on disk (one per TensorRT release and GPU kind) that later builds reuse, which cuts the
 rebuilds the engine cache triggers after a TensorRT upgrade or an ONNX change to a fraction.
@@ -25,6 +30,7 @@ import numpy as np
 
 from nrp_deploy.errors import ExportError, InputError, MetadataError
 from nrp_deploy.fileutil import sha256_file, write_bytes_atomic
+from nrp_deploy.runtime.cuda_mem import current_device
 from nrp_deploy.runtime.engine_cache import (
     ENGINE_SUFFIX,
     BuildOptions,
@@ -95,8 +101,8 @@ def build_engine(
     ``expect_precision`` (fp32 / fp16 / int8) refuses an ONNX of another precision with the command that
     makes the right one, since TensorRT 11 gives no other way to change it. ``timing_cache`` defaults to
     the per-release, per-GPU file beside the engine cache; ``use_timing_cache=False`` builds without one.
-    An existing engine is replaced only with ``overwrite``. Raises ``ExportError`` with TensorRT's own
-    messages when parsing or building fails.
+    An existing engine is replaced only with ``overwrite``. ``device`` is the CUDA ordinal to build on
+    (and for). Raises ``ExportError`` with TensorRT's own messages when parsing or building fails.
     """
     options = options or BuildOptions()
     onnx_path = Path(onnx)
@@ -107,6 +113,32 @@ def build_engine(
         raise InputError(f"{engine_path} exists; pass overwrite=True (nrp build --overwrite) to replace it")
     trt = import_tensorrt()
     env = current_environment(device)
+    with current_device(device):
+        return _build(
+            trt,
+            env,
+            onnx_path,
+            engine_path,
+            options,
+            expect_precision,
+            timing_cache,
+            use_timing_cache,
+            verbose,
+        )
+
+
+def _build(
+    trt: Any,
+    env: Any,
+    onnx_path: Path,
+    engine_path: Path,
+    options: BuildOptions,
+    expect_precision: str | None,
+    timing_cache: str | os.PathLike[str] | None,
+    use_timing_cache: bool,
+    verbose: bool,
+) -> EngineMetadata:
+    """``build_engine``'s work, on the device whose context is current."""
     logger = tensorrt_logger()
     logger.verbose = verbose
     logger.take_errors()
@@ -133,6 +165,8 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     config.builder_optimization_level = options.optimization_level
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if options.hardware_compatibility == "ampere_plus":

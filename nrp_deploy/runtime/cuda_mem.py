@@ -9,8 +9,9 @@ pointer here can be handed to any of them. Each object frees what it holds on ``
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,21 @@ class PrimaryContext:
         if self._context is not None:
             check(self._drv.cuDevicePrimaryCtxRelease(self.device), "cuDevicePrimaryCtxRelease")
             self._context = None
+
+
+@contextlib.contextmanager
+def current_device(ordinal: int) -> Iterator[None]:
+    """Make device ``ordinal``'s primary context current on this thread for the block, then restore the
+    context that was current before. Libraries on the runtime API (TensorRT's builder) work on the device
+    whose context is current, so this is how they are pointed at a device other than 0."""
+    drv = init_driver()
+    previous = check(drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    context = PrimaryContext(ordinal)
+    try:
+        yield
+    finally:
+        check(drv.cuCtxSetCurrent(previous), "cuCtxSetCurrent")
+        context.close()
 
 
 class Stream:
@@ -83,6 +99,15 @@ def synchronize(stream: int) -> None:
     """Wait on the host until stream handle ``stream`` has run everything enqueued on it."""
     drv = init_driver()
     check(drv.cuStreamSynchronize(drv.CUstream(stream)), "cuStreamSynchronize")
+
+
+def copy_device(dst: int, src: int, nbytes: int, stream: int) -> None:
+    """Enqueue a device-to-device copy of ``nbytes`` on stream handle ``stream``."""
+    drv = init_driver()
+    check(
+        drv.cuMemcpyDtoDAsync(drv.CUdeviceptr(dst), drv.CUdeviceptr(src), nbytes, drv.CUstream(stream)),
+        "cuMemcpyDtoDAsync",
+    )
 
 
 class DeviceBuffer:
@@ -157,8 +182,11 @@ class Graph:
 def capture_graph(stream: Stream, enqueue: Callable[[], None]) -> Graph | None:
     """Record what ``enqueue`` puts on ``stream`` into a graph; None if the work cannot be captured.
 
-    Capture runs in thread-local mode, so other threads' CUDA calls neither join the capture nor break it.
-    The caller must have run ``enqueue`` once already: first-call initialisation (allocations, lazy
+    Capture runs in thread-local mode, so other threads' unsafe API calls (synchronous allocations and the
+    like) do not invalidate it. It does not keep their work out: anything any thread enqueues on ``stream``
+    while it is capturing is recorded into the graph rather than run, so ``stream`` must be private to the
+    caller for the duration (the backends capture on their own stream, under their lock, and nobody else
+    enqueues there). The caller must have run ``enqueue`` once already: first-call initialisation (allocations, lazy
     module loads) is not capturable. On failure the capture is ended and the stream left usable, so the
     caller can fall back to plain enqueues.
     """

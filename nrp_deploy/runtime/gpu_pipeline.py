@@ -4,9 +4,15 @@ What the host path does in numpy (uint8 -> float, the dynamic defence's noise, p
 clamp, *255, round, uint8) runs here as two NVRTC kernels on the device (``kernels.FusedKernels``): the
 preprocessing kernel writes straight into the engine's input buffer, in the engine's input dtype (float16
 for an FP16 engine with FP16 I/O), and the postprocessing kernel reads the engine's output buffer. Only
-uint8 crosses the bus (a quarter of float32), through pinned buffers, and everything is enqueued on one
-stream and waited for once. Any ``DeviceBackend`` serves: the native TensorRT backend (which replays a
-CUDA graph per shape) and ONNX Runtime's CUDA execution provider through I/O binding.
+uint8 crosses the bus (a quarter of float32), through pinned buffers, and everything is enqueued on the
+pipeline's own stream and waited for once. Any ``DeviceBackend`` serves: the native TensorRT backend
+(which replays a CUDA graph per binding), ONNX Runtime's CUDA execution provider through I/O binding, and
+the torch backend on CUDA.
+
+The stream is the pipeline's own, never the backend's: a backend may be capturing a CUDA graph on its
+stream for another thread's call, and everything enqueued on a capturing stream, from any thread, is
+recorded into that graph instead of being run. ``infer_device`` orders the backend's work after the
+pipeline's and the pipeline's after it through events, so nothing waits on the host in between.
 
 Buffers are allocated once per (batch, height, width) and reused; the least recently used shapes beyond
 ``max_shapes`` are freed. The noise keys are the host path's (seed, image index), so a seeded GPU run
@@ -50,9 +56,9 @@ class _Slot:
 class DevicePipeline:
     """Purify uint8 NHWC batches on the GPU through an active ``DeviceBackend``; see the module docstring.
 
-    ``kernels`` defaults to the fused kernels compiled for the backend's device. The pipeline enqueues on
-    the backend's own stream when it has one (TensorRT's; ONNX Runtime's when given a user stream), so no
-    cross-stream ordering is needed; otherwise on a stream of its own, which the backend orders against.
+    ``kernels`` defaults to the fused kernels compiled for the backend's device, which ``close()`` then
+    unloads; kernels passed in stay the caller's. The pipeline enqueues on a stream of its own (see the
+    module docstring), which the backend orders against.
     """
 
     def __init__(
@@ -67,18 +73,24 @@ class DevicePipeline:
         self.backend = backend
         self.ordinal = int(backend.device.partition(":")[2] or 0)
         self._cuda = PrimaryContext(self.ordinal)
-        if kernels is None:
-            from nrp_deploy.kernels import FusedKernels
-
-            kernels = FusedKernels(self.ordinal)
-        self.kernels = kernels
-        self._own_stream = None if backend.stream else Stream()
-        self.stream = backend.stream or self._own_stream.handle
         self.in_dtype = backend.input_spec.dtype
         self.out_dtype = backend.output_spec.dtype
         for dtype in (self.in_dtype, self.out_dtype):
             if dtype not in ("float16", "float32"):
+                self._cuda.close()
                 raise InputError(f"the fused kernels read and write float16 or float32, not {dtype}")
+        self._own_kernels = None
+        if kernels is None:
+            from nrp_deploy.kernels import FusedKernels
+
+            try:
+                kernels = self._own_kernels = FusedKernels(self.ordinal)
+            except BaseException:
+                self._cuda.close()
+                raise
+        self.kernels = kernels
+        self._stream = Stream()
+        self.stream = self._stream.handle
         self.max_shapes = max_shapes
         self._slots: OrderedDict[tuple[int, int, int], _Slot] = OrderedDict()
         self._lock = threading.Lock()
@@ -103,6 +115,8 @@ class DevicePipeline:
             raise InputError(f"batch of {n} {h}x{w} images is outside the backend's profile {profile}")
         sigma, eps = (dynamic.sigma, dynamic.eps) if dynamic is not None else (0.0, 0.0)
         with self._lock:
+            if self._stream is None:
+                raise InputError("this DevicePipeline was closed")
             self._cuda.make_current()
             slot = self._slot((n, h, w))
             np.copyto(slot.host_in.array, images)
@@ -125,19 +139,24 @@ class DevicePipeline:
                 slot.dev_y.ptr, slot.dev_out.ptr, n, h, w, src_dtype=self.out_dtype, stream=self.stream
             )
             slot.host_out.copy_from_device(slot.dev_out.ptr, self.stream)
-            self._synchronize()
+            self._stream.synchronize()
             return slot.host_out.array.copy()
 
     def close(self) -> None:
-        """Free every buffer (and the pipeline's own stream); the backend stays open."""
+        """Free every buffer, the stream and the kernels the pipeline loaded; the backend stays open."""
         with self._lock:
-            self._synchronize()
+            if self._stream is None:
+                return
+            self._cuda.make_current()
+            self._stream.synchronize()
             for slot in self._slots.values():
                 slot.close()
             self._slots.clear()
-            if self._own_stream is not None:
-                self._own_stream.close()
-                self._own_stream = None
+            self._stream.close()
+            self._stream = None
+            if self._own_kernels is not None:
+                self._own_kernels.close()
+                self._own_kernels = None
             self._cuda.close()
 
     def __enter__(self) -> DevicePipeline:
@@ -145,11 +164,6 @@ class DevicePipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _synchronize(self) -> None:
-        from nrp_deploy.runtime.cuda_mem import synchronize
-
-        synchronize(self.stream)
 
     def _slot(self, shape: tuple[int, int, int]) -> _Slot:
         from nrp_deploy.runtime.cuda_mem import DeviceBuffer, PinnedBuffer
@@ -170,6 +184,6 @@ class DevicePipeline:
         )
         self._slots[shape] = slot
         if len(self._slots) > self.max_shapes:
-            self._synchronize()
+            self._stream.synchronize()
             self._slots.popitem(last=False)[1].close()
         return slot

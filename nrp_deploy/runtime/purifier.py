@@ -12,8 +12,8 @@ input, tiled images, CPU backends, and GPUs where the kernels cannot load take t
 arithmetic the kernels reproduce.
 
 One instance may be called from several threads: pre/post-processing and tiling keep no state, a backend
-that is not thread-safe (``backend.thread_safe`` False: CUDA graphs, compiled torch, TensorRT's one
-execution context) is serialised with a lock, and the fused path serialises on its shared buffers.
+that is not thread-safe (``backend.thread_safe`` False: ONNX Runtime's CUDA graphs, compiled torch) is
+serialised with a lock (TensorRT locks itself), and the fused path serialises on its shared buffers.
 """
 
 from __future__ import annotations

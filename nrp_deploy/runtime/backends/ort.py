@@ -10,7 +10,9 @@ are set: exhaustive cuDNN algorithm search (the first call per shape is slow, th
 cuDNN workspace, TF32 off for FP32 (fidelity against the FP32 reference), and NHWC kernels for FP16/INT8
 models (tensor cores). ``cuda_graph=True`` with a ``fixed_shape`` captures the whole run in a CUDA graph
 over persistent device buffers: that session serves one shape only (the Purifier tiles and pads to it) and
-is serialised with a lock. ``execution_provider="tensorrt"`` puts ONNX Runtime's TensorRT EP first (it
+is serialised with a lock. A captured session replays the addresses it captured and ignores later
+bindings, so both entry points go through the same persistent buffers: ``infer`` copies the host batch in
+and out, ``infer_device`` copies from and to the caller's device buffers. ``execution_provider="tensorrt"`` puts ONNX Runtime's TensorRT EP first (it
 needs TensorRT's libraries; the native ``tensorrt`` backend is the better route where TensorRT exists).
 """
 
@@ -196,26 +198,25 @@ class OrtBackend:
         """Run on device buffers (DeviceBackend). ONNX Runtime's Run waits for its compute stream before
         returning, so the output is complete for any later work; the caller's stream is synchronised
         first when it is not the stream this session computes on, so its pending writes are visible.
-        In CUDA-graph mode the graph replays the addresses it captured: pass the same buffers every call
-        (DevicePipeline reuses its buffers per shape)."""
+        In CUDA-graph mode the caller's buffers are copied into and out of the captured ones."""
+        from nrp_deploy.runtime.cuda_mem import synchronize
+
         session = self._active()._session
         if not self.on_gpu:
             raise InputError("infer_device needs the CUDA execution provider; this session runs on the CPU")
+        if self.cuda_graph:
+            with self._graph_lock:
+                self._infer_graph_device(int(in_ptr), int(out_ptr), tuple(shape), int(stream))
+            return
         if int(stream) != self.stream:
-            from nrp_deploy.kernels.cuda_api import check, driver_module
-
-            check(driver_module().cuStreamSynchronize(int(stream)), "cuStreamSynchronize")
+            synchronize(int(stream))
         binding = session.io_binding()
         for bind, spec, ptr in (
             (binding.bind_input, self.input_spec, in_ptr),
             (binding.bind_output, self.output_spec, out_ptr),
         ):
             bind(spec.name, "cuda", self.device_id, np.dtype(spec.dtype), list(shape), int(ptr))
-        if self.cuda_graph:
-            with self._graph_lock:
-                session.run_with_iobinding(binding)
-        else:
-            session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
 
     # -- internals -------------------------------------------------------------------------------------
 
@@ -285,13 +286,27 @@ class OrtBackend:
         }
         if self.fixed_shape:
             n, h, w = self.fixed_shape
-            shape = f"input:{n}x3x{h}x{w}"
+            name, channels = self._model_input()
+            shape = f"{name}:{n}x{channels}x{h}x{w}"
             opts.update(
                 trt_profile_min_shapes=shape, trt_profile_opt_shapes=shape, trt_profile_max_shapes=shape
             )
         if self.stream:
             opts.update(has_user_compute_stream=True, user_compute_stream=str(self.stream))
         return opts
+
+    def _model_input(self) -> tuple[str, int]:
+        """The ONNX model's input name and channel count (3 where the model leaves it dynamic), read by a
+        CPU session without graph optimisation: the TensorRT EP's profile strings need them up front."""
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            arg = ort.InferenceSession(str(self.path), sess_options=opts, providers=[_CPU]).get_inputs()[0]
+        except Exception as exc:  # onnxruntime's own Fail / InvalidGraph types
+            raise BackendUnavailableError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
+        channels = arg.shape[1] if len(arg.shape) == 4 else None
+        return arg.name, channels if isinstance(channels, int) and channels > 0 else 3
 
     def _check_provider_active(self) -> None:
         wanted = _TRT if self.execution_provider == "tensorrt" else _CUDA
@@ -303,23 +318,41 @@ class OrtBackend:
                 "driver and libraries" + (" and that TensorRT is installed" if wanted == _TRT else "")
             )
 
-    def _infer_graph(self, x: np.ndarray) -> np.ndarray:
-        """CUDA-graph run: copy into the persistent input buffer, replay, copy the output out."""
-        ort = _ort()
+    def _graph_io(self, shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
+        """The persistent input / output buffers and binding the CUDA graph is captured over."""
         n, h, w = self.fixed_shape or (0, 0, 0)
-        if x.shape != (n, 3, h, w):
-            raise InputError(f"this CUDA-graph session runs shape {(n, 3, h, w)} only, got {x.shape}")
+        if tuple(shape) != (n, 3, h, w):
+            raise InputError(f"this CUDA-graph session runs shape {(n, 3, h, w)} only, got {tuple(shape)}")
         if self._graph_buffers is None:
+            ort = _ort()
             inp, out = self._specs()
-            x_dev = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, x.dtype, "cuda", self.device_id)
-            y_dev = ort.OrtValue.ortvalue_from_shape_and_type(
-                x.shape, np.dtype(out.dtype), "cuda", self.device_id
+            x_dev, y_dev = (
+                ort.OrtValue.ortvalue_from_shape_and_type(
+                    list(shape), np.dtype(spec.dtype), "cuda", self.device_id
+                )
+                for spec in (inp, out)
             )
             binding = self._session.io_binding()
             binding.bind_ortvalue_input(inp.name, x_dev)
             binding.bind_ortvalue_output(out.name, y_dev)
             self._graph_buffers = (x_dev, y_dev, binding)
-        x_dev, y_dev, binding = self._graph_buffers
+        return self._graph_buffers
+
+    def _infer_graph(self, x: np.ndarray) -> np.ndarray:
+        """CUDA-graph run: copy into the persistent input buffer, replay, copy the output out."""
+        x_dev, y_dev, binding = self._graph_io(x.shape)
         x_dev.update_inplace(x)
         self._session.run_with_iobinding(binding)
         return y_dev.numpy().astype(np.float32, copy=False)
+
+    def _infer_graph_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
+        """CUDA-graph run from and to device buffers, through the persistent ones, ordered on ``stream``."""
+        from nrp_deploy.runtime.cuda_mem import copy_device, synchronize
+
+        x_dev, y_dev, binding = self._graph_io(shape)
+        count = int(np.prod(shape))
+        copy_device(x_dev.data_ptr(), in_ptr, count * np.dtype(self.input_spec.dtype).itemsize, stream)
+        if stream != self.stream:
+            synchronize(stream)
+        self._session.run_with_iobinding(binding)
+        copy_device(out_ptr, y_dev.data_ptr(), count * np.dtype(self.output_spec.dtype).itemsize, stream)

@@ -6,19 +6,25 @@ another GPU or a changed ONNX made is rebuilt, or refused with the reasons when 
 
 Running: cuda-python's driver API holds the memory and the stream (a non-blocking stream of its own), the
 device buffers of each input shape are allocated once and reused, host copies go through pinned buffers,
-and TensorRT runs with ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``. With
-``cuda_graph`` (the default) each (shape, input, output) binding is enqueued once plainly, which lets
-TensorRT finish its lazy initialisation, then captured into a CUDA graph in thread-local mode and replayed
-from then on; work that cannot be captured falls back to plain enqueues. ``infer_device`` is the entry
-point of the fused GPU path: the preprocessing kernel writes the engine's input buffer, the engine runs,
-and the postprocessing kernel reads its output, all ordered on streams without a host round trip.
+and TensorRT runs with ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``. Each binding
+(input shape, input address, output address) gets an execution context of its own, set up once and never
+changed: TensorRT changes a context's internal state when its input shape changes, so a CUDA graph stays
+valid only on a context that keeps the shape and addresses it was captured with (TensorRT developer guide,
+"CUDA graphs": one context per captured graph). The contexts share one scratch allocation
+(``ExecutionContextAllocationStrategy.USER_MANAGED``, sized by ``device_memory_size_v2``), which is safe
+because every call runs on the one stream under the one lock. With ``cuda_graph`` (the default) a
+binding's first call is a plain enqueue, which lets TensorRT finish its lazy initialisation; its work is
+then captured into a CUDA graph in thread-local mode and replayed from the next call on; work that cannot
+be captured falls back to plain enqueues. ``infer_device`` is the entry point of the fused GPU path: the
+preprocessing kernel writes the engine's input buffer, the engine runs, and the postprocessing kernel
+reads its output, all ordered on streams through events without a host round trip. Its pointers must be
+256-byte aligned device memory (TensorRT's requirement for I/O addresses); others are refused.
 
 Shapes: the engine accepts the (batch, height, width) range of its optimisation profile (``profile``); the
 Purifier tiles larger images at the profile's optimal shape, pads smaller ones, and splits larger batches.
 
-Thread safety: one execution context per engine, calls serialised by a lock (``thread_safe`` is True). A
-context per thread would multiply the activation memory, which TensorRT sizes for the profile's largest
-shape, while the GPU runs one engine call at a time anyway.
+Thread safety: calls are serialised by a lock (``thread_safe`` is True); they share the scratch memory,
+and the GPU runs one engine call at a time anyway.
 """
 
 from __future__ import annotations
@@ -64,9 +70,12 @@ OPTIONS = frozenset(
 _OTHER_BACKENDS_OPTIONS = frozenset(
     {"execution_provider", "provider_options", "stream", "channels_last", "compile"}
 )
-#: Input shapes whose buffers and graphs are kept per engine (least recently used ones are freed).
+#: Input shapes whose host-path buffers are kept per engine (least recently used ones are freed); twice
+#: as many bindings (execution context + graph) are kept, for the host path's and device callers' buffers.
 MAX_SHAPES = 4
 CHANNELS = 3
+#: TensorRT requires I/O tensor addresses aligned to 256 bytes.
+ADDRESS_ALIGNMENT = 256
 
 
 def unavailable_reason() -> str | None:
@@ -168,6 +177,21 @@ def open_backend(
 
 
 @dataclass
+class _Binding:
+    """One execution context fixed to one (shape, input address, output address), and its CUDA graph."""
+
+    context: Any
+    graph: Any = None  # cuda_mem.Graph once captured
+    capture_tried: bool = False
+    replays: int = 0
+
+    def close(self) -> None:
+        if self.graph is not None:
+            self.graph.close()
+            self.graph = None
+
+
+@dataclass
 class _HostSlot:
     """The buffers of one input shape on the host path: pinned staging and device input / output."""
 
@@ -182,10 +206,10 @@ class _HostSlot:
 
 
 class TensorRTBackend:
-    """One deserialised engine, one execution context, one stream; see the module docstring."""
+    """One deserialised engine, an execution context per binding, one stream; see the module docstring."""
 
     name = "tensorrt"
-    thread_safe = True  # an internal lock serialises the one execution context
+    thread_safe = True  # an internal lock serialises the calls
 
     def __init__(
         self,
@@ -211,11 +235,10 @@ class TensorRTBackend:
         self._stream: Any = None
         self._trt_runtime: Any = None
         self._engine: Any = None
-        self._context: Any = None
+        self._scratch: Any = None
         self._profile = metadata.shape_profile
-        self._bound: tuple[Any, ...] | None = None
         self._slots: OrderedDict[tuple[int, ...], _HostSlot] = OrderedDict()
-        self._graphs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._bindings: OrderedDict[tuple[Any, ...], _Binding] = OrderedDict()
 
     # -- Backend protocol ------------------------------------------------------------------------------
 
@@ -233,7 +256,7 @@ class TensorRTBackend:
 
     def activate(self) -> None:
         with self._lock:
-            if self._context is not None:
+            if self._engine is not None:
                 return
             try:
                 self._load()
@@ -259,7 +282,13 @@ class TensorRTBackend:
 
     def infer_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int) -> None:
         """Run on device buffers (DeviceBackend): ordered after ``stream``'s pending work, and before its
-        later work, through events; nothing waits on the host."""
+        later work, through events; nothing waits on the host. Both pointers must be 256-byte aligned."""
+        for role, ptr in (("input", in_ptr), ("output", out_ptr)):
+            if int(ptr) % ADDRESS_ALIGNMENT:
+                raise InputError(
+                    f"the {role} device pointer {int(ptr):#x} is not {ADDRESS_ALIGNMENT}-byte aligned, "
+                    "as TensorRT requires of I/O buffers (allocations are; offsets into them may not be)"
+                )
         with self._lock:
             checked = self._checked_shape(shape)
             self._stream.wait_for(int(stream))
@@ -269,7 +298,7 @@ class TensorRTBackend:
     # -- loading ---------------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        from nrp_deploy.runtime.cuda_mem import PrimaryContext, Stream
+        from nrp_deploy.runtime.cuda_mem import DeviceBuffer, PrimaryContext, Stream
 
         trt = import_tensorrt()
         self._cuda = PrimaryContext(self.ordinal)
@@ -290,12 +319,7 @@ class TensorRTBackend:
                 "rebuild it with `nrp build` from its ONNX"
             )
         self._check_io(trt, engine)
-        context = self._context = engine.create_execution_context()
-        if context is None:
-            raise BackendUnavailableError(
-                f"TensorRT could not create an execution context for {self.path} ({logger.take_errors()}); "
-                "the GPU may be out of memory: build with a smaller --max shape"
-            )
+        self._scratch = DeviceBuffer(int(engine.device_memory_size_v2))
         self._stream = Stream()
         self.stream = self._stream.handle
 
@@ -319,15 +343,16 @@ class TensorRTBackend:
         if self._stream is not None:
             self._cuda.make_current()
             self._stream.synchronize()
-        for graph in self._graphs.values():
-            if graph is not None:
-                graph.close()
+        for binding in self._bindings.values():
+            binding.close()
         for slot in self._slots.values():
             slot.close()
-        self._graphs.clear()
+        self._bindings.clear()
         self._slots.clear()
-        self._bound = None
-        self._context = self._engine = self._trt_runtime = None
+        self._engine = self._trt_runtime = None
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
         if self._stream is not None:
             self._stream.close()
             self._stream, self.stream = None, 0
@@ -339,7 +364,7 @@ class TensorRTBackend:
 
     def _checked_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """The NCHW shape, if the engine is active and the shape is within its profile; else InputError."""
-        if self._context is None:
+        if self._engine is None:
             raise InputError(f"backend {self.name} is not active: call activate() first")
         if len(shape) != 4 or shape[1] != CHANNELS:
             raise InputError(f"the engine takes (N, {CHANNELS}, H, W) batches, got shape {tuple(shape)}")
@@ -372,62 +397,65 @@ class TensorRTBackend:
         return slot
 
     def _forget_pointers(self, slot: _HostSlot) -> None:
-        """Free a slot and the graphs captured on its buffers (their addresses may be reused)."""
-        stale = [k for k in self._graphs if k[1] == slot.dev_in.ptr or k[2] == slot.dev_out.ptr]
-        for key in stale:
-            graph = self._graphs.pop(key)
-            if graph is not None:
-                graph.close()
-        if self._bound is not None and self._bound[1:] == (slot.dev_in.ptr, slot.dev_out.ptr):
-            self._bound = None
+        """Free a slot and the bindings on its buffers (their addresses may be reused)."""
+        for key in [k for k in self._bindings if k[1] == slot.dev_in.ptr or k[2] == slot.dev_out.ptr]:
+            self._bindings.pop(key).close()
         slot.close()
 
-    def _bind(self, shape: tuple[int, int, int, int], in_ptr: int, out_ptr: int) -> None:
-        binding = (shape, in_ptr, out_ptr)
-        if binding == self._bound:
-            return
-        context = self._context
+    def _binding(self, shape: tuple[int, int, int, int], in_ptr: int, out_ptr: int) -> _Binding:
+        """The execution context of this (shape, input, output), created and set up on first use."""
+        key = (shape, in_ptr, out_ptr)
+        binding = self._bindings.get(key)
+        if binding is not None:
+            self._bindings.move_to_end(key)
+            return binding
+        trt = import_tensorrt()
+        context = self._engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if context is None:
+            raise BackendUnavailableError(
+                f"TensorRT could not create an execution context for {self.path} "
+                f"({tensorrt_logger().take_errors()}); the GPU may be out of memory"
+            )
+        context.set_device_memory(self._scratch.ptr, self._scratch.nbytes)
         if not context.set_input_shape(self.metadata.input_name, shape):
             raise InputError(f"TensorRT rejected input shape {shape} for {self.path}")
         out_shape = tuple(context.get_tensor_shape(self.metadata.output_name))
         if out_shape != shape:
             raise InputError(f"{self.path} maps {shape} to {out_shape}; a purifier keeps the input's shape")
-        context.set_tensor_address(self.metadata.input_name, in_ptr)
-        context.set_tensor_address(self.metadata.output_name, out_ptr)
-        self._bound = binding
+        for name, ptr in ((self.metadata.input_name, in_ptr), (self.metadata.output_name, out_ptr)):
+            if not context.set_tensor_address(name, ptr):
+                raise InputError(
+                    f"TensorRT refused address {ptr:#x} for tensor {name!r} of {self.path}: it must be "
+                    f"{ADDRESS_ALIGNMENT}-byte aligned device memory ({tensorrt_logger().take_errors()})"
+                )
+        binding = self._bindings[key] = _Binding(context)
+        if len(self._bindings) > 2 * self.max_shapes:
+            self._stream.synchronize()  # the evicted context's work must be done before it is destroyed
+            self._bindings.popitem(last=False)[1].close()
+        return binding
 
-    def _execute(self) -> None:
-        if not self._context.execute_async_v3(self.stream):
+    def _execute(self, context: Any) -> None:
+        if not context.execute_async_v3(self.stream):
             raise BackendUnavailableError(
                 f"TensorRT failed to enqueue {self.path}: {tensorrt_logger().take_errors()}"
             )
 
     def _enqueue(self, shape: tuple[int, int, int, int], in_ptr: int, out_ptr: int) -> None:
-        """Run the engine on the given buffers, replaying (or on first use capturing) its CUDA graph."""
+        """Run the engine on the given buffers, replaying the binding's CUDA graph once it has one."""
         from nrp_deploy.runtime.cuda_mem import capture_graph
 
-        self._bind(shape, in_ptr, out_ptr)
-        if not self.cuda_graph:
-            self._execute()
+        binding = self._binding(shape, in_ptr, out_ptr)
+        if binding.graph is not None:
+            binding.graph.launch(self.stream)
+            binding.replays += 1
             return
-        key = (shape, in_ptr, out_ptr)
-        if key in self._graphs:
-            self._graphs.move_to_end(key)
-            graph = self._graphs[key]
-            if graph is not None:
-                graph.launch(self.stream)
-            else:
-                self._execute()
-            return
-        self._execute()  # warm-up: a binding's first enqueue may initialise, which no graph may capture
-        graph = capture_graph(self._stream, self._execute)
-        if graph is None:
-            log.info(
-                "TensorRT engine %s: CUDA-graph capture failed for %s; using plain enqueues", self.path, shape
-            )
-        self._graphs[key] = graph
-        if len(self._graphs) > 2 * self.max_shapes:
-            self._stream.synchronize()
-            oldest = self._graphs.popitem(last=False)[1]
-            if oldest is not None:
-                oldest.close()
+        self._execute(binding.context)  # a binding's first enqueue may initialise, which no graph may capture
+        if self.cuda_graph and not binding.capture_tried:
+            binding.capture_tried = True
+            binding.graph = capture_graph(self._stream, lambda: self._execute(binding.context))
+            if binding.graph is None:
+                log.info(
+                    "TensorRT engine %s: CUDA-graph capture failed for %s; using plain enqueues",
+                    self.path,
+                    shape,
+                )

@@ -4,6 +4,13 @@ torch is imported only when this backend is opened, so the runtime stays importa
 defaults (fp32, contiguous, not compiled) the model runs exactly as ``nrp_deploy.models.eager.EagerPurifier``
 runs it, and the shared pre/post-processing reproduces that baseline byte for byte.
 
+On CUDA it is a ``DeviceBackend``: ``infer_device`` views the caller's device buffers as tensors (through
+the CUDA Array Interface, no copy), runs the module on a stream of the backend's own and writes the output
+into the caller's buffer, ordered against the caller's stream through events, in the device's primary
+context, which torch shares with the fused kernels. So ``load_purifier(..., backend="torch",
+device="cuda")`` takes the fused uint8 path (upload, conversion and noise in one kernel, the module, one
+kernel back to uint8) like the TensorRT and ONNX Runtime backends.
+
 Thread safety: an eval-mode module under ``torch.inference_mode`` keeps no state between calls, so
 concurrent ``infer`` calls are safe; a compiled module is serialised with a lock, since Dynamo may
 recompile on a new shape and its caches are not meant to be filled from several threads at once.
@@ -63,7 +70,32 @@ def open_backend(
     torch = _torch()
     if device is None:
         device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                f"torch {torch.__version__} sees no CUDA device (a CPU build, or no driver / GPU)"
+            )
+        device = str(torch.device(device)) if ":" in device else f"cuda:{torch.cuda.current_device()}"
+    elif device != "cpu":
+        raise InputError(f"the torch backend runs on 'cpu' or 'cuda[:N]', not {device!r}")
     return TorchBackend(source, precision=precision, device=device, **options)
+
+
+class _CudaArray:
+    """A device buffer described by the CUDA Array Interface (v3), which ``torch.as_tensor`` views in place.
+
+    ``stream`` is None: the backend orders the work against the caller's stream itself.
+    """
+
+    def __init__(self, ptr: int, shape: tuple[int, ...], dtype: str) -> None:
+        self.__cuda_array_interface__ = {
+            "shape": tuple(int(d) for d in shape),
+            "typestr": np.dtype(dtype).str,
+            "data": (int(ptr), False),
+            "strides": None,
+            "stream": None,
+            "version": 3,
+        }
 
 
 class TorchBackend:
@@ -93,6 +125,8 @@ class TorchBackend:
             TensorSpec("output", dtype, (-1, 3, -1, -1)),
         )
         self._module: Any = None
+        self._stream: Any = None  # torch.cuda.Stream of infer_device, on CUDA
+        self.stream = 0
         self._lock = threading.Lock()
 
     @property
@@ -123,8 +157,14 @@ class TorchBackend:
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self._module = torch.compile(module) if self.compile else module
+        if self.device.startswith("cuda"):
+            self._stream = torch.cuda.Stream(device=self.device)
+            self.stream = int(self._stream.cuda_stream)
 
     def deactivate(self) -> None:
+        if self._stream is not None:
+            self._stream.synchronize()
+            self._stream, self.stream = None, 0
         self._module = None
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -134,6 +174,37 @@ class TorchBackend:
             return self._forward(x)
         with self._lock:
             return self._forward(x)
+
+    def infer_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int) -> None:
+        """Run on device buffers (DeviceBackend): the module on this backend's stream, after everything
+        enqueued so far on ``stream``, and ``stream``'s later work after it; nothing waits on the host."""
+        if self._module is None:
+            raise InputError(f"backend {self.name} is not active: call activate() first")
+        if self._stream is None:
+            raise InputError(f"infer_device needs a CUDA device; this torch backend runs on {self.device}")
+        if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
+            raise InputError(f"infer_device takes an (N, 3, H, W) shape, got {tuple(shape)}")
+        if self.thread_safe:
+            self._forward_device(int(in_ptr), int(out_ptr), tuple(shape), int(stream))
+            return
+        with self._lock:
+            self._forward_device(int(in_ptr), int(out_ptr), tuple(shape), int(stream))
+
+    def _forward_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
+        torch = _torch()
+        own = self._stream
+        with torch.cuda.device(self.device):
+            x = torch.as_tensor(_CudaArray(in_ptr, shape, self.input_spec.dtype), device=self.device)
+            out = torch.as_tensor(_CudaArray(out_ptr, shape, self.output_spec.dtype), device=self.device)
+            caller = None if stream == self.stream else torch.cuda.ExternalStream(stream, device=self.device)
+            if caller is not None:
+                own.wait_stream(caller)
+            with torch.cuda.stream(own), torch.inference_mode():
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out.copy_(self._module(x))
+            if caller is not None:
+                caller.wait_stream(own)
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         torch = _torch()
