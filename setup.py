@@ -6,11 +6,21 @@ installs only what they run:
 
     pip install torch==2.13.0            # pick your torch build first (CPU wheel, CUDA wheel, Jetson wheel)
     pip install -e ".[cpu]"              # CPU deployment: ONNX Runtime (CPU)
-    pip install -e ".[gpu]"              # GPU deployment: ONNX Runtime (CUDA) + cuda-python + NVRTC
+    pip install -e ".[gpu-cu13]"         # GPU deployment, CUDA 13 driver (>= 580): ONNX Runtime (CUDA),
+                                         # cuda-python, NVRTC; `gpu` is the same set
+    pip install -e ".[gpu-cu12]"         # GPU deployment, CUDA 12 driver (525 to 575)
+    pip install -e ".[jetson]"           # Jetson on JetPack 6.1/6.2: cuda-python 12 only (see README)
     pip install -e ".[torch,export,cpu]" # export ONNX / FP16 / INT8 artifacts on a CPU machine
     pip install -e ".[attacks]"          # SSP / PGD attacks, training, evaluation
 
-`cpu` and `gpu` are mutually exclusive: both ship the `onnxruntime` module and only one can be installed.
+GPU extras go by CUDA major, because cuda-bindings 13 needs a CUDA 13 driver and the onnxruntime-gpu wheels
+on PyPI are CUDA 12 builds up to 1.26 and CUDA 13 builds from 1.27 on. `jetson` pulls only what resolves
+on JetPack 6 (aarch64, Python 3.10): JetPack itself provides CUDA, NVRTC and TensorRT, and NVIDIA's Jetson
+wheels provide onnxruntime-gpu and torch. `nvrtc` is the compile-only pair (CUDA 13 NVRTC: sm_75 and up).
+scripts/check_extras.py resolves each extra for its platforms against PyPI (CI runs it as a test).
+
+`cpu` and the `gpu*` extras are mutually exclusive: both ship the `onnxruntime` module and only one can be
+installed.
 """
 
 from pathlib import Path
@@ -31,11 +41,22 @@ MODELOPT = [
     "cppimport>=22.8",
 ]
 
+# cuda-python and NVRTC by CUDA major; cuda-bindings 12.9.x is the last line with CPython 3.10 wheels.
+CUDA12 = ["cuda-bindings>=12.9,<13", "nvidia-cuda-nvrtc-cu12"]
+CUDA13 = ["cuda-bindings>=13,<14", "nvidia-cuda-nvrtc>=13,<14"]
+GPU_CU12 = ["onnxruntime-gpu>=1.20,<1.27", *CUDA12]
+GPU_CU13 = ["onnxruntime-gpu>=1.27", *CUDA13]
+
 EXTRAS = {
     "torch": TORCH,
     "cpu": ["onnxruntime>=1.20"],
-    "gpu": ["onnxruntime-gpu>=1.20", "cuda-bindings>=12.6", "nvidia-cuda-nvrtc"],
-    "nvrtc": ["cuda-bindings>=12.6", "nvidia-cuda-nvrtc"],
+    "gpu": GPU_CU13,
+    "gpu-cu12": GPU_CU12,
+    "gpu-cu13": GPU_CU13,
+    # JetPack 6 ships CUDA 12 (NVRTC included) and TensorRT; PyPI's NVRTC and onnxruntime-gpu wheels are
+    # Arm-server (SBSA) builds that do not serve Orin, so only the bindings come from PyPI.
+    "jetson": ["cuda-bindings>=12.9,<13"],
+    "nvrtc": CUDA13,
     "export": TORCH + ONNX_TOOLS + MODELOPT,
     "attacks": [
         *TORCH,

@@ -41,6 +41,7 @@ from nrp_deploy.runtime.engine_cache import (
     write_engine_metadata,
 )
 from nrp_deploy.runtime.tensorrt_support import (
+    check_build_options,
     current_environment,
     import_tensorrt,
     strongly_typed_flags,
@@ -102,7 +103,9 @@ def build_engine(
     makes the right one, since TensorRT 11 gives no other way to change it. ``timing_cache`` defaults to
     the per-release, per-GPU file beside the engine cache; ``use_timing_cache=False`` builds without one.
     An existing engine is replaced only with ``overwrite``. ``device`` is the CUDA ordinal to build on
-    (and for). Raises ``ExportError`` with TensorRT's own messages when parsing or building fails.
+    (and for). Options this GPU cannot honour (hardware compatibility on a Jetson) raise ``InputError``
+    before anything is built. Raises ``ExportError`` with TensorRT's own messages when parsing or building
+    fails.
     """
     options = options or BuildOptions()
     onnx_path = Path(onnx)
@@ -113,6 +116,7 @@ def build_engine(
         raise InputError(f"{engine_path} exists; pass overwrite=True (nrp build --overwrite) to replace it")
     trt = import_tensorrt()
     env = current_environment(device)
+    check_build_options(options, env)
     with current_device(device):
         return _build(
             trt,

@@ -1,8 +1,10 @@
 """Compile the kernel sources with NVRTC (no GPU and no CUDA toolkit needed) and cache the binaries on disk.
 
-NVRTC comes as a pip wheel (nvidia-cuda-nvrtc), so a deployment machine never needs nvcc. A compiled binary
-depends on the sources, the target architecture, the compile options and the NVRTC version; the cache key
-is a hash of all four, so an upgrade or a source edit can never pick up a stale binary.
+NVRTC comes as a pip wheel (nvidia-cuda-nvrtc-cu12 / nvidia-cuda-nvrtc) or from the system's CUDA
+(JetPack's on Jetson), so a deployment machine never needs nvcc; ``cuda_api.nvrtc_library`` says which one
+is in use. A compiled binary depends on the sources, the target architecture, the compile options and the
+NVRTC version; the cache key is a hash of all four, so an upgrade or a source edit can never pick up a
+stale binary.
 """
 
 from __future__ import annotations

@@ -52,19 +52,27 @@ def _tensorrt() -> dict[str, Any]:
 def _nvrtc() -> dict[str, Any]:
     from nrp_deploy.errors import NRPDeployError
     from nrp_deploy.kernels.compiler import nvrtc_version, supported_archs
+    from nrp_deploy.kernels.cuda_api import nvrtc_library
 
     try:
         major, minor = nvrtc_version()
         archs = supported_archs()
+        library = nvrtc_library()
     except NRPDeployError as exc:
         return {"available": False, "reason": str(exc)}
-    return {"available": True, "version": f"{major}.{minor}", "archs": [f"sm_{a}" for a in archs]}
+    return {
+        "available": True,
+        "version": f"{major}.{minor}",
+        "archs": [f"sm_{a}" for a in archs],
+        "source": library.source,
+        "path": library.path,
+    }
 
 
 def _gpus() -> dict[str, Any]:
     """The CUDA driver's version and each device's name, compute capability and memory."""
     from nrp_deploy.errors import NRPDeployError
-    from nrp_deploy.kernels.cuda_api import check, init_driver
+    from nrp_deploy.kernels.cuda_api import check, format_cuda_version, init_driver
     from nrp_deploy.runtime.tensorrt_support import gpu_properties
 
     try:
@@ -85,7 +93,7 @@ def _gpus() -> dict[str, Any]:
             )
     except NRPDeployError as exc:
         return {"driver": None, "devices": [], "reason": str(exc)}
-    return {"driver": f"{version // 1000}.{version % 1000 // 10}", "devices": devices}
+    return {"driver": format_cuda_version(version), "devices": devices}
 
 
 def collect_info() -> dict[str, Any]:
@@ -118,6 +126,9 @@ def format_info(info: dict[str, Any]) -> str:
 
     ort = info["onnxruntime"]
     nvrtc = info["nvrtc"]
+    nvrtc_detail = f", targets {nvrtc['archs'][0]}..{nvrtc['archs'][-1]}" if nvrtc.get("archs") else ""
+    if nvrtc.get("source"):
+        nvrtc_detail += f", from the {nvrtc['source']}" + (f": {nvrtc['path']}" if nvrtc.get("path") else "")
     gpus = info["gpus"]
     lines = [
         ("nrp-deploy", info["nrp_deploy"]),
@@ -128,12 +139,7 @@ def format_info(info: dict[str, Any]) -> str:
         ("onnxruntime", state(ort, f", providers: {', '.join(ort.get('providers', []))}")),
         ("tensorrt", state(info["tensorrt"])),
         ("cuda-python", info["cuda_python"] or "not installed"),
-        (
-            "nvrtc",
-            state(
-                nvrtc, f", targets {nvrtc['archs'][0]}..{nvrtc['archs'][-1]}" if nvrtc.get("archs") else ""
-            ),
-        ),
+        ("nvrtc", state(nvrtc, nvrtc_detail)),
         ("cuda driver", gpus["driver"] or f"none ({gpus.get('reason', 'no driver')})"),
     ]
     for gpu in gpus["devices"]:

@@ -7,6 +7,10 @@ typing API (precision builder flags, calibrators, ``device_memory_size``) and al
 networks. Version-dependent names are looked up by name, never hard-coded (the strongly-typed flag's bit
 is 1 in 10.x and 0 in 11.x).
 
+TensorRT below 10 (JetPack 6.0 ships 8.6) lacks the strongly typed network our builds rely on, so
+``import_tensorrt`` refuses it with what to install; ``check_build_options`` refuses, before any build,
+options the GPU at hand cannot honour (hardware compatibility on Jetson's integrated GPUs).
+
 Every TensorRT name our code touches is checked against the real bindings of 10.3, 10.16, 11.0 and 11.4 by
 tests/test_tensorrt_api.py, which reads the code's syntax tree: ``trt.X.Y`` chains, plus attributes of
 local variables named as in ``TRT_OBJECTS`` (so name every variable bound to a TensorRT object after that
@@ -21,15 +25,25 @@ import platform
 from types import ModuleType
 from typing import Any
 
-from nrp_deploy.errors import BackendUnavailableError
+from nrp_deploy.errors import BackendUnavailableError, InputError
 from nrp_deploy.kernels.cuda_api import check, init_driver
-from nrp_deploy.runtime.engine_cache import TargetEnvironment
+from nrp_deploy.runtime.engine_cache import BuildOptions, TargetEnvironment
 
 INSTALL_HINT = (
     "install NVIDIA TensorRT 10.x or 11.x with its Python bindings (x86-64: pip install tensorrt-cu12 or "
-    "tensorrt-cu13 from NVIDIA's index, see docs.nvidia.com/deeplearning/tensorrt; Jetson: the python3-"
-    "libnvinfer package of JetPack 6) and cuda-python: pip install 'nrp-deploy[gpu]'"
+    "tensorrt-cu13 from NVIDIA's index, see docs.nvidia.com/deeplearning/tensorrt; Jetson: JetPack 6.1/6.2's "
+    "TensorRT 10.3, seen from a venv made with --system-site-packages) and cuda-python: pip install "
+    "'nrp-deploy[gpu-cu13]', 'nrp-deploy[gpu-cu12]' or 'nrp-deploy[jetson]'"
 )
+#: The oldest TensorRT major with the strongly typed networks and tensor API the code uses.
+MIN_TENSORRT_MAJOR = 10
+TOO_OLD_HINT = (
+    "on Jetson, move to JetPack 6.1 or 6.2 (TensorRT 10.3; JetPack 6.0 ships 8.6, under which only the "
+    "onnxruntime backend runs); elsewhere install TensorRT 10 or 11 (pip install tensorrt-cu12 or "
+    "tensorrt-cu13 from NVIDIA's index, see docs.nvidia.com/deeplearning/tensorrt)"
+)
+#: Compute capabilities of Jetson's integrated (Tegra) GPUs: Nano/TX1, TX2, Xavier, Orin.
+TEGRA_COMPUTE_CAPABILITIES = frozenset({(5, 3), (6, 2), (7, 2), (8, 7)})
 
 #: Variable (or attribute) names bound to TensorRT objects in our code -> their class in the bindings.
 #: tests/test_tensorrt_api.py checks every ``<name>.<attr>`` against that class in each release.
@@ -62,12 +76,50 @@ def import_tensorrt() -> ModuleType:
         raise BackendUnavailableError(
             f"TensorRT's libraries could not be loaded ({exc}); {INSTALL_HINT}"
         ) from exc
-    version = str(trt.__version__)
-    if int(version.split(".")[0]) < 10:
-        raise BackendUnavailableError(
-            f"TensorRT {version} is too old: nrp-deploy needs 10.x or 11.x; {INSTALL_HINT}"
-        )
+    check_tensorrt_version(str(getattr(trt, "__version__", "unknown")))
     return trt
+
+
+def check_tensorrt_version(version: str) -> None:
+    """BackendUnavailableError, saying what to install, for a TensorRT older than ``MIN_TENSORRT_MAJOR``."""
+    major = version.split(".")[0]
+    if not major.isdigit():
+        raise BackendUnavailableError(f"cannot read the TensorRT version {version!r}; {INSTALL_HINT}")
+    if int(major) < MIN_TENSORRT_MAJOR:
+        raise BackendUnavailableError(
+            f"TensorRT {version} is too old: nrp-deploy needs TensorRT 10.x or 11.x (strongly typed "
+            f"networks); {TOO_OLD_HINT}"
+        )
+
+
+def is_tegra(env: TargetEnvironment) -> bool:
+    """Whether the GPU is a Jetson (Tegra) integrated GPU, told by its compute capability."""
+    return tuple(env.compute_capability) in TEGRA_COMPUTE_CAPABILITIES
+
+
+def unsupported_build_options(options: BuildOptions, env: TargetEnvironment) -> list[str]:
+    """Why TensorRT cannot build ``options`` for the GPU in ``env``; empty when it can."""
+    if options.hardware_compatibility != "ampere_plus":
+        return []
+    major, minor = env.compute_capability
+    if is_tegra(env):
+        return [
+            f"hardware compatibility (--ampere-plus) is not supported on Jetson's integrated GPUs "
+            f"({env.gpu_name}, sm_{major}{minor}); build without it, on the device that runs the engine"
+        ]
+    if (major, minor) < (8, 0):
+        return [
+            f"hardware compatibility (--ampere-plus) needs an Ampere or later GPU (sm_80+) to build on; "
+            f"{env.gpu_name} is sm_{major}{minor}"
+        ]
+    return []
+
+
+def check_build_options(options: BuildOptions, env: TargetEnvironment) -> None:
+    """InputError naming every option this platform does not support, before any build starts."""
+    reasons = unsupported_build_options(options, env)
+    if reasons:
+        raise InputError("; ".join(reasons))
 
 
 def tensorrt_available() -> bool:
