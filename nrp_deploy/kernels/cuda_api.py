@@ -23,9 +23,9 @@ from typing import Any
 from nrp_deploy.errors import BackendUnavailableError, NRPDeployError
 
 INSTALL_HINT = (
-    "install NVIDIA's cuda-python bindings and NVRTC: pip install 'nrp-deploy[gpu-cu13]' (CUDA 13 driver), "
-    "'nrp-deploy[gpu-cu12]' (CUDA 12 driver), 'nrp-deploy[jetson]' (JetPack 6) or 'nrp-deploy[nvrtc]' "
-    "(compile only)"
+    "install NVIDIA's cuda-python bindings and NVRTC: pip install 'nrp-deploy[gpu]' (the same as "
+    "'nrp-deploy[gpu-cu13]', CUDA 13 driver), 'nrp-deploy[gpu-cu12]' (CUDA 12 driver), 'nrp-deploy[jetson]' "
+    "(JetPack 6) or 'nrp-deploy[nvrtc]' (compile only)"
 )
 NVRTC_HINT = (
     "pip install nvidia-cuda-nvrtc-cu12 (CUDA 12) or nvidia-cuda-nvrtc (CUDA 13), or make the system's "
