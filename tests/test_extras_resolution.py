@@ -8,7 +8,7 @@ skip, saying so, where it does not. Everything else here is offline.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import re
 import ssl
@@ -21,16 +21,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("check_extras", REPO / "scripts" / "check_extras.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-check_extras = _load_script()
+sys.path.insert(0, str(REPO / "scripts"))
+check_extras = importlib.import_module("check_extras")
 BASE, EXTRAS = check_extras.package_requirements()
 
 
