@@ -10,9 +10,9 @@ Two producers, for two runtimes (``method``):
   as TensorRT has no fast INT8 kernel for them; the published purifiers have none.
 - ``"ort"`` (for ONNX Runtime on CPUs): ONNX Runtime's static quantisation in QDQ format, uint8 activations
   and per-channel int8 weights, every operator it can quantise given Q/DQ (its default), which its CPU
-  provider fuses into integer kernels. MinMax calibration by default: it reduces each tensor inside the
-  graph (ReduceMin / ReduceMax), so calibration never holds activations, whereas ONNX Runtime's histogram
-  methods (entropy, percentile) keep every calibrated tensor of every crop until the end. ModelOpt's
+  provider fuses into integer kernels. MinMax calibration by default, with ranges streamed by the export
+  itself (``ort_quant``), so calibration holds one segment's activations of one crop, whereas ONNX
+  Runtime's histogram methods (entropy, percentile) keep every calibrated tensor of every crop. ModelOpt's
   entropy calibration reduces crop by crop but still holds one crop's convolution inputs (about 9 GB for
   the full NRP at 224x224): calibrate that one on smaller crops on a small machine.
 
