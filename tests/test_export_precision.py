@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -150,6 +154,41 @@ def test_streamed_ranges_equal_whole_graph_ranges(fp32):
     assert set(names) <= set(segmented)
     for name in names:
         assert segmented[name] == whole[name] == pytest.approx(reference[name], rel=1e-6)
+
+
+_RANGE_MEMORY_PROBE = """
+import os, resource
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+from nrp_deploy.export.ranges import collect_ranges
+
+chain = [helper.make_node("Mul", ["input" if i == 0 else f"t{i - 1}", "k"], [f"t{i}"]) for i in range(64)]
+graph = helper.make_graph(
+    chain, "chain", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, None, None])],
+    [helper.make_tensor_value_info("t63", TensorProto.FLOAT, None)],
+    [numpy_helper.from_array(np.array(1.01, np.float32), "k")],
+)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+x = np.random.default_rng(0).random((1, 8, 512, 512), dtype=np.float32)  # 8 MiB per tensor
+before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+ranges = collect_ranges(model, [x, x], segment_nodes=8, progress=False)
+assert len(ranges) == 65
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads Linux /proc for memory")
+def test_streamed_ranges_hold_one_segment_not_the_graph():
+    """64 tensors of 8 MiB in 8 segments: the pass holds about one segment's tensors (64 MiB), not all
+    512 MiB (each ONNX Runtime session's arena would keep its segment's peak after running)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # freed buffers go back to the system at once
+    result = subprocess.run(
+        [sys.executable, "-c", _RANGE_MEMORY_PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    growth_mib = float(result.stdout.strip())
+    assert growth_mib < 256, f"peak memory grew by {growth_mib:.0f} MiB"
 
 
 def test_streamed_minmax_quantises_like_onnxruntimes_own_calibration(fp32, tmp_path):
