@@ -30,8 +30,8 @@ from nrp_deploy.errors import ImageError
 from nrp_deploy.fileutil import atomic_output
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-#: Pillow format names that are decoded (MPO: the JPEG variant many phone cameras write; PPM: PBM/PGM/PPM).
-FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+#: Pillow format names that are decoded (JPEG includes MPO, which many phone cameras write; PPM: PBM/PGM/PPM).
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 
 
 def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
@@ -53,6 +53,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> n
             raise ImageError(f"{path}: not a regular file but a {kind}")
         try:
             with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's notes on odd metadata: the image is judged below
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(fh, formats=FORMATS) as img:
                     check_declared_size(img, max_pixels, str(path))
