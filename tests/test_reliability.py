@@ -59,12 +59,26 @@ def onnx_model(tmp_path):
     return tiny_onnx(tmp_path / "tiny.onnx")
 
 
+def _checkpoint(path: Path, edit=None, **config) -> Path:
+    """A tiny NRP_resG checkpoint (4 features, 1 block; ``config`` overrides), its state dict edited."""
+    torch.manual_seed(0)
+    state = ModelSpec("NRP_resG", {"nf": 4, "nb": 1, **config}).build().state_dict()
+    if edit is not None:
+        edit(state)
+    torch.save(state, path)
+    return path
+
+
 @pytest.fixture()
 def tiny_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "tiny.pth"
-    torch.save(ModelSpec("NRP_resG", {"nf": 4, "nb": 1}).build().state_dict(), path)
-    return path
+    return _checkpoint(tmp_path / "tiny.pth")
+
+
+def _purify_one(tmp_path: Path, model: Path, *extra: str) -> tuple[int, Path]:
+    """Exit status of `nrp purify` on one 16 x 16 image (the output is ``tmp_path/out/x.png``)."""
+    src = _png(tmp_path / "in" / "x.png", (16, 16))
+    argv = ["purify", str(src), "-o", str(tmp_path / "out"), "--model", str(model), "--no-progress"]
+    return main([*argv, *extra]), src
 
 
 def _identity(batch: np.ndarray) -> np.ndarray:
@@ -103,17 +117,15 @@ def test_formats_outside_the_supported_set_are_refused(tmp_path, fmt):
 # 2. Non-finite weights and outputs, FAIL verdicts ------------------------------------------------------
 
 
-def test_nan_weights_checkpoint_refused(tmp_path, tiny_checkpoint, capsys):
-    state = torch.load(tiny_checkpoint, weights_only=True)
-    state["conv_first.weight"][0, 0, 0, 0] = float("nan")
-    state["conv_last.bias"][0] = float("inf")
-    bad = tmp_path / "nan.pth"
-    torch.save(state, bad)
+def test_nan_weights_checkpoint_refused(tmp_path, capsys):
+    def poison(state):
+        state["conv_first.weight"][0, 0, 0, 0] = float("nan")
+        state["conv_last.bias"][0] = float("inf")
+
+    bad = _checkpoint(tmp_path / "nan.pth", poison)
     with pytest.raises(CheckpointError, match=r"NaN or infinite values in 2 tensor\(s\): conv_first.weight"):
         load_model(bad)
-    src = _png(tmp_path / "in" / "x.png")
-    argv = ["purify", str(src), "-o", str(tmp_path / "out"), "--model", str(bad), "--backend", "torch"]
-    assert main([*argv, "--no-progress"]) == 2
+    assert _purify_one(tmp_path, bad, "--backend", "torch")[0] == 2
     assert "NaN or infinite" in capsys.readouterr().err
     assert not (tmp_path / "out" / "x.png").exists()
 
@@ -122,19 +134,8 @@ def test_nonfinite_model_output_refused(tmp_path, capsys):
     model = tiny_onnx(tmp_path / "nan.onnx", weight_value=float("nan"))
     with _ort(model) as purifier, pytest.raises(ModelError, match="NaN or infinite values"):
         purifier(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
-    src = _png(tmp_path / "in" / "x.png")
-    argv = [
-        "purify",
-        str(src),
-        "-o",
-        str(tmp_path / "out"),
-        "--model",
-        str(model),
-        "--backend",
-        "onnxruntime",
-    ]
-    assert main([*argv, "--no-progress"]) == 1
-    assert f"FAILED {src}" in capsys.readouterr().err
+    rc, src = _purify_one(tmp_path, model, "--backend", "onnxruntime")
+    assert rc == 1 and f"FAILED {src}" in capsys.readouterr().err
     assert not (tmp_path / "out" / "x.png").exists()
 
 
@@ -164,11 +165,9 @@ def test_fail_verdict_stops_use_unless_forced(tmp_path, onnx_model, capsys):
         _ort(onnx_model)
     with _ort(onnx_model, allow_failed=True) as purifier:
         assert purifier(RNG.integers(0, 256, (6, 6, 3), dtype=np.uint8)).shape == (6, 6, 3)
-    src = _png(tmp_path / "in" / "x.png")
-    argv = ["purify", str(src), "-o", str(tmp_path / "out"), "--model", str(onnx_model), "--no-progress"]
-    assert main([*argv, "--backend", "onnxruntime"]) == 2
+    assert _purify_one(tmp_path, onnx_model, "--backend", "onnxruntime")[0] == 2
     assert "--allow-failed" in capsys.readouterr().err
-    assert main([*argv, "--backend", "onnxruntime", "--allow-failed"]) == 0
+    assert _purify_one(tmp_path, onnx_model, "--backend", "onnxruntime", "--allow-failed")[0] == 0
     assert (tmp_path / "out" / "x.png").is_file()
 
 
@@ -288,18 +287,7 @@ def test_output_of_another_size_is_refused(tmp_path, capsys):
     model = tiny_onnx(tmp_path / "half.onnx", stride=2)
     with _ort(model) as purifier, pytest.raises(ModelError, match=r"returned shape \(1, 3, 8, 8\)"):
         purifier(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8))
-    src = _png(tmp_path / "in" / "x.png", (16, 16))
-    argv = [
-        "purify",
-        str(src),
-        "-o",
-        str(tmp_path / "out"),
-        "--model",
-        str(model),
-        "--backend",
-        "onnxruntime",
-    ]
-    assert main([*argv, "--no-progress"]) == 1
+    assert _purify_one(tmp_path, model, "--backend", "onnxruntime")[0] == 1
     assert "a purifier must return an image of its input's size" in capsys.readouterr().err
     assert not (tmp_path / "out" / "x.png").exists()
 
@@ -527,19 +515,17 @@ def test_float_range_message_shows_the_offending_value(onnx_model):
         purifier(x)
 
 
-def test_zero_dimensional_weights_refused(tmp_path, tiny_checkpoint):
-    state = torch.load(tiny_checkpoint, weights_only=True)
-    state["conv_first.weight"] = torch.tensor(1.0)
-    torch.save(state, tmp_path / "scalar.pth")
+def test_zero_dimensional_weights_refused(tmp_path):
+    scalar = _checkpoint(
+        tmp_path / "scalar.pth", lambda state: state.update({"conv_first.weight": torch.tensor(1.0)})
+    )
     with pytest.raises(
         CheckpointError, match=r"conv_first.weight has shape \(\); a convolution weight has 4"
     ):
-        load_model(tmp_path / "scalar.pth")
+        load_model(scalar)
 
 
 def test_non_rgb_checkpoint_refused_in_one_line(tmp_path):
-    state = ModelSpec("NRP_resG", {"in_nc": 4, "nf": 4, "nb": 1}).build().state_dict()
-    torch.save(state, tmp_path / "rgba.pth")
     with pytest.raises(CheckpointError, match="has 4 input channels; a purifier takes and returns 3") as info:
-        load_model(tmp_path / "rgba.pth")
+        load_model(_checkpoint(tmp_path / "rgba.pth", in_nc=4))
     assert "\n" not in str(info.value)
