@@ -19,7 +19,7 @@ import errno
 import os
 import stat
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,7 +178,7 @@ def scan_images(inputs: Iterable[str | os.PathLike[str]]) -> Collected:
     for item in inputs:
         root = Path(item)
         if root.is_dir():
-            _walk(root, root, set(), found)
+            _walk(root, found)
         elif root.exists() or root.is_symlink():
             found.tasks.append(ImageTask(root, Path(root.name)))
         else:
@@ -186,17 +186,28 @@ def scan_images(inputs: Iterable[str | os.PathLike[str]]) -> Collected:
     return found
 
 
-def _walk(directory: Path, root: Path, ancestors: set[tuple[int, int]], found: Collected) -> None:
-    try:
-        info = directory.stat()
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except OSError as exc:
-        found.passed_over.append((directory, f"cannot list directory ({exc.strerror or exc})"))
-        return
-    here = ancestors | {(info.st_dev, info.st_ino)}
-    for entry in entries:
+def _walk(root: Path, found: Collected) -> None:
+    """Depth first in name order (the order of sorted paths), with an explicit stack: no recursion limit."""
+    stack: list[tuple[Iterator[os.DirEntry[str]], set[tuple[int, int]]]] = []
+
+    def enter(directory: Path, ancestors: set[tuple[int, int]]) -> None:
+        try:
+            info = directory.stat()
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            found.passed_over.append((directory, f"cannot list directory ({exc.strerror or exc})"))
+            return
+        stack.append((iter(entries), ancestors | {(info.st_dev, info.st_ino)}))
+
+    enter(root, set())
+    while stack:
+        entries, here = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
         path = Path(entry.path)
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") and not entry.is_dir():  # hidden files (and our temporaries)
             continue
         is_image_name = path.suffix.lower() in IMAGE_SUFFIXES
         try:
@@ -213,7 +224,7 @@ def _walk(directory: Path, root: Path, ancestors: set[tuple[int, int]], found: C
             if (st.st_dev, st.st_ino) in here:
                 found.passed_over.append((path, "symbolic link loop (leads back to a folder being walked)"))
             else:
-                _walk(path, root, here, found)
+                enter(path, here)
         elif not is_image_name:
             continue
         elif kind == "regular file":

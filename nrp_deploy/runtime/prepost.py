@@ -153,9 +153,9 @@ def _check_float(x: np.ndarray, max_pixels: int | None) -> np.ndarray:
         )
     _check_not_empty(x)
     check_size(x.shape[2], x.shape[3], max_pixels)
-    if not np.isfinite(x).all():
+    lo, hi = float(x.min()), float(x.max())  # NaN propagates to both, so no full-size mask is needed
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError("float32 input contains NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
     if lo < 0.0:
         raise InputError(f"float32 input must lie in [0, 1], got values down to {lo:.9g}")
     if hi > 1.0:
