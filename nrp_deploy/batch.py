@@ -2,6 +2,12 @@
 
 Torch-free: the purification itself is a callable taking a uint8 NHWC batch and returning one of the same
 shape, so the eager baseline and every runtime backend share this one file-handling path.
+
+No output is ever lost or replaced by accident: inputs whose outputs would share a name (``a.jpg`` and
+``a.png``, or names differing only in case, which collide on case-insensitive file systems) are refused
+together before anything runs, and without ``overwrite`` an output is moved into place only if its name is
+still free at that moment (a file that appeared while the job ran is kept and the output counted as
+skipped). Temporary files that an earlier, killed run left in the output folders are removed.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ import numpy as np
 from tqdm import tqdm
 
 from nrp_deploy.errors import NRPDeployError
-from nrp_deploy.images import ImageTask, collect_images, read_image, write_png
+from nrp_deploy.fileutil import remove_stale_temporaries
+from nrp_deploy.images import ImageTask, read_image, scan_images, write_png
 
 BatchFn = Callable[[np.ndarray], np.ndarray]
+#: Pixels buffered per batch before it runs anyway: large images run alone, so memory stays bounded.
+BATCH_PIXELS = 1 << 24
 
 
 @dataclass
@@ -45,25 +54,23 @@ def purify_files(
     batch_size: int = 8,
     overwrite: bool = False,
     progress: bool = True,
+    max_pixels: int | None = None,
 ) -> BatchReport:
     """Purify every image under ``inputs`` into ``output_dir`` as PNG, mirroring directory layout.
 
     Existing outputs are skipped unless ``overwrite``; each output is written atomically, so an interrupted
     run leaves only complete files. Images of equal size are batched together (up to ``batch_size``).
+    ``max_pixels`` refuses larger images from their declared size, before decoding them.
     """
     if batch_size < 1:
         raise NRPDeployError(f"--batch-size must be >= 1, got {batch_size}")
     out_root = Path(output_dir)
     report = BatchReport()
-    pending: list[ImageTask] = []
-    for task in collect_images(inputs):
-        target = task.output_path(out_root)
-        if target.exists() and not overwrite:
-            report.skipped.append(target)
-        elif task.source.resolve() == target.resolve():
-            report.failed.append((task.source, "output would overwrite the input file"))
-        else:
-            pending.append(task)
+    found = scan_images(inputs)
+    report.failed.extend(found.passed_over)
+    pending = _plan(found.tasks, out_root, overwrite, report)
+    for directory in sorted({task.output_path(out_root).parent for task in pending}):
+        remove_stale_temporaries(directory)
 
     max_buffered = 4 * batch_size
     buckets: OrderedDict[tuple[int, ...], list[tuple[ImageTask, np.ndarray]]] = OrderedDict()
@@ -72,34 +79,88 @@ def purify_files(
     def flush(shape: tuple[int, ...]) -> None:
         items = buckets.pop(shape)
         batch = np.stack([image for _, image in items])
+        batch_tasks = [task for task, _ in items]
+        del items  # the stacked copy is all that is needed now
         try:
             result = purify(batch)
+            _check_result(result, batch)
         except NRPDeployError as exc:
-            report.failed.extend((task.source, str(exc)) for task, _ in items)
+            report.failed.extend((task.source, str(exc)) for task in batch_tasks)
         else:
-            for (task, _), image in zip(items, result, strict=True):
-                target = task.output_path(out_root)
-                try:
-                    write_png(target, image)
-                except OSError as exc:
-                    report.failed.append((task.source, f"cannot write {target}: {exc}"))
-                else:
-                    report.written.append(target)
-        bar.update(len(items))
+            for task, image in zip(batch_tasks, result, strict=True):
+                _write(task, image, out_root, overwrite, report)
+        bar.update(len(batch_tasks))
+
+    def buffered_pixels() -> int:
+        return sum(len(items) * shape[0] * shape[1] for shape, items in buckets.items())
 
     for task in pending:
         try:
-            image = read_image(task.source)
+            image = read_image(task.source, max_pixels=max_pixels)
         except NRPDeployError as exc:
             report.failed.append((task.source, str(exc)))
             bar.update(1)
             continue
-        buckets.setdefault(image.shape, []).append((task, image))
-        if len(buckets[image.shape]) >= batch_size:
+        bucket = buckets.setdefault(image.shape, [])
+        bucket.append((task, image))
+        if len(bucket) >= batch_size or len(bucket) * image.shape[0] * image.shape[1] >= BATCH_PIXELS:
             flush(image.shape)
-        elif sum(len(items) for items in buckets.values()) > max_buffered:
+        while buckets and (
+            sum(len(items) for items in buckets.values()) > max_buffered
+            or buffered_pixels() > 2 * BATCH_PIXELS
+        ):
             flush(next(iter(buckets)))  # many distinct sizes: bound memory by flushing the oldest group
     for shape in list(buckets):
         flush(shape)
     bar.close()
     return report
+
+
+def _plan(tasks: list[ImageTask], out_root: Path, overwrite: bool, report: BatchReport) -> list[ImageTask]:
+    """The tasks to run; collisions, outputs that would replace an input, and existing outputs are sorted
+    out into ``report`` first, so nothing is decoded for them."""
+    by_name: dict[str, list[ImageTask]] = {}
+    for task in tasks:
+        by_name.setdefault(str(task.output_path(out_root)).casefold(), []).append(task)
+    sources = {_resolved(task.source) for task in tasks}
+    pending = []
+    for task in tasks:
+        target = task.output_path(out_root)
+        sharing = by_name[str(target).casefold()]
+        if len(sharing) > 1:
+            others = ", ".join(str(t.source) for t in sharing if t is not task)
+            report.failed.append(
+                (task.source, f"its output {target} would also be written from {others}; rename one of them")
+            )
+        elif _resolved(target) in sources:
+            report.failed.append((task.source, f"its output {target} would replace an input file"))
+        elif target.exists() and not overwrite:
+            report.skipped.append(target)
+        else:
+            pending.append(task)
+    return pending
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop: it cannot be an output's real location
+        return path.absolute()
+
+
+def _check_result(result: object, batch: np.ndarray) -> None:
+    if not isinstance(result, np.ndarray) or result.dtype != np.uint8 or result.shape != batch.shape:
+        got = f"{result.dtype} {result.shape}" if isinstance(result, np.ndarray) else type(result).__name__
+        raise NRPDeployError(f"the purifier returned {got} for a uint8 batch of shape {batch.shape}")
+
+
+def _write(task: ImageTask, image: np.ndarray, out_root: Path, overwrite: bool, report: BatchReport) -> None:
+    target = task.output_path(out_root)
+    try:
+        write_png(target, image, overwrite=overwrite)
+    except FileExistsError:
+        report.skipped.append(target)  # it appeared while the job ran: kept, as any existing output
+    except (OSError, NRPDeployError) as exc:
+        report.failed.append((task.source, f"cannot write {target}: {exc}"))
+    else:
+        report.written.append(target)

@@ -7,7 +7,9 @@ start fast and work without torch) and maps ``NRPDeployError`` to a one-line mes
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +67,11 @@ def _add_purify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (onnxruntime, torch)")
     p.add_argument("--batch-size", type=int, default=4, help="images of equal size per batch (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    p.add_argument(
+        "--allow-failed",
+        action="store_true",
+        help="use an ONNX artifact even though its fidelity check FAILed (refused otherwise)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_purify)
 
@@ -83,6 +90,7 @@ def _run_purify(args: argparse.Namespace) -> int:
         tile=args.tile,
         overlap=args.overlap,
         threads=args.threads,
+        allow_failed=args.allow_failed,
     )
     print(f"purifier: {purifier.describe()}", file=sys.stderr)
     dynamic = DynamicDefense(seed=args.seed) if args.dynamic else None
@@ -93,6 +101,7 @@ def _run_purify(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        max_pixels=purifier.max_pixels,
     )
     return _finish_batch(report)
 
@@ -747,8 +756,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C: temporary files are removed."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals can be set only there
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(args.handler(args) or 0)
     except NRPDeployError as exc:
@@ -757,6 +776,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nrp {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"nrp {args.command}: terminated (SIGTERM); complete outputs were kept", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,12 @@ class ExportError(NRPDeployError):
 
 class MetadataError(NRPDeployError):
     """An artifact's metadata sidecar (``<artifact>.json``) is missing, unreadable or malformed."""
+
+
+class ModelError(NRPDeployError):
+    """A model that cannot serve as a purifier: its inputs or outputs are not RGB images of the input's size,
+    or it computes NaN or infinite values."""
+
+
+class FidelityError(NRPDeployError):
+    """An artifact whose recorded fidelity check FAILed; it is used only when the caller forces it."""

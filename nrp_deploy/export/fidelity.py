@@ -37,7 +37,9 @@ class ErrorStats:
 
     def add(self, actual: np.ndarray, expected: np.ndarray) -> None:
         diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-        self.max_abs = max(self.max_abs, float(diff.max()) if diff.size else 0.0)
+        worst = float(diff.max()) if diff.size else 0.0
+        # A NaN or infinity on either side is the worst error there is (max() would drop a NaN silently).
+        self.max_abs = max(self.max_abs, worst if np.isfinite(worst) else float("inf"))
         self.sum_abs += float(diff.sum())
         self.sum_sq += float(np.square(diff).sum())
         self.count += diff.size
@@ -46,7 +48,7 @@ class ErrorStats:
         if not self.count:
             raise ValueError("no outputs were compared")
         mse = self.sum_sq / self.count
-        nan = not np.isfinite(self.sum_sq)
+        nan = not (np.isfinite(self.sum_sq) and np.isfinite(self.max_abs))
         return Fidelity(
             max_abs=float("inf") if nan else self.max_abs,
             mean_abs=float("inf") if nan else self.sum_abs / self.count,

@@ -91,22 +91,57 @@ def detect_spec(state: Mapping[str, torch.Tensor]) -> ModelSpec:
             "not an NRP checkpoint: missing key 'conv_first.weight'; "
             f"first keys found: {_listing(sorted(state))}"
         )
-    first = state["conv_first.weight"]
-    in_nc, nf = int(first.shape[1]), int(first.shape[0])
+    nf, in_nc = _conv_channels(state, "conv_first.weight")
     if "RRDB_trunk.0.RDB1.conv1.weight" in state or "trunk_conv.weight" in state:
         nb = _count_blocks(state, "RRDB_trunk")
         gc_key = "RRDB_trunk.0.RDB1.conv1.weight"
-        gc = int(state[gc_key].shape[0]) if gc_key in state else 32
-        out_nc = int(state["trunk_conv.weight"].shape[0]) if "trunk_conv.weight" in state else 3
-        return ModelSpec("NRP", {"in_nc": in_nc, "out_nc": out_nc, "nf": nf, "nb": nb, "gc": gc})
+        gc = _conv_channels(state, gc_key)[0] if gc_key in state else 32
+        out_nc = _conv_channels(state, "trunk_conv.weight")[0] if "trunk_conv.weight" in state else 3
+        return _rgb_spec("NRP", {"in_nc": in_nc, "out_nc": out_nc, "nf": nf, "nb": nb, "gc": gc})
     if "conv_last.weight" in state or "recon_trunk.0.conv1.weight" in state:
         nb = _count_blocks(state, "recon_trunk")
-        out_nc = int(state["conv_last.weight"].shape[0]) if "conv_last.weight" in state else 3
-        return ModelSpec("NRP_resG", {"in_nc": in_nc, "out_nc": out_nc, "nf": nf, "nb": nb})
+        out_nc = _conv_channels(state, "conv_last.weight")[0] if "conv_last.weight" in state else 3
+        return _rgb_spec("NRP_resG", {"in_nc": in_nc, "out_nc": out_nc, "nf": nf, "nb": nb})
     raise CheckpointError(
         "not an NRP checkpoint: found 'conv_first.weight' but neither the NRP keys (RRDB_trunk.*, trunk_conv.*) "
         f"nor the NRP_resG keys (recon_trunk.*, conv_last.*); keys found: {_listing(sorted(state))}"
     )
+
+
+def _conv_channels(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, int]:
+    """(output, input) channels of the 2-D convolution weight ``key``; a tensor of another rank is refused."""
+    shape = tuple(state[key].shape)
+    if len(shape) != 4:
+        raise CheckpointError(
+            f"{key} has shape {shape}; a convolution weight has 4 dimensions (out, in, kh, kw)"
+        )
+    return int(shape[0]), int(shape[1])
+
+
+def _rgb_spec(architecture: str, config: dict[str, int]) -> ModelSpec:
+    """The spec, once its image channels are checked: a purifier maps RGB images to RGB images."""
+    for key, role in (("in_nc", "input"), ("out_nc", "output")):
+        if config[key] != 3:
+            raise CheckpointError(
+                f"this {architecture} checkpoint has {config[key]} {role} channels; a purifier takes and "
+                "returns 3 (RGB) channels"
+            )
+    return ModelSpec(architecture, config)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Refuse a state dict with NaN or infinite values: such a model outputs NaN (black images)."""
+    bad = [
+        key
+        for key, value in state.items()
+        if value.is_floating_point() or value.is_complex()
+        if not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{source} holds NaN or infinite values in {len(bad)} tensor(s): {_listing(bad)}; the weights are "
+            "corrupt (or training diverged), and the model would output garbage"
+        )
 
 
 def build_from_state(state: Mapping[str, torch.Tensor], source: str = "checkpoint"):
@@ -130,6 +165,7 @@ def build_from_state(state: Mapping[str, torch.Tensor], source: str = "checkpoin
         problems.append(f"shape mismatches ({len(wrong_shape)}): {_listing(wrong_shape)}")
     if problems:
         raise CheckpointError(f"{source} does not match {spec.describe()}: " + "; ".join(problems))
+    check_finite(state, source)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval(), spec
 

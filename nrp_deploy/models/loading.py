@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from nrp_deploy.errors import CheckpointError
 from nrp_deploy.fileutil import sha256_file
 from nrp_deploy.models.checkpoint import build_from_state, read_state_dict
 from nrp_deploy.models.registry import resolve
@@ -25,6 +26,11 @@ class LoadedModel:
 
 def load_model(source: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedModel:
     """Load a registry name (``default``, ``NRP``, ``NRP_resG``) or a checkpoint path, in eval mode."""
+    if not isinstance(source, str | os.PathLike):
+        raise CheckpointError(
+            f"model source must be a registry name or a checkpoint path (str or os.PathLike), got "
+            f"{type(source).__name__}"
+        )
     resolved = resolve(source)
     state = read_state_dict(resolved.path)
     module, spec = build_from_state(state, source=str(resolved.path))

@@ -20,8 +20,20 @@ import os
 from pathlib import Path
 
 from nrp_deploy.cpu_features import int8_target_mismatch
-from nrp_deploy.errors import BackendUnavailableError, InputError, MetadataError, StaleArtifactError
-from nrp_deploy.export.metadata import ArtifactMetadata, read_metadata, sidecar_path, verify_artifact
+from nrp_deploy.errors import (
+    BackendUnavailableError,
+    FidelityError,
+    InputError,
+    MetadataError,
+    StaleArtifactError,
+)
+from nrp_deploy.export.metadata import (
+    ArtifactMetadata,
+    Verdict,
+    read_metadata,
+    sidecar_path,
+    verify_artifact,
+)
 from nrp_deploy.fileutil import sha256_file
 from nrp_deploy.models.registry import resolve
 from nrp_deploy.models.spec import ModelSpec
@@ -47,19 +59,34 @@ def cache_dir() -> Path:
     return Path(base) / "nrp_deploy" / "artifacts"
 
 
-def identify(source: str | os.PathLike[str]) -> ModelSource:
-    """Resolve a registry name or path and say what it is; an ONNX must carry a valid sidecar."""
+def identify(source: str | os.PathLike[str], allow_failed: bool = False) -> ModelSource:
+    """Resolve a registry name or path and say what it is; an ONNX with a sidecar must match it.
+
+    An artifact whose sidecar records a FAILed fidelity check is refused (``FidelityError``) unless
+    ``allow_failed``: its outputs were measured to be wrong.
+    """
+    if not isinstance(source, str | os.PathLike):
+        raise InputError(
+            f"model source must be a registry name or a path (str or os.PathLike), got {type(source).__name__}"
+        )
     resolved = resolve(source)
     path = resolved.path
     if path.is_dir():
         raise InputError(f"{path} is a directory, not a checkpoint, ONNX model or TensorRT engine")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return _identify_onnx(path, resolved.name)
+        return _identify_onnx(path, resolved.name, allow_failed)
     kind = "engine" if suffix in ENGINE_SUFFIXES else "checkpoint"
     entry = resolved.entry
     spec = ModelSpec(entry.architecture, dict(entry.config)) if entry else None
-    return ModelSource(kind=kind, path=path, name=resolved.name, sha256=sha256_file(path), spec=spec)
+    return ModelSource(
+        kind=kind,
+        path=path,
+        name=resolved.name,
+        sha256=sha256_file(path),
+        spec=spec,
+        allow_failed=allow_failed,
+    )
 
 
 def artifact_spec(path: Path) -> ModelSpec | None:
@@ -67,7 +94,19 @@ def artifact_spec(path: Path) -> ModelSpec | None:
     return ModelSpec.from_dict(read_metadata(path).model) if sidecar_path(path).is_file() else None
 
 
-def _identify_onnx(path: Path, name: str) -> ModelSource:
+def check_verdict(path: Path, verdict: Verdict, allow_failed: bool) -> None:
+    """Refuse an artifact whose fidelity check FAILed, unless the caller allows it (then warn)."""
+    if verdict.passed:
+        return
+    if not allow_failed:
+        raise FidelityError(
+            f"{path} failed its fidelity check and is not used: {verdict.line}. Re-export it (other "
+            "calibration images, a higher precision), or pass allow_failed=True (--allow-failed) to use it anyway"
+        )
+    log.warning("using %s although it failed its fidelity check (allow_failed): %s", path, verdict.line)
+
+
+def _identify_onnx(path: Path, name: str, allow_failed: bool) -> ModelSource:
     """An ONNX with its sidecar checked; one without a sidecar runs, but nothing about it is known."""
     if not sidecar_path(path).is_file():
         log.warning(
@@ -76,8 +115,11 @@ def _identify_onnx(path: Path, name: str) -> ModelSource:
             path,
             sidecar_path(path).name,
         )
-        return ModelSource(kind="onnx", path=path, name=name, sha256=sha256_file(path))
+        return ModelSource(
+            kind="onnx", path=path, name=name, sha256=sha256_file(path), allow_failed=allow_failed
+        )
     metadata = verify_artifact(path)
+    check_verdict(path, metadata.verdict, allow_failed)
     mismatch = _cpu_target_mismatch(metadata)
     if mismatch:
         log.warning(
@@ -92,6 +134,7 @@ def _identify_onnx(path: Path, name: str) -> ModelSource:
         sha256=metadata.artifact_sha256,
         spec=ModelSpec.from_dict(metadata.model),
         precision=metadata.precision,
+        allow_failed=allow_failed,
     )
 
 
@@ -126,6 +169,7 @@ def onnx_for(
     found = _find_cached(source.sha256, label, precision, opset)
     if found is not None:
         log.info("using cached %s ONNX %s", label, found)
+        check_verdict(found, read_metadata(found).verdict, source.allow_failed)
         return found
     return _export(source, precision, label, opset, int8_method)
 
@@ -178,4 +222,5 @@ def _export(source: ModelSource, precision: str, label: str, opset: int | None, 
     extra = {"method": int8_method} if precision == "int8" else {}
     result = getattr(module, function_name)(str(source.path), output, opset=opset, overwrite=True, **extra)
     log.info("%s", result.verdict.line)
+    check_verdict(Path(result.path), result.verdict, source.allow_failed)
     return Path(result.path)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nrp_deploy.errors import InputError
+from nrp_deploy.errors import ImageError, InputError
 
 _SCALE = np.float32(255.0)
 
@@ -72,29 +72,60 @@ def _is_pil(obj: Any) -> bool:
     return type(obj).__module__.startswith("PIL.") and hasattr(obj, "convert") and hasattr(obj, "mode")
 
 
-def prepare(images: Any) -> Prepared:
-    """Validate ``images`` and convert them to the model's input; see the module docstring for the forms."""
+def prepare(images: Any, max_pixels: int | None = None) -> Prepared:
+    """Validate ``images`` and convert them to the model's input; see the module docstring for the forms.
+
+    ``max_pixels`` refuses images larger than that (height x width) from their shape alone, before any
+    pixel is copied, converted or, for a PIL image opened lazily, decoded.
+    """
     if _is_pil(images):
-        rgb = images if images.mode == "RGB" else images.convert("RGB")
-        batch = np.asarray(rgb, dtype=np.uint8)[None]
-        _check_not_empty(batch)
-        return Prepared(batch, InputKind.PIL)
+        return Prepared(_pil_batch(images, max_pixels), InputKind.PIL)
     if not isinstance(images, np.ndarray):
         raise InputError(
             f"expected a numpy array or a PIL image, got {type(images).__name__}; "
             "pass uint8 HWC / NHWC images or a float32 NCHW batch in [0, 1]"
         )
     if images.dtype == np.uint8:
-        return _prepare_uint8(images)
+        return _prepare_uint8(images, max_pixels)
     if images.dtype == np.float32:
-        return Prepared(_check_float(images), InputKind.NCHW_FLOAT)
+        return Prepared(_check_float(images, max_pixels), InputKind.NCHW_FLOAT)
     raise InputError(
         f"unsupported dtype {images.dtype}: pass uint8 images (HWC or NHWC, RGB) or a float32 NCHW batch "
         "in [0, 1] (convert with .astype(np.float32))"
     )
 
 
-def _prepare_uint8(images: np.ndarray) -> Prepared:
+def check_size(height: int, width: int, max_pixels: int | None) -> None:
+    """Refuse an image of ``height`` x ``width`` pixels when that exceeds ``max_pixels``."""
+    if max_pixels is not None and height * width > max_pixels:
+        raise InputError(
+            f"image of {height}x{width} = {height * width} pixels exceeds the limit of {max_pixels} "
+            "(max_pixels); downscale it, or raise max_pixels (and use a tile size to bound memory)"
+        )
+
+
+def _pil_batch(image: Any, max_pixels: int | None) -> np.ndarray:
+    """A PIL image (decoded now if it was opened lazily) as a uint8 (1, H, W, 3) batch, scaled like a file
+    read by ``nrp_deploy.images`` (16-bit and float images too)."""
+    from nrp_deploy.images import pil_to_rgb8
+
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InputError(f"empty input: PIL image of size {width}x{height} holds no pixel")
+    check_size(height, width, max_pixels)
+    try:
+        image.load()
+        return pil_to_rgb8(image)[None]
+    except ImageError as exc:
+        raise InputError(f"PIL image of mode {image.mode}: {exc}") from exc
+    except Exception as exc:  # Pillow's decoders raise OSError, ValueError and more on bad or truncated data
+        raise InputError(
+            f"PIL image of mode {image.mode} and size {width}x{height} cannot be decoded or converted to RGB "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _prepare_uint8(images: np.ndarray, max_pixels: int | None) -> Prepared:
     if images.ndim == 3:
         kind, batch = InputKind.HWC_UINT8, images[None]
     elif images.ndim == 4:
@@ -109,10 +140,11 @@ def _prepare_uint8(images: np.ndarray) -> Prepared:
         hint = " (expand grey to RGB: np.repeat(image, 3, axis=-1))" if channels == 1 else hint
         raise InputError(f"uint8 images must be RGB with 3 channels last, got shape {images.shape}{hint}")
     _check_not_empty(batch)
+    check_size(batch.shape[1], batch.shape[2], max_pixels)
     return Prepared(np.ascontiguousarray(batch), kind)
 
 
-def _check_float(x: np.ndarray) -> np.ndarray:
+def _check_float(x: np.ndarray, max_pixels: int | None) -> np.ndarray:
     if x.ndim != 4:
         raise InputError(f"float32 input must be a 4-D NCHW batch, got {x.ndim}-D shape {x.shape}")
     if x.shape[1] != 3:
@@ -120,11 +152,14 @@ def _check_float(x: np.ndarray) -> np.ndarray:
             f"float32 input must be NCHW with 3 (RGB) channels, got {x.shape[1]} channels in shape {x.shape}"
         )
     _check_not_empty(x)
-    if not np.isfinite(x).all():
+    check_size(x.shape[2], x.shape[3], max_pixels)
+    lo, hi = float(x.min()), float(x.max())  # NaN propagates to both, so no full-size mask is needed
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError("float32 input contains NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
-        raise InputError(f"float32 input must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    if lo < 0.0:
+        raise InputError(f"float32 input must lie in [0, 1], got values down to {lo:.9g}")
+    if hi > 1.0:
+        raise InputError(f"float32 input must lie in [0, 1], got values up to {hi:.9g}")
     return np.ascontiguousarray(x)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from nrp_deploy.errors import BackendUnavailableError, InputError, NRPDeployError
+from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError, NRPDeployError
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime import prepost
 from nrp_deploy.runtime.artifacts import identify
@@ -68,8 +68,9 @@ class Purifier:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         fused: bool | None = None,
     ) -> None:
-        if max_batch is not None and max_batch < 1:
-            raise InputError(f"max_batch must be >= 1, got {max_batch}")
+        for name, value in (("max_batch", max_batch), ("max_pixels", max_pixels)):
+            if value is not None and not _is_positive_int(value):
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
         self.backend = backend
         self.source = source
         self.tile = tile
@@ -131,18 +132,23 @@ class Purifier:
         ``dynamic`` adds the dynamic defence's noise first; image ``k`` of the call is noise index
         ``start_index + k``, so chunks of a batch purified with the same seed match the whole batch.
         """
-        if start_index < 0:
-            raise InputError(f"start_index must be >= 0, got {start_index}")
+        if not _is_int(start_index) or start_index < 0:
+            raise InputError(f"start_index must be an integer >= 0, got {start_index!r}")
+        if dynamic is not None and not isinstance(dynamic, DynamicDefense):
+            raise InputError(
+                f"dynamic must be a DynamicDefense (e.g. DynamicDefense(sigma=0.05, eps=16/255)) or None, "
+                f"got {dynamic!r}"
+            )
         seed = dynamic.call_seed() if dynamic is not None else 0
         if isinstance(images, list | tuple):
             return self._call_many(images, dynamic, seed, start_index)
-        prepared = prepost.prepare(images)
+        prepared = prepost.prepare(images, self.max_pixels)
         return prepost.deliver(self._purify(prepared, dynamic, seed, start_index), prepared.kind)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Model output (unclamped float32 NCHW) for a validated float32 NCHW batch: batching and tiling."""
         count, _, height, width = x.shape
-        self._check_size(height, width)
+        prepost.check_size(height, width, self.max_pixels)
         config, min_shape = self._layout(height, width)
         if config is None:
             step = self._batch_limit(count)
@@ -157,7 +163,6 @@ class Purifier:
         """uint8 NHWC -> uint8 NHWC, or float32 NCHW -> clamped float32 NCHW; the GPU path when it can."""
         if prepared.is_uint8 and self._pipeline is not None:
             height, width = prepared.size
-            self._check_size(height, width)
             if self._layout(height, width)[0] is None:
                 return self._fused(prepared.batch, dynamic, seed, start_index)
         x = prepost.uint8_to_float(prepared.batch) if prepared.is_uint8 else prepared.batch
@@ -184,7 +189,7 @@ class Purifier:
         batch's noise indices are consecutive."""
         if not images:
             raise InputError("empty input: the list holds no image")
-        prepared = [prepost.prepare(image) for image in images]
+        prepared = [prepost.prepare(image, self.max_pixels) for image in images]
         if any(p.kind in (prepost.InputKind.NHWC_UINT8, prepost.InputKind.NCHW_FLOAT) for p in prepared):
             raise InputError("a list must hold single images (uint8 HWC arrays or PIL images), not batches")
         groups: dict[tuple[int, int], list[int]] = {}
@@ -218,9 +223,27 @@ class Purifier:
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self.backend.thread_safe:
-            return self.backend.infer(x)
-        with self._lock:
-            return self.backend.infer(x)
+            y = self.backend.infer(x)
+        else:
+            with self._lock:
+                y = self.backend.infer(x)
+        self._check_output(x, y)
+        return y
+
+    def _check_output(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Refuse a model output that is not an image of the input's shape, or that holds NaN or infinity
+        (non-finite weights, or an overflow in reduced precision): written out, it would be a black image."""
+        model = f"the model{f' {self.source.path}' if self.source else ''} on {self.backend_name}"
+        if y.shape != x.shape:
+            raise ModelError(
+                f"{model} returned shape {y.shape} for an input of shape {x.shape}: a purifier must return "
+                "an image of its input's size with 3 channels"
+            )
+        if not (np.isfinite(y.min()) and np.isfinite(y.max())):  # NaN propagates; no full-size mask
+            raise ModelError(
+                f"{model} returned NaN or infinite values for an input of shape {x.shape} (non-finite "
+                "weights, or an overflow at reduced precision); refusing to write them as an image"
+            )
 
     def _open_pipeline(self, fused: bool | None) -> Any:
         """The fused GPU path over this backend, or None for the host path."""
@@ -242,13 +265,6 @@ class Purifier:
     def _batch_limit(self, count: int) -> int:
         profile = self.backend.profile
         return min(self.max_batch or count, profile.max[0] if profile else count)
-
-    def _check_size(self, height: int, width: int) -> None:
-        if height * width > self.max_pixels:
-            raise InputError(
-                f"image of {height}x{width} = {height * width} pixels exceeds the limit of {self.max_pixels} "
-                "(max_pixels); downscale it or raise max_pixels"
-            )
 
     def _layout(self, height: int, width: int) -> tuple[TileConfig | None, tuple[int, int]]:
         """How an image of this size runs: (None, _) whole, or (tile config, minimum tile shape).
@@ -310,6 +326,7 @@ def load_purifier(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fused: bool | None = None,
     options: Mapping[str, Any] | None = None,
+    allow_failed: bool = False,
 ) -> Purifier:
     """A ready Purifier for ``source`` (registry name, checkpoint, .onnx with its sidecar, TensorRT engine).
 
@@ -321,9 +338,10 @@ def load_purifier(
     ``threads``: intra-op threads (ONNX Runtime, torch). ``fused``: the fused GPU path for uint8 images
     (None: wherever it can run). ``options``: backend-specific options
     (e.g. ``{"cuda_graph": True, "fixed_shape": (1, 224, 224)}``, ``{"channels_last": True}``).
+    ``allow_failed``: use an artifact whose fidelity check FAILed (refused otherwise, see ``identify``).
     """
     config = _tile_config(tile, overlap)
-    model = identify(source)
+    model = identify(source, allow_failed=allow_failed)
     backend_options = dict(options or {})
     if threads is not None:
         backend_options["threads"] = threads
@@ -362,4 +380,16 @@ def _tile_config(tile: int | TileConfig | None, overlap: int | None) -> TileConf
         if overlap is not None:
             raise InputError("overlap was given without a tile size")
         return None
-    return _default_tile(int(tile), overlap)
+    if not _is_positive_int(tile):
+        raise InputError(f"tile must be a positive number of pixels (or a TileConfig), got {tile!r}")
+    if overlap is not None and (not _is_int(overlap) or overlap < 0):
+        raise InputError(f"overlap must be a number of pixels >= 0, got {overlap!r}")
+    return _default_tile(int(tile), None if overlap is None else int(overlap))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_positive_int(value: object) -> bool:
+    return _is_int(value) and value >= 1

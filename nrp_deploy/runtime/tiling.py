@@ -42,6 +42,12 @@ class TileConfig:
     ramp: str = "cosine"
 
     def __post_init__(self) -> None:
+        for name in ("tile", "overlap", "feather"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool):
+                raise InputError(f"{name} must be a whole number of pixels, got {value!r}")
+        if self.tile < 1:
+            raise InputError(f"tile must be at least 1 px, got {self.tile}")
         if self.overlap < 0 or self.feather < 0:
             raise InputError(f"overlap and feather must be >= 0, got {self.overlap} and {self.feather}")
         if self.ramp not in RAMPS:

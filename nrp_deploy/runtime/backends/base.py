@@ -55,7 +55,8 @@ class ModelSource:
 
     ``kind`` is ``checkpoint`` (.pth / .safetensors), ``onnx`` or ``engine`` (a TensorRT plan). ``spec`` is
     the architecture when known (registry entry or artifact sidecar) and ``precision`` the precision an
-    artifact was made at (None for checkpoints, and for artifacts without a sidecar).
+    artifact was made at (None for checkpoints, and for artifacts without a sidecar). ``allow_failed``:
+    the caller accepts an artifact whose fidelity check FAILed (otherwise it is refused).
     """
 
     kind: str
@@ -64,6 +65,7 @@ class ModelSource:
     sha256: str
     spec: ModelSpec | None = None
     precision: str | None = None
+    allow_failed: bool = False
 
 
 @runtime_checkable

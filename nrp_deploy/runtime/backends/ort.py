@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from nrp_deploy.errors import BackendUnavailableError, InputError
+from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime.backends.base import ModelSource, ShapeProfile, TensorSpec
 
@@ -133,6 +133,7 @@ class OrtBackend:
         self._session: Any = None
         self._input: TensorSpec | None = None
         self._output: TensorSpec | None = None
+        self._model_profile: ShapeProfile | None = None
         self._graph_lock = threading.Lock()
         self._graph_buffers: tuple[Any, Any, Any] | None = None
 
@@ -156,6 +157,11 @@ class OrtBackend:
                 f"{self.path}: a purifier has one input and one output, got {len(inputs)} and {len(outputs)}"
             )
         self._input, self._output = (self._spec(arg) for arg in (inputs[0], outputs[0]))
+        try:
+            self._model_profile = _check_purifier_io(self._input, self._output)
+        except ModelError as exc:
+            self._session = None
+            raise ModelError(f"{self.path}: {exc}") from None
         if self.on_gpu:
             self._check_provider_active()
 
@@ -174,7 +180,7 @@ class OrtBackend:
     @property
     def profile(self) -> ShapeProfile | None:
         if self.fixed_shape is None:
-            return None
+            return self._model_profile
         return ShapeProfile(self.fixed_shape, self.fixed_shape, self.fixed_shape)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -184,14 +190,21 @@ class OrtBackend:
             with self._graph_lock:
                 return self._infer_graph(x)
         inp, out = self._specs()
-        if self.on_gpu:
-            binding = session.io_binding()
-            binding.bind_cpu_input(inp.name, x)
-            binding.bind_output(out.name, "cuda", self.device_id)
-            session.run_with_iobinding(binding)
-            y = binding.copy_outputs_to_cpu()[0]
-        else:
-            y = session.run([out.name], {inp.name: x})[0]
+        try:
+            if self.on_gpu:
+                binding = session.io_binding()
+                binding.bind_cpu_input(inp.name, x)
+                binding.bind_output(out.name, "cuda", self.device_id)
+                session.run_with_iobinding(binding)
+                y = binding.copy_outputs_to_cpu()[0]
+            else:
+                y = session.run([out.name], {inp.name: x})[0]
+        except Exception as exc:  # onnxruntime raises its own Fail / InvalidArgument / RuntimeException types
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            raise ModelError(
+                f"ONNX Runtime failed to run {self.path} on an input of shape {x.shape} (the model takes "
+                f"{_shape_text(inp.shape)}): {type(exc).__name__}: {first_line}"
+            ) from exc
         return y.astype(np.float32, copy=False)
 
     def infer_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int) -> None:
@@ -356,3 +369,42 @@ class OrtBackend:
             synchronize(stream)
         self._session.run_with_iobinding(binding)
         copy_device(out_ptr, y_dev.data_ptr(), count * np.dtype(self.output_spec.dtype).itemsize, stream)
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join("?" if d < 0 else str(d) for d in shape) + ")"
+
+
+def _check_purifier_io(inp: TensorSpec, out: TensorSpec) -> ShapeProfile | None:
+    """Check that a model's input and output can be NCHW RGB images of one size; return the shape profile
+    its fixed dimensions imply (None when batch, height and width are all dynamic), so that the Purifier
+    tiles and pads images to a fixed-shape model instead of handing it shapes it cannot take."""
+    for role, spec in (("input", inp), ("output", out)):
+        if len(spec.shape) != 4:
+            raise ModelError(
+                f"its {role} {spec.name!r} has shape {_shape_text(spec.shape)}; a purifier's {role} is an NCHW "
+                "image batch (4 dimensions)"
+            )
+        if spec.shape[1] not in (-1, 3):
+            raise ModelError(
+                f"its {role} {spec.name!r} has {spec.shape[1]} channels (shape {_shape_text(spec.shape)}); a "
+                "purifier takes and returns 3 (RGB) channels in NCHW order"
+            )
+    for axis, word in ((0, "batch size"), (2, "height"), (3, "width")):
+        a, b = inp.shape[axis], out.shape[axis]
+        if a >= 0 and b >= 0 and a != b:
+            raise ModelError(f"its output {word} {b} differs from its input {word} {a}")
+    n, _, h, w = inp.shape
+    if n < 0 and h < 0 and w < 0:
+        return None
+    if n > 1 or 0 in (n, h, w):
+        raise ModelError(
+            f"its input shape {_shape_text(inp.shape)} is fixed in a way a purifier cannot use: give it a "
+            "dynamic (or 1) batch size and nonzero height and width"
+        )
+    big = 1 << 30
+    side = max(h, w) if max(h, w) > 0 else 512  # a fixed side sets the tile when the other one is dynamic
+    dims = [(1, 1, 1) if n == 1 else (1, 1, big)]
+    dims += [(d, d, d) if d > 0 else (1, side, big) for d in (h, w)]
+    lo, mid, hi = (tuple(d[k] for d in dims) for k in range(3))
+    return ShapeProfile(lo, mid, hi)
