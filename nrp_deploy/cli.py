@@ -73,6 +73,12 @@ def _add_purify(sub: argparse._SubParsersAction) -> None:
         help="use an ONNX artifact even though its fidelity check FAILed (refused otherwise)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        help="purify through a running `nrp serve` (http://HOST:PORT or grpc://HOST:PORT) instead of in "
+        "process; the server's model is used, the output is the same",
+    )
     p.set_defaults(handler=_run_purify)
 
 
@@ -82,6 +88,8 @@ def _run_purify(args: argparse.Namespace) -> int:
 
     if args.seed is not None and not args.dynamic:
         raise NRPDeployError("--seed sets the --dynamic noise; add --dynamic or drop --seed")
+    if args.server:
+        return _run_purify_remote(args)
     purifier = load_purifier(
         args.model,
         backend=args.backend,
@@ -104,6 +112,106 @@ def _run_purify(args: argparse.Namespace) -> int:
         max_pixels=purifier.max_pixels,
     )
     return _finish_batch(report)
+
+
+def _run_purify_remote(args: argparse.Namespace) -> int:
+    from nrp_deploy.batch import purify_files
+    from nrp_deploy.serving import PurifierClient
+
+    local = [
+        f"--{n}" for n in ("backend", "precision", "device", "tile", "overlap", "threads") if _given(args, n)
+    ]
+    if local:
+        raise NRPDeployError(f"{', '.join(local)} configure an in-process purifier; the server has its own")
+    client = PurifierClient(args.server)
+    client.wait_ready(timeout_s=10)
+    print(f"purifier: the {client.model} model at {args.server}", file=sys.stderr)
+    report = purify_files(
+        args.inputs,
+        args.output,
+        client.as_batch_fn(dynamic=True if args.dynamic else None, seed=args.seed),
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    return _finish_batch(report)
+
+
+def _given(args: argparse.Namespace, name: str) -> bool:
+    value = getattr(args, name)
+    return value is not None and value != "auto"
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a purifier behind NVIDIA Triton Inference Server (HTTP, gRPC, metrics)",
+        description="Run the Triton Inference Server bundled with nvidia-pytriton over a purifier of any "
+        "backend: uint8 images [N, H, W, 3] in, purified uint8 images out, requests of one image size joined "
+        "by Triton's dynamic batcher. Request parameters: dynamic (true/false), seed, start_index. Health at "
+        "/v2/health/ready, Prometheus metrics on the metrics port. SIGINT/SIGTERM shut it down cleanly: "
+        "requests in flight finish. Needs the `serve` extra (numpy<2: its own environment).",
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="registry name (default, NRP, NRP_resG), checkpoint, .onnx (with its .json) or TensorRT engine",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        help="inference backend (default: auto, the fastest that works here)",
+    )
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "int8"], help="model precision")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the GPU when the backend can)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op CPU threads per model instance")
+    p.add_argument(
+        "--dynamic", action="store_true", help="dynamic defence on unless a request sends dynamic=false"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback)")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (default: 8000)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: 8001)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default: 8002)")
+    p.add_argument("--max-batch", type=int, default=8, help="images per batch, and per request (default: 8)")
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=100,
+        help="how long the dynamic batcher waits to fill a batch, in microseconds (default: 100)",
+    )
+    p.add_argument("--instances", type=int, default=1, help="model instances (default: 1)")
+    p.add_argument(
+        "--max-pixels", type=int, default=None, help="largest image (H x W) accepted (default: 8192 x 8192)"
+    )
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from nrp_deploy.serving import Endpoints, ServeSettings, serve
+    from nrp_deploy.serving.model_config import Batching
+
+    settings = ServeSettings(
+        model=args.model,
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        threads=args.threads,
+        dynamic=args.dynamic,
+        **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
+    )
+    endpoints = Endpoints(args.host, args.http_port, args.grpc_port, args.metrics_port)
+
+    def announce(e: Endpoints) -> None:
+        print(
+            f"serving {settings.model} as model 'nrp_purifier': HTTP {e.http_url}, gRPC {e.grpc_url}, "
+            f"metrics {e.metrics_url} (SIGINT/SIGTERM to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    batching = Batching(args.max_batch, args.max_queue_delay_us)
+    return serve(settings, endpoints, batching, instances=args.instances, on_ready=announce)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -740,11 +848,12 @@ def _run_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nrp",
-        description="Deploy NRP adversarial purifiers: purify, attack, evaluate, export, build, benchmark.",
+        description="Deploy NRP adversarial purifiers: purify, serve, attack, evaluate, export, build, benchmark.",
     )
     parser.add_argument("--version", action="version", version=f"nrp-deploy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_purify(sub)
+    _add_serve(sub)
     _add_attack(sub)
     _add_eval(sub)
     _add_train(sub)

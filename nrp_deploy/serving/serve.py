@@ -1,0 +1,123 @@
+"""``nrp serve``: a Purifier of any backend behind the bundled Triton Inference Server.
+
+The server gets a one-model repository (written to a temporary folder): a Python-backend model that loads
+the Purifier with the given settings and answers each request on its own (``triton_models/purifier_model``),
+with Triton's dynamic batcher in front and ``instances`` copies of the model. We launch the ``tritonserver``
+binary directly rather than through PyTriton's proxy, because the proxy fails every request of a dynamic
+batch when one of them is bad and cannot answer per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from nrp_deploy.errors import InputError
+from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS
+from nrp_deploy.serving import protocol
+from nrp_deploy.serving.model_config import Batching, TensorSpec, model_config
+from nrp_deploy.serving.server import Endpoints, ServerError, TritonServer
+
+log = logging.getLogger(__name__)
+
+MODEL_SOURCE = Path(__file__).parent / "triton_models" / "purifier_model.py"
+WARMUP_SIDE = 64
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What the served Purifier is (the arguments of ``load_purifier``) and the dynamic-defence default."""
+
+    model: str = "default"
+    backend: str = "auto"
+    precision: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    dynamic: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    sys_path: list[str] = field(default_factory=lambda: [p for p in sys.path if p])
+
+
+def _absolute_model(model: str) -> str:
+    """A model path as an absolute path (the server's processes have their own working directory)."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def write_serve_repository(
+    root: Path, settings: ServeSettings, batching: Batching | None = None, instances: int = 1
+) -> Path:
+    """``root/nrp_purifier/{config.pbtxt, 1/model.py}``: the Purifier as a Triton Python-backend model."""
+    batching = batching or Batching()
+    if instances < 1:
+        raise InputError(f"--instances must be >= 1, got {instances}")
+    if batching.max_batch_size < 1:
+        raise InputError(f"--max-batch must be >= 1, got {batching.max_batch_size}")
+    if batching.delay_us is not None and batching.delay_us < 0:
+        raise InputError(f"--max-queue-delay-us must be >= 0, got {batching.delay_us}")
+    settings_json = json.dumps(asdict(settings) | {"model": _absolute_model(settings.model)})
+    image = TensorSpec(protocol.INPUT, "uint8", (-1, -1, 3))
+    text = model_config(
+        protocol.MODEL_NAME,
+        backend="python",
+        inputs=[image],
+        outputs=[TensorSpec(protocol.OUTPUT, "uint8", (-1, -1, 3))],
+        batching=batching,
+        instances=instances,
+        gpu=bool(settings.device and settings.device.startswith("cuda")),
+        parameters={"nrp_settings": settings_json},
+        warmup=[("zeros", TensorSpec(protocol.INPUT, "uint8", (WARMUP_SIDE, WARMUP_SIDE, 3)))],
+    )
+    model_dir = Path(root) / protocol.MODEL_NAME
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
+    (model_dir / "1" / "model.py").write_text(MODEL_SOURCE.read_text(encoding="utf-8"), encoding="utf-8")
+    return Path(root)
+
+
+def serve(
+    settings: ServeSettings,
+    endpoints: Endpoints | None = None,
+    batching: Batching | None = None,
+    instances: int = 1,
+    ready_timeout_s: float = 300.0,
+    on_ready: Callable[[Endpoints], None] | None = None,
+) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly (requests in flight finish); exit status."""
+    endpoints = endpoints or Endpoints()
+    with tempfile.TemporaryDirectory(prefix="nrp-serve-") as work:
+        repository = write_serve_repository(Path(work) / "models", settings, batching, instances)
+        server = TritonServer(repository, Path(work), endpoints)
+        stopping = False
+
+        def shut_down(signum: int, _frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+            log.info("signal %d: shutting the server down", signum)
+            server.terminate()
+
+        previous = {sig: signal.signal(sig, shut_down) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            try:
+                server.start(ready_timeout_s)
+            except ServerError:
+                if stopping:  # asked to stop while starting
+                    return 0
+                raise
+            if on_ready is not None:
+                on_ready(endpoints)
+            code = server.wait()
+        finally:
+            server.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if stopping:
+            return 0
+        raise ServerError(f"tritonserver exited on its own with status {code}")
