@@ -12,6 +12,7 @@ installs only what they run:
     pip install -e ".[jetson]"           # Jetson on JetPack 6.1/6.2: cuda-python 12 only (see README)
     pip install -e ".[torch,export,cpu]" # export ONNX / FP16 / INT8 artifacts on a CPU machine
     pip install -e ".[attacks]"          # SSP / PGD attacks, training, evaluation
+    pip install -e ".[serve,cpu]"        # `nrp serve` behind Triton (numpy<2: a separate environment)
 
 GPU extras go by CUDA major, because cuda-bindings 13 needs a CUDA 13 driver and the onnxruntime-gpu wheels
 on PyPI are CUDA 12 builds up to 1.26 and CUDA 13 builds from 1.27 on. `jetson` pulls only what resolves
@@ -68,6 +69,8 @@ EXTRAS = {
     # Optional CPU backend measured by `nrp bench` (INT8 / BF16 on AVX-512 VNNI / BF16 CPUs).
     "openvino": ["openvino>=2024.4"],
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+    # `nrp serve`: the Triton server bundled in nvidia-pytriton (which pins numpy<2: its own environment).
+    "serve": ["nvidia-pytriton>=0.7,<0.8", "tritonclient[http,grpc]>=2.50"],
 }
 
 setup(

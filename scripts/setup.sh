@@ -29,7 +29,15 @@ else
   .venv/bin/python -m pip uninstall -q -y onnxruntime-gpu 2>/dev/null || true
   .venv/bin/python -m pip install -q -e ".[cpu,export,attacks,bench,openvino,nvrtc,dev]"
 fi
+# `nrp serve` runs the Triton server bundled in nvidia-pytriton, which requires numpy<2: it gets its own
+# torch-free environment, .venv-serving (tests/test_serving.py runs the serving tests in it).
+if [ ! -x .venv-serving/bin/python ]; then
+  "$PY" -m venv .venv-serving
+fi
+.venv-serving/bin/python -m pip install -q --upgrade pip
+.venv-serving/bin/python -m pip install -q -e ".[serve,cpu,dev]"
 # NVIDIA's TensorRT bindings wheels (names only; TensorRT's libraries are not needed) for the API-name test.
 .venv/bin/python scripts/tensorrt_api_names.py fetch ||
   echo "TensorRT bindings not fetched; the committed name snapshot is checked instead"
 .venv/bin/python -c "import nrp_deploy, torch, onnxruntime as ort; print('nrp-deploy', nrp_deploy.__version__, '| torch', torch.__version__, '| torch CUDA', torch.cuda.is_available(), '| onnxruntime', ort.__version__, ort.get_available_providers())"
+.venv-serving/bin/python -c "import numpy, pytriton, tritonclient; print('serving env | numpy', numpy.__version__)"

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from nrp_deploy.errors import InputError
+from nrp_deploy.runtime.artifacts import identify
 from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS
 from nrp_deploy.serving import protocol
 from nrp_deploy.serving.model_config import Batching, TensorSpec, model_config
@@ -91,6 +92,7 @@ def serve(
     on_ready: Callable[[Endpoints], None] | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly (requests in flight finish); exit status."""
+    identify(settings.model)  # a missing or unreadable model is refused here, before a server starts
     endpoints = endpoints or Endpoints()
     with tempfile.TemporaryDirectory(prefix="nrp-serve-") as work:
         repository = write_serve_repository(Path(work) / "models", settings, batching, instances)
