@@ -761,7 +761,8 @@ def _add_export_calibration(p: argparse.ArgumentParser) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a purifier to ONNX: FP32, calibrated FP16 or INT8 Q/DQ, each with a metadata JSON",
+        help="export a purifier to ONNX (FP32, calibrated FP16 or INT8 Q/DQ, each with a metadata JSON) or to "
+        "a Triton model repository",
         description="Export a purifier to ONNX. Each artifact gets OUT.json beside it (source checkpoint and "
         "sha256, architecture, precision, calibration, tool versions, fidelity against FP32 torch) and a "
         "PASS/FAIL verdict line against its PSNR threshold; the exit status is 1 on FAIL.",
@@ -770,6 +771,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     fp32 = kinds.add_parser("onnx", help="FP32 ONNX, dynamic batch/height/width, checked against torch")
     fp16 = kinds.add_parser("fp16", help="mixed-precision FP16 ONNX (ModelOpt AutoCast, calibrated)")
     int8 = kinds.add_parser("int8", help="INT8 Q/DQ ONNX (ModelOpt for TensorRT, or ONNX Runtime for CPUs)")
+    _add_export_triton(kinds)
     for kind, q in (("fp32", fp32), ("fp16", fp16), ("int8", int8)):
         source = "registry name or checkpoint" + ("" if kind == "fp32" else ", or an FP32 .onnx export")
         q.add_argument("--model", default="default", help=f"{source} (default: default)")
@@ -803,6 +805,64 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     int8.add_argument(
         "--high-precision", choices=("fp16", "fp32"), help="modelopt: precision of the rest (default: fp16)"
     )
+
+
+def _add_export_triton(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser(
+        "triton",
+        help="a Triton model repository (ensemble: pre-processing, the network, post-processing)",
+        description="Write a Triton Inference Server model repository that NGC's tritonserver loads unchanged: "
+        "the ensemble nrp_purifier (uint8 images in and out, request parameters dynamic / seed / start_index) "
+        "over Python-backend pre- and post-processing and the purifier network (ONNX on the onnxruntime "
+        "backend, a TensorRT plan built here on the tensorrt backend, or ONNX Runtime in a Python-backend model "
+        "for servers with only the Python backend), with dynamic batching, instance groups and warm-up.",
+    )
+    p.add_argument("--model", default="default", help="registry name, checkpoint or .onnx (default: default)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="REPO", help="repository folder")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="(default: fp32)")
+    p.add_argument(
+        "--engine",
+        default="onnxruntime",
+        choices=["onnxruntime", "tensorrt", "python"],
+        help="the network's backend: onnxruntime (default), tensorrt (builds a plan: needs TensorRT and the "
+        "target GPU), python (ONNX Runtime in the Python backend)",
+    )
+    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of every model (default: 8)")
+    p.add_argument(
+        "--max-queue-delay-us", type=int, default=100, help="dynamic batcher's queue delay (default: 100)"
+    )
+    p.add_argument("--instances", type=int, default=1, help="instances of each model per device (default: 1)")
+    p.add_argument("--gpu", action="store_true", help="instances on the GPUs (KIND_GPU; always for tensorrt)")
+    p.add_argument(
+        "--dynamic", action="store_true", help="dynamic defence on unless a request says otherwise"
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=None, help="largest image accepted (default: 8192 x 8192)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="engine python: ONNX Runtime threads per instance"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace REPO if it exists")
+    p.set_defaults(handler=_run_export_triton)
+
+
+def _run_export_triton(args: argparse.Namespace) -> int:
+    from nrp_deploy.serving.triton_export import TritonExportOptions, export_triton_repository
+
+    options = TritonExportOptions(
+        precision=args.precision,
+        engine=args.engine,
+        max_batch=args.max_batch,
+        delay_us=args.max_queue_delay_us,
+        instances=args.instances,
+        gpu=args.gpu,
+        dynamic=args.dynamic,
+        threads=args.threads,
+        **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
+    )
+    repo = export_triton_repository(args.model, args.output, options, overwrite=args.overwrite)
+    print(f"wrote the Triton model repository {repo} (serve it: see {repo / 'README.md'})", file=sys.stderr)
+    return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:

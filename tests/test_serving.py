@@ -9,12 +9,14 @@ interpreter. Without the environment the tests skip locally and fail under CI=tr
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from nrp_deploy.cli import main
 from nrp_deploy.export.onnx import export_onnx
 from nrp_deploy.models.spec import ModelSpec
 
@@ -42,10 +44,20 @@ def artifacts(tmp_path_factory) -> Path:
     checkpoint = folder / "tiny.pth"
     torch.save(ModelSpec("NRP_resG", {"nf": 8, "nb": 1}).build().state_dict(), checkpoint)
     export_onnx(str(checkpoint), folder / "tiny.onnx")
+    for engine in ("python", "onnxruntime"):
+        export = [
+            "export",
+            "triton",
+            "--model",
+            str(folder / "tiny.onnx"),
+            "-o",
+            str(folder / f"repo_{engine}"),
+        ]
+        assert main([*export, "--engine", engine, "--max-pixels", "4096", "--threads", "1"]) == 0
     return folder
 
 
-@pytest.mark.parametrize("module", ["test_serve.py"])
+@pytest.mark.parametrize("module", ["test_serve.py", "test_triton_export.py"])
 def test_serving_suite(serving_python: Path, artifacts: Path, module: str):
     env = {**os.environ, "NRP_SERVING_TEST_DIR": str(artifacts), "PYTHONPATH": str(ROOT)}
     command = [str(serving_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/serving/{module}"]
@@ -55,3 +67,56 @@ def test_serving_suite(serving_python: Path, artifacts: Path, module: str):
         f"{module} failed in the serving environment:\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
     )
     assert " passed" in proc.stdout and " skipped" not in proc.stdout
+
+
+def test_request_parameters_are_checked_with_what_to_send_instead():
+    from nrp_deploy.errors import InputError
+    from nrp_deploy.serving.protocol import RequestOptions, encode_parameters, parse_parameters
+
+    assert parse_parameters({}, dynamic_default=False) == RequestOptions(False)
+    assert parse_parameters({}, dynamic_default=True) == RequestOptions(True)
+    assert parse_parameters({"dynamic": "true", "seed": "18446744073709551615", "start_index": 3}, False) == (
+        RequestOptions(True, 2**64 - 1, 3)
+    )
+    assert parse_parameters({"seed": 5, "priority": 1}, dynamic_default=True) == RequestOptions(True, 5)
+    for parameters, message in [
+        ({"sigma": 0.1}, "unknown request parameter(s) 'sigma'; this model takes dynamic, seed, start_index"),
+        ({"seed": 1}, "send dynamic=true or drop 'seed'"),
+        ({"dynamic": True, "seed": 2**64}, "0 <= seed < 2**64"),
+        ({"dynamic": True, "seed": True}, "0 <= seed < 2**64"),
+        ({"start_index": -1}, "0 <= start_index < 2**32"),
+        ({"dynamic": "yes"}, "'dynamic' must be true or false"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            parse_parameters(parameters, dynamic_default=False)
+    assert encode_parameters(True, 2**64 - 1, 2) == {
+        "dynamic": True,
+        "seed": str(2**64 - 1),
+        "start_index": 2,
+    }
+    with pytest.raises(InputError, match="drop it or leave dynamic on"):
+        encode_parameters(False, 3)
+
+
+def test_exported_repository_is_self_contained_and_never_half_written(artifacts: Path):
+    repo = artifacts / "repo_python"
+    for model in ("nrp_preprocess", "nrp_postprocess"):
+        for source in (repo / model / "1").glob("*.py"):
+            assert not re.search(r"^\s*(from|import) nrp_deploy", source.read_text(), re.M), source
+    leftovers = [p.name for p in artifacts.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    again = [
+        "export",
+        "triton",
+        "--model",
+        str(artifacts / "tiny.onnx"),
+        "-o",
+        str(repo),
+        "--engine",
+        "python",
+    ]
+    assert main(again) == 2  # exists: refused
+    assert main([*again, "--overwrite", "--max-batch", "4"]) == 0
+    assert "max_batch_size: 4" in (repo / "nrp_model" / "config.pbtxt").read_text()
+    assert main([*again, "--overwrite", "--max-batch", "0"]) == 2
+    assert "max_batch_size: 4" in (repo / "nrp_model" / "config.pbtxt").read_text()  # kept whole

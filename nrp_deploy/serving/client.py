@@ -47,6 +47,8 @@ class PurifierClient:
         self.timeout_s = timeout_s
         self._module = _tritonclient(self.protocol)
         self._local = threading.local()
+        self._opened: list[Any] = []  # every thread's connection, so close() can end them all
+        self._opened_lock = threading.Lock()
 
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
@@ -58,6 +60,8 @@ class PurifierClient:
                     self.address, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
                 )
             self._local.client = client
+            with self._opened_lock:
+                self._opened.append(client)
         return client
 
     def is_ready(self) -> bool:
@@ -123,10 +127,19 @@ class PurifierClient:
         return purify
 
     def close(self) -> None:
-        client = getattr(self._local, "client", None)
-        if client is not None:
+        """Close every thread's connection (an idle HTTP keep-alive connection holds a server's shutdown
+        until its exit timeout)."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for client in opened:
             client.close()
-            self._local.client = None
+        self._local = threading.local()
+
+    def __enter__(self) -> PurifierClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _message(exc: Exception) -> str:
