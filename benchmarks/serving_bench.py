@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nrp_deploy.evaluation.bench_machine import machine_info
-from nrp_deploy.evaluation.bench_stats import summarise
+from nrp_deploy.bench.machine import machine_info
+from nrp_deploy.bench.stats import summarise
 from nrp_deploy.runtime import load_purifier
 from nrp_deploy.serving import PurifierClient
 
