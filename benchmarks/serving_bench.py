@@ -15,11 +15,9 @@ the server's mean executed batch size (from its Prometheus counters). Writes ser
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,16 +31,9 @@ from nrp_deploy.bench.machine import machine_info
 from nrp_deploy.bench.stats import summarise
 from nrp_deploy.runtime import load_purifier
 from nrp_deploy.serving import PurifierClient
+from nrp_deploy.serving.server import free_ports
 
 TARGETS = ("in-process", "http", "grpc")
-
-
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
 
 
 def start_server(onnx: Path, args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, list[int]]:

@@ -166,13 +166,19 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "int8"], help="model precision")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the GPU when the backend can)")
     p.add_argument("--threads", type=int, default=None, help="intra-op CPU threads per model instance")
-    p.add_argument(
-        "--dynamic", action="store_true", help="dynamic defence on unless a request sends dynamic=false"
-    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback)")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (default: 8000)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: 8001)")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default: 8002)")
+    _add_serving_options(p)
+    p.set_defaults(handler=_run_serve)
+
+
+def _add_serving_options(p: argparse.ArgumentParser) -> None:
+    """What `nrp serve` and `nrp export triton` both configure: the defence's default, batching, instances."""
+    p.add_argument(
+        "--dynamic", action="store_true", help="dynamic defence on unless a request sends dynamic=false"
+    )
     p.add_argument("--max-batch", type=int, default=8, help="images per batch, and per request (default: 8)")
     p.add_argument(
         "--max-queue-delay-us",
@@ -180,11 +186,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=100,
         help="how long the dynamic batcher waits to fill a batch, in microseconds (default: 100)",
     )
-    p.add_argument("--instances", type=int, default=1, help="model instances (default: 1)")
+    p.add_argument("--instances", type=int, default=1, help="model instances per device (default: 1)")
     p.add_argument(
         "--max-pixels", type=int, default=None, help="largest image (H x W) accepted (default: 8192 x 8192)"
     )
-    p.set_defaults(handler=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -827,18 +832,8 @@ def _add_export_triton(kinds: argparse._SubParsersAction) -> None:
         help="the network's backend: onnxruntime (default), tensorrt (builds a plan: needs TensorRT and the "
         "target GPU), python (ONNX Runtime in the Python backend)",
     )
-    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of every model (default: 8)")
-    p.add_argument(
-        "--max-queue-delay-us", type=int, default=100, help="dynamic batcher's queue delay (default: 100)"
-    )
-    p.add_argument("--instances", type=int, default=1, help="instances of each model per device (default: 1)")
+    _add_serving_options(p)
     p.add_argument("--gpu", action="store_true", help="instances on the GPUs (KIND_GPU; always for tensorrt)")
-    p.add_argument(
-        "--dynamic", action="store_true", help="dynamic defence on unless a request says otherwise"
-    )
-    p.add_argument(
-        "--max-pixels", type=int, default=None, help="largest image accepted (default: 8192 x 8192)"
-    )
     p.add_argument(
         "--threads", type=int, default=None, help="engine python: ONNX Runtime threads per instance"
     )

@@ -139,21 +139,16 @@ def _write(root: Path, onnx: Path, options: TritonExportOptions) -> None:
     }
     python_model = {"backend": "python", "parameters": {"nrp_settings": json.dumps(settings)}}
 
-    pre = root / "nrp_preprocess"
-    _copy_python_model(MODELS / "preprocess.py", pre / "1", vendored=True)
-    text = model_config(
-        "nrp_preprocess", inputs=[images], outputs=[net_in], batching=batching, instances=options.instances,
-        **python_model,
-    )  # fmt: skip
-    (pre / "config.pbtxt").write_text(text, encoding="utf-8")
-
-    post = root / "nrp_postprocess"
-    _copy_python_model(MODELS / "postprocess.py", post / "1", vendored=True)
-    text = model_config(
-        "nrp_postprocess", inputs=[net_out], outputs=[purified], batching=batching, instances=options.instances,
-        **python_model,
-    )  # fmt: skip
-    (post / "config.pbtxt").write_text(text, encoding="utf-8")
+    for name, source, model_in, model_out in (
+        ("nrp_preprocess", "preprocess.py", images, net_in),
+        ("nrp_postprocess", "postprocess.py", net_out, purified),
+    ):
+        _copy_python_model(MODELS / source, root / name / "1", vendored=True)
+        text = model_config(
+            name, inputs=[model_in], outputs=[model_out], batching=batching, instances=options.instances,
+            **python_model,
+        )  # fmt: skip
+        (root / name / "config.pbtxt").write_text(text, encoding="utf-8")
 
     net = root / "nrp_model"
     (net / "1").mkdir(parents=True)

@@ -7,7 +7,6 @@ import contextlib
 import glob
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from nrp_deploy.serving.server import Endpoints, free_ports
+
 READY_TIMEOUT_S = 180
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free on loopback right now (all bound at once, so they differ)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
 
 
 @dataclass
@@ -34,18 +26,16 @@ class Served:
     """An `nrp serve` process started by a test."""
 
     process: subprocess.Popen
-    http_port: int
-    grpc_port: int
-    metrics_port: int
+    endpoints: Endpoints
     log: Path
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return self.endpoints.http_url
 
     @property
     def grpc(self) -> str:
-        return f"grpc://127.0.0.1:{self.grpc_port}"
+        return self.endpoints.grpc_url
 
     def shm_regions(self) -> list[str]:
         return glob.glob(f"/dev/shm/nrp_{self.process.pid}_*")
@@ -110,7 +100,7 @@ def start_serve(log_dir: Path, model: Path, *extra: str) -> Served:
     ]  # fmt: skip
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    served = Served(process, http, grpc, metrics, log)
+    served = Served(process, Endpoints("127.0.0.1", http, grpc, metrics), log)
     deadline = time.monotonic() + READY_TIMEOUT_S
     url = f"{served.http}/v2/models/nrp_purifier/ready"
     while time.monotonic() < deadline:

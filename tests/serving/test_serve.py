@@ -97,7 +97,7 @@ def test_32_concurrent_clients_times_8_mixed_requests_none_lost_or_mixed_up(serv
 
 def _raw_infer(server: Served, array: np.ndarray, datatype: str, parameters: dict | None = None) -> str:
     """Send a request that our client would refuse; return the server's error message."""
-    client = thttp.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    client = thttp.InferenceServerClient(f"127.0.0.1:{server.endpoints.http_port}")
     tensor = thttp.InferInput("images", list(array.shape), datatype)
     tensor.set_data_from_numpy(array, binary_data=True)
     with pytest.raises(Exception) as caught:
@@ -195,7 +195,9 @@ def test_health_readiness_and_prometheus_metrics(server: Served, in_process):
     for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/nrp_purifier/ready"):
         with urllib.request.urlopen(server.http + path, timeout=10) as reply:
             assert reply.status == 200
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as reply:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{server.endpoints.metrics_port}/metrics", timeout=10
+    ) as reply:
         metrics = reply.read().decode()
     counts = [line for line in metrics.splitlines() if line.startswith("nv_inference_request_success{")]
     assert any('model="nrp_purifier"' in line and float(line.split()[-1]) >= 1 for line in counts), counts
