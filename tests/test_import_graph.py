@@ -101,8 +101,9 @@ def test_no_import_cycles():
 
 
 def test_layers_point_one_way():
-    """cli -> {evaluation, bench} -> {attacks, runtime, export} -> {models, kernels}: never backwards."""
-    upper = ("nrp_deploy.cli", "nrp_deploy.evaluation", "nrp_deploy.bench")
+    """cli -> {evaluation, bench, serving} -> {attacks, runtime, export} -> {models, kernels}: never
+    backwards."""
+    upper = ("nrp_deploy.cli", "nrp_deploy.evaluation", "nrp_deploy.bench", "nrp_deploy.serving")
     lower = (
         "nrp_deploy.attacks",
         "nrp_deploy.runtime",
