@@ -15,12 +15,12 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
 from nrp_deploy.errors import InputError
-from nrp_deploy.runtime.artifacts import identify
+from nrp_deploy.runtime.artifacts import identify, onnx_for
 from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS
 from nrp_deploy.serving import protocol
 from nrp_deploy.serving.model_config import Batching, TensorSpec, model_config
@@ -83,6 +83,16 @@ def write_serve_repository(
     return Path(root)
 
 
+def _prepared(settings: ServeSettings) -> ServeSettings:
+    """Refuse a missing or unreadable model before a server starts, and export an FP32 checkpoint to ONNX
+    here, once, rather than in every model instance (this also says what to install where torch is
+    missing, as in the serving environment)."""
+    source = identify(settings.model)
+    if source.kind != "checkpoint" or settings.backend == "torch" or settings.precision not in (None, "fp32"):
+        return settings
+    return replace(settings, model=str(onnx_for(source, "fp32")))
+
+
 def serve(
     settings: ServeSettings,
     endpoints: Endpoints | None = None,
@@ -92,7 +102,7 @@ def serve(
     on_ready: Callable[[Endpoints], None] | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down cleanly (requests in flight finish); exit status."""
-    identify(settings.model)  # a missing or unreadable model is refused here, before a server starts
+    settings = _prepared(settings)
     endpoints = endpoints or Endpoints()
     with tempfile.TemporaryDirectory(prefix="nrp-serve-") as work:
         repository = write_serve_repository(Path(work) / "models", settings, batching, instances)

@@ -3,6 +3,7 @@ dying clients, metrics, `nrp purify --server`, and a clean SIGTERM shutdown."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -282,3 +283,12 @@ def test_serve_refuses_a_model_it_cannot_find(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and "missing.onnx" in proc.stderr, proc.stderr
+
+
+def test_serve_exports_a_checkpoint_once_or_says_what_to_install(artifacts: Path, tmp_path):
+    """The serving environment has no torch: a checkpoint without a cached ONNX is refused up front."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "nrp_deploy", "serve", "--model", str(artifacts / "tiny.pth")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "NRP_DEPLOY_CACHE": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 2 and "pass a prebuilt .onnx" in proc.stderr, proc.stderr
