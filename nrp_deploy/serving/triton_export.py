@@ -18,6 +18,7 @@ folder and renamed into place, so a failed export leaves nothing half-written.
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nrp_deploy.errors import ExportError, InputError
+from nrp_deploy.runtime import prepost
 from nrp_deploy.runtime.artifacts import identify, onnx_for
 from nrp_deploy.runtime.dynamic import PUBLISHED_EPS, PUBLISHED_SIGMA
 from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS
@@ -36,7 +38,6 @@ PACKAGE = Path(__file__).resolve().parents[1]
 #: Modules the Python-backend models import, copied as nrp_<name>.py with their error import made local.
 VENDORED = {
     "nrp_philox.py": PACKAGE / "kernels" / "philox.py",
-    "nrp_prepost.py": PACKAGE / "runtime" / "prepost.py",
     "nrp_protocol.py": PACKAGE / "serving" / "protocol.py",
 }
 ERRORS_IMPORT = "from nrp_deploy.errors import InputError\n"
@@ -115,11 +116,21 @@ def _copy_python_model(source: Path, version_dir: Path, vendored: bool) -> None:
     if not vendored:
         return
     (version_dir / "nrp_errors.py").write_text(ERRORS_MODULE, encoding="utf-8")
+    (version_dir / "nrp_prepost.py").write_text(_conversions_module(), encoding="utf-8")
     for name, module in VENDORED.items():
         text = module.read_text(encoding="utf-8")
         if text.count(ERRORS_IMPORT) != 1 or text.replace(ERRORS_IMPORT, "").count("nrp_deploy.") > 0:
             raise ExportError(f"{module} imports more of nrp_deploy than its error type: it cannot be copied")
         (version_dir / name).write_text(text.replace(ERRORS_IMPORT, "from nrp_errors import InputError\n"))
+
+
+def _conversions_module() -> str:
+    """``nrp_prepost.py``: the runtime's uint8 <-> float conversions, copied function by function (the rest
+    of ``runtime.prepost`` reads PIL images and needs more of nrp_deploy)."""
+    functions = (prepost.uint8_to_float, prepost.float_to_uint8)
+    header = '"""The runtime\'s uint8 <-> float conversions."""\n\nimport numpy as np\n\n'
+    scale = f"_SCALE = np.float32({float(prepost._SCALE)!r})\n\n\n"
+    return header + scale + "\n\n".join(inspect.getsource(f) for f in functions) + "\n"
 
 
 def _write(root: Path, onnx: Path, options: TritonExportOptions) -> None:
