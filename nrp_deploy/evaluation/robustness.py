@@ -1,11 +1,20 @@
 """Robustness evaluation: does the deployed purifier still defend the classifier, attack by attack?
 
 No labels are needed: the classifier's prediction on the clean image is the reference. For every attack
-(none, SSP, PGD with full / straight-through / EOT gradients) the adversarial images are crafted in torch
-against the differentiable purifier, written to uint8 as a saved adversary would be, and then classified
-three ways: undefended, after the purifier, and after the dynamic defence (noise, then the purifier). The
-report gives each way's agreement with the clean prediction, the hit rate of a targeted PGD, and the
-fidelity (PSNR / SSIM) of the purified adversary against the clean image.
+the adversarial images are crafted in torch, written to uint8 as a saved adversary would be, and then
+classified behind each defence: undefended, after the purifier, after the dynamic defence (noise, then the
+purifier), and after any training-free baselines asked for (blur, JPEG). Attacks:
+
+- ``none``: the clean image (what each defence costs on clean photos);
+- ``ssp``: the self-supervised perturbation on a feature network's features (``ssp_features``);
+- ``pgd-transfer`` / ``pgd-transfer-targeted``: PGD on the classifier alone, untargeted / targeted, i.e.
+  an attacker who does not know a defence is there (the adversary transfers through it);
+- ``pgd-full`` / ``pgd-bpda`` / ``pgd-eot``: white-box PGD on the classifier behind the purifier, with full,
+  straight-through or expectation-over-noise gradients (targeted unless ``targeted=False``).
+
+The report gives each defence's agreement with the clean prediction, the hit rate of a targeted PGD, and the
+fidelity of each defence's output against the clean image: PSNR, SSIM, mean CIEDE2000 and the mean shift
+per RGB channel (the last two catch colour casts, which PSNR barely registers).
 
 The defended predictions go through a ``purify(images, dynamic) -> images`` callable on float32 NCHW
 [0, 1] numpy arrays, by default the runtime's ``load_purifier`` (any backend, any precision), so every
@@ -33,14 +42,17 @@ from nrp_deploy.attacks.files import images_to_tensor, tensor_to_images
 from nrp_deploy.attacks.pgd import EOT_SAMPLES, PGD_EPS, PGD_ITERATIONS, pgd_attack
 from nrp_deploy.attacks.ssp import SSP_EPS, SSP_ITERATIONS, ssp_attack
 from nrp_deploy.errors import InputError, NRPDeployError
-from nrp_deploy.evaluation.metrics import psnr, ssim
+from nrp_deploy.evaluation.baselines import baseline_defences
+from nrp_deploy.evaluation.metrics import channel_shift, mean_ciede2000, psnr, ssim
 from nrp_deploy.images import collect_images, read_image
 from nrp_deploy.models import load_model
 
-ATTACKS = ("none", "ssp", "pgd-full", "pgd-bpda", "pgd-eot")
+ATTACKS = ("none", "ssp", "pgd-transfer", "pgd-transfer-targeted", "pgd-full", "pgd-bpda", "pgd-eot")
 DEFENCES = ("undefended", "purified", "dynamic")
 PurifyFn = Callable[[np.ndarray, bool], np.ndarray]
-_EPS = {"none": 0.0, "ssp": SSP_EPS, "pgd-full": PGD_EPS, "pgd-bpda": PGD_EPS, "pgd-eot": PGD_EPS}
+_EPS = {attack: PGD_EPS for attack in ATTACKS} | {"none": 0.0, "ssp": SSP_EPS}
+# PGD on the classifier alone: the attacker's pipeline has no purifier in it.
+_TRANSFER = {"pgd-transfer": False, "pgd-transfer-targeted": True}
 
 
 @dataclass
@@ -60,6 +72,7 @@ class AttackResult:
 
     name: str
     eps: float
+    defences: tuple[str, ...] = DEFENCES
     records: list[dict[str, Any]] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
     seconds: float = 0.0
@@ -76,21 +89,36 @@ class AttackResult:
 
     def mean(self, key: str) -> float | None:
         """Mean of a per-image metric over the images where it is finite (None if there are none)."""
-        values = [r[key] for r in self.records if r[key] is not None]
+        values = [r[key] for r in self.records if r.get(key) is not None]
         return float(np.mean(values)) if values else None
+
+    def mean_shift(self, defence: str) -> list[float] | None:
+        """Mean per-channel shift (R, G, B; 0..255) of ``defence``'s output against the clean images."""
+        shifts = [r[f"rgb_shift_{defence}"] for r in self.records if f"rgb_shift_{defence}" in r]
+        return [float(v) for v in np.mean(shifts, axis=0)] if shifts else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "attack": self.name,
             "eps": self.eps,
             "images": len(self.records),
-            "agreement": {d: self.agreement(d) for d in DEFENCES},
+            "agreement": {d: self.agreement(d) for d in self.defences},
             "target_hits": None
             if self.target_hits("undefended") is None
-            else {d: self.target_hits(d) for d in DEFENCES},
+            else {d: self.target_hits(d) for d in self.defences},
             "psnr_purified_db": self.mean("psnr_purified"),
             "ssim_purified": self.mean("ssim_purified"),
             "psnr_adversarial_db": self.mean("psnr_adversarial"),
+            "fidelity": {
+                d: {
+                    "psnr_db": self.mean(f"psnr_{d}"),
+                    "ssim": self.mean(f"ssim_{d}"),
+                    "ciede2000": self.mean(f"delta_e_{d}"),
+                    "rgb_shift": self.mean_shift(d),
+                }
+                for d in self.defences
+                if d != "undefended"
+            },
             "seconds": round(self.seconds, 2),
             "per_image": self.records,
         }
@@ -133,17 +161,19 @@ class _Attackers:
         if attack == "ssp":
             iterations = SSP_ITERATIONS if self.iterations is None else self.iterations
             return ssp_attack(x, self.features, iterations=iterations, generator=generator), None
+        transfer = attack in _TRANSFER
+        targeted = _TRANSFER[attack] if transfer else self.targeted
         result = pgd_attack(
             x,
             self.classifier,
-            self.purifier,
-            mode=attack.removeprefix("pgd-"),
-            targeted=self.targeted,
+            torch.nn.Identity() if transfer else self.purifier,
+            mode="full" if transfer else attack.removeprefix("pgd-"),
+            targeted=targeted,
             iterations=PGD_ITERATIONS if self.iterations is None else self.iterations,
             eot_samples=self.eot_samples,
             generator=generator,
         )
-        return result.adversarial, result.labels if self.targeted else None
+        return result.adversarial, result.labels if targeted else None
 
 
 def runtime_purify_fn(
@@ -185,7 +215,9 @@ def evaluate(
     backend: str = "auto",
     precision: str | None = None,
     classifier: str = "efficientnet_lite0",
+    ssp_features: str = "efficientnet_lite0",
     feature_layer: str | None = None,
+    baselines: Sequence[str] = (),
     iterations: int | None = None,
     eot_samples: int = EOT_SAMPLES,
     targeted: bool = True,
@@ -200,7 +232,9 @@ def evaluate(
     ``model`` is what the defence runs (registry name, checkpoint, or an ONNX / TensorRT artifact through
     ``backend`` / ``precision``); ``attack_model`` is the torch checkpoint the attacks differentiate
     (default: ``model``). ``purify`` replaces the runtime as the defence (then ``backend`` and ``precision``
-    are unused). ``iterations`` overrides the published counts (SSP 100, PGD 10).
+    are unused). ``iterations`` overrides the published counts (SSP 100, PGD 10). ``ssp_features`` names
+    the network whose features SSP attacks (``feature_layer`` its layer); ``baselines`` adds training-free
+    defences (``blur``, ``jpeg``) to the comparison.
     """
     attacks = list(attacks)
     unknown = [a for a in attacks if a not in ATTACKS]
@@ -210,6 +244,7 @@ def evaluate(
         )
     if batch_size < 1 or eot_samples < 1 or (iterations is not None and iterations < 0) or grid_images < 0:
         raise InputError("batch_size and eot_samples must be >= 1, iterations and grid_images >= 0")
+    extra_defences = baseline_defences(tuple(baselines))
     tasks = collect_images(inputs)
     if not tasks:
         raise InputError("no images found in the inputs")
@@ -219,15 +254,18 @@ def evaluate(
     attackers = _Attackers(
         classifier=load_classifier(classifier, device),
         purifier=_attack_purifier(attack_model or model, device)
-        if any(a.startswith("pgd-") for a in attacks)
+        if any(a.startswith("pgd-") and a not in _TRANSFER for a in attacks)
         else None,
-        features=build_feature_extractor(layer=feature_layer).to(device) if "ssp" in attacks else None,
+        features=build_feature_extractor(ssp_features, layer=feature_layer).to(device)
+        if "ssp" in attacks
+        else None,
         iterations=iterations,
         eot_samples=eot_samples,
         targeted=targeted,
         seed=seed,
     )
-    results = {a: AttackResult(a, _EPS[a]) for a in attacks}
+    defences = (*DEFENCES, *extra_defences)
+    results = {a: AttackResult(a, _EPS[a], defences) for a in attacks}
     failed: list[tuple[str, str]] = []
     batches = _batches(tasks, batch_size, failed)
     if not batches:
@@ -251,6 +289,7 @@ def evaluate(
                 targets,
                 attackers.classifier,
                 purify,
+                extra_defences,
                 device,
                 grid_images,
             )
@@ -262,9 +301,10 @@ def evaluate(
         "defence": description,
         "attack_model": os.fspath(attack_model or model),
         "classifier": classifier,
-        "ssp_features": f"efficientnet_lite0/{attackers.features.layer}"
+        "ssp_features": f"{attackers.features.name}/{attackers.features.layer}"
         if attackers.features is not None
         else None,
+        "baselines": list(extra_defences),
         "iterations": iterations,
         "eot_samples": eot_samples,
         "pgd": "targeted" if targeted else "untargeted",
@@ -325,31 +365,38 @@ def _score(
     targets: torch.Tensor | None,
     classifier: torch.nn.Module,
     purify: PurifyFn,
+    extra_defences: dict[str, Callable[[np.ndarray], np.ndarray]],
     device: str,
     grid_images: int,
 ) -> None:
     adv_float = _to_float(adversarial)
-    purified = _to_uint8(purify(adv_float, False))
-    dynamic = _to_uint8(purify(adv_float, True))
-    predictions = {
-        "undefended": _classify(classifier, adversarial, device),
-        "purified": _classify(classifier, purified, device),
-        "dynamic": _classify(classifier, dynamic, device),
+    outputs = {
+        "undefended": adversarial,
+        "purified": _to_uint8(purify(adv_float, False)),
+        "dynamic": _to_uint8(purify(adv_float, True)),
+        **{name: defend(adversarial) for name, defend in extra_defences.items()},
     }
+    predictions = {d: _classify(classifier, images, device) for d, images in outputs.items()}
+    has_ssim = min(clean.shape[1:3]) >= 11
     for k, name in enumerate(names):
         record = {
             "file": name,
             "clean": clean_pred[k],
-            **{d: predictions[d][k] for d in DEFENCES},
+            **{d: predictions[d][k] for d in outputs},
             "target": None if targets is None else int(targets[k]),
-            "psnr_purified": _finite(psnr(purified[k], clean[k])),
-            "ssim_purified": ssim(purified[k], clean[k]) if min(clean.shape[1:3]) >= 11 else None,
             "psnr_adversarial": _finite(psnr(adversarial[k], clean[k])),
         }
+        for d, images in outputs.items():
+            if d == "undefended":
+                continue
+            record[f"psnr_{d}"] = _finite(psnr(images[k], clean[k]))
+            record[f"ssim_{d}"] = ssim(images[k], clean[k]) if has_ssim else None
+            record[f"delta_e_{d}"] = mean_ciede2000(images[k], clean[k])
+            record[f"rgb_shift_{d}"] = channel_shift(images[k], clean[k])
         result.records.append(record)
         if len(result.examples) < grid_images:
             preds = {"clean": clean_pred[k], **{d: predictions[d][k] for d in DEFENCES}}
-            result.examples.append(Example(name, clean[k], adversarial[k], purified[k], preds))
+            result.examples.append(Example(name, clean[k], adversarial[k], outputs["purified"][k], preds))
 
 
 def _classify(classifier: torch.nn.Module, images: np.ndarray, device: str) -> list[int]:

@@ -23,6 +23,7 @@ class TrainConfig:
     architecture: str = "NRP_resG"
     model_config: dict[str, int] = field(default_factory=lambda: {"nf": 64, "nb": 6})
     identity_init: bool = True
+    init_weights: str | None = None  # start from these weights (fine-tuning) instead of a fresh init
     feature_model: str = "efficientnet_lite0"
     feature_layer: str | None = None  # None: the extractor's default layer
     steps: int = 1000
@@ -38,6 +39,9 @@ class TrainConfig:
     noise_fraction: float = 0.25
     feature_weight: float = 1.0
     pixel_weight: float = 5.0
+    identity_weight: float = 0.0  # extra L1 on the clean crops: clean photos must pass through unchanged
+    lowfreq_weight: float = 0.0  # L1 of lowfreq_kernel-pooled images: colour and brightness kept
+    lowfreq_kernel: int = 8
     adv_weight: float = 0.0
     max_zoom: float = 2.0
     jitter: float = 0.1
@@ -53,9 +57,18 @@ class TrainConfig:
             raise InputError(f"need lr > 0 and 0 <= lr_min <= lr, got lr={self.lr}, lr_min={self.lr_min}")
         if not 0 < self.eps_min_fraction <= 1:
             raise InputError(f"eps_min_fraction must be in (0, 1], got {self.eps_min_fraction}")
+        if self.identity_weight > 0 and round(self.clean_fraction * self.batch_size) < 1:
+            raise InputError("an identity weight needs clean crops: raise clean_fraction or batch_size")
+        if self.lowfreq_kernel < 1 or self.lowfreq_kernel > self.crop:
+            raise InputError(f"lowfreq_kernel must be in [1, crop], got {self.lowfreq_kernel}")
         for name in ("clean_fraction", "noise_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.init_weights is not None and self.identity_init:
+            raise InputError(
+                "starting from --init-weights replaces the identity initialisation: "
+                "pass --no-identity-init with it"
+            )
         if self.identity_init and self.architecture != "NRP_resG":
             raise InputError("identity initialisation is defined for NRP_resG only; pass --no-identity-init")
         try:

@@ -43,6 +43,7 @@ from nrp_deploy.training.objective import (
     Discriminator,
     feature_loss,
     identity_init,
+    lowfreq_loss,
     pixel_loss,
     relativistic_losses,
 )
@@ -65,6 +66,8 @@ class _Trainer:
         self.model = self.spec.build().to(self.device).train()
         if config.identity_init:
             identity_init(self.model)
+        if config.init_weights is not None:
+            self.model.load_state_dict(_init_state(config.init_weights, self.spec))
         self.features = features.to(self.device).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.99))
         total, floor = config.steps, config.lr_min / config.lr
@@ -158,6 +161,13 @@ class _Trainer:
             "pixel": pixel_loss(purified, clean),
         }
         total = cfg.feature_weight * losses["feature"] + cfg.pixel_weight * losses["pixel"]
+        n_clean = round(cfg.clean_fraction * len(clean))
+        if cfg.identity_weight > 0:
+            losses["identity"] = pixel_loss(purified[:n_clean], clean[:n_clean])
+            total = total + cfg.identity_weight * losses["identity"]
+        if cfg.lowfreq_weight > 0:
+            losses["lowfreq"] = lowfreq_loss(purified, clean, cfg.lowfreq_kernel)
+            total = total + cfg.lowfreq_weight * losses["lowfreq"]
         if self.discriminator is not None:
             _, losses["adv"] = relativistic_losses(self.discriminator(clean), self.discriminator(purified))
             total = total + cfg.adv_weight * losses["adv"]
@@ -173,6 +183,21 @@ class _Trainer:
             losses["disc"] = d_loss
         self.step += 1
         return {"total": total.item(), **{k: v.item() for k, v in losses.items()}}
+
+
+def _init_state(path: str, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """The weights a fine-tuning run starts from, refused by name if they do not fit the architecture."""
+    from nrp_deploy.models.checkpoint import read_state_dict
+
+    state = read_state_dict(path)
+    expected = spec.build().state_dict()
+    wrong = sorted(k for k in expected if k not in state or state[k].shape != expected[k].shape)
+    if wrong or len(state) != len(expected):
+        raise CheckpointError(
+            f"--init-weights {path} does not hold {spec.architecture} {spec.config} weights "
+            f"(missing or mis-shaped: {', '.join(wrong[:3]) or 'none'}; {len(state)} tensors vs {len(expected)})"
+        )
+    return state
 
 
 def _feature_extractor(config: TrainConfig) -> nn.Module:
@@ -248,6 +273,7 @@ def train(
             "steps": trainer.step,
             "final_losses": trainer.last_losses,
             "weights_sha256": sha256_file(weights),
+            "init_weights_sha256": None if config.init_weights is None else sha256_file(config.init_weights),
         },
     )
     return TrainResult(run_dir=run_dir, steps=trainer.step, losses=trainer.last_losses, weights=weights)

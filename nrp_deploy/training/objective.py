@@ -1,10 +1,16 @@
-"""The NRP training objective: feature loss + pixel loss (+ the relativistic adversarial loss, optional).
+"""The NRP training objective: feature loss + pixel loss (+ fidelity terms and the relativistic adversarial
+loss, each optional).
 
 The paper trains the purifier P so that the features of a purified adversary, F(P(x')), match the clean
 features F(x) (the perturbation's effect on the representation is undone) while P(x') stays close to x in
 pixels (so the output is still the photo). The adversarial term, a relativistic average discriminator as
 in ESRGAN, asks that purified images look no less real than clean ones; it sharpens output but is slow on
 a CPU, so it is off unless given a weight.
+
+Two fidelity terms keep a purifier from paying for robustness with the photo itself: an identity term on
+the clean crops of a batch (a clean photo must come out unchanged) and a low-frequency term (block means of
+purified and clean images must match), which penalises colour casts and brightness shifts directly; a
+per-pixel L1 barely notices a small shift spread over a whole image, the eye and a classifier do.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ def feature_loss(purified_features: torch.Tensor, clean_features: torch.Tensor) 
 
 def pixel_loss(purified: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return (purified - clean).abs().mean()
+
+
+def lowfreq_loss(purified: torch.Tensor, clean: torch.Tensor, kernel: int = 8) -> torch.Tensor:
+    """Mean absolute difference of ``kernel`` x ``kernel`` block means: colour and brightness fidelity."""
+    return (F.avg_pool2d(purified, kernel) - F.avg_pool2d(clean, kernel)).abs().mean()
 
 
 class Discriminator(nn.Module):
