@@ -262,6 +262,26 @@ def test_publish_adds_a_verified_registry_entry_and_keeps_the_others(photo_dir, 
     assert load_model("tiny").spec.config["nf"] == 8
 
 
+def test_publish_describes_a_photo_corpus_from_its_manifest(photo_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "train").mkdir(parents=True)
+    for image in sorted(photo_dir.glob("*.png")):
+        (corpus / "train" / image.name).write_bytes(image.read_bytes())
+    photos = [
+        {"id": "p0", "split": "train"},
+        {"id": "h1", "split": "heldout"},
+        {"id": "p1", "split": "train"},
+    ]
+    (corpus / "manifest.json").write_text(json.dumps({"format": 1, "photos": photos}))
+    run = _run(tiny_config(corpus / "train", steps=1), tmp_path / "run")
+    publish_model(run.run_dir, "tiny", directory=tmp_path / "models")
+    entry = json.loads((tmp_path / "models" / "manifest.json").read_text())["models"][0]
+    data = entry["training"]["data"]
+    assert data["train"] == ["p0", "p1"] and data["held_out"] == ["h1"]
+    assert data["manifest_sha256"] == sha256_file(corpus / "manifest.json")
+    assert entry["training"]["init_weights_sha256"] is None
+
+
 def test_publish_refuses_an_unfinished_run_and_foreign_metrics(photo_dir, tmp_path):
     with pytest.raises(InputError, match="not finished"):
         publish_model(tmp_path, "x", directory=tmp_path)

@@ -30,13 +30,30 @@ def _read_json(path: Path, what: str) -> Any:
 
 def _data_description(data: str) -> dict[str, Any]:
     if data != SKIMAGE:
-        return {"source": data}
+        return _corpus_description(data) or {"source": data}
     from nrp_deploy.training.data import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN
 
     return {
         "source": "photos shipped in the scikit-image wheel (skimage/data/), no download",
         "train": list(SKIMAGE_TRAIN),
         "held_out": list(SKIMAGE_HELD_OUT),
+    }
+
+
+def _corpus_description(data: str) -> dict[str, Any] | None:
+    """The photo corpus a ``<corpus>/train`` folder belongs to, from its manifest (None if it has none)."""
+    manifest_path = Path(data).parent / "manifest.json"
+    if Path(data).name != "train" or not manifest_path.is_file():
+        return None
+    manifest = _read_json(manifest_path, "")
+    photos = manifest.get("photos", []) if isinstance(manifest, dict) else []
+    if not photos:
+        return None
+    return {
+        "source": f"{data}: the photo corpus of scripts/build_photo_corpus.py (corpus/manifest.json)",
+        "manifest_sha256": sha256_file(manifest_path),
+        "train": sorted(p["id"] for p in photos if p.get("split") == "train"),
+        "held_out": sorted(p["id"] for p in photos if p.get("split") == "heldout"),
     }
 
 
@@ -52,6 +69,7 @@ def condense_eval_report(report: dict[str, Any]) -> dict[str, Any]:
         "psnr_adversarial_db",
         "psnr_purified_db",
         "ssim_purified",
+        "fidelity",
     )
     return {
         "settings": report["settings"],
@@ -99,6 +117,7 @@ def publish_model(
         "how_to_get": "Shipped in saved_models/ with this repository.",
         "training": {
             "data": _data_description(config["data"]),
+            "init_weights_sha256": summary.get("init_weights_sha256"),
             "steps": summary["steps"],
             "final_losses": summary["final_losses"],
             "config": config,
