@@ -430,15 +430,17 @@ def centre_crop(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + CROP, top + CROP))
 
 
-def _save_png(image: Image.Image, path: Path) -> str:
+def _write(image: Image.Image, out: Path, relative: str) -> dict:
+    """Save ``image`` as PNG at ``out / relative`` (atomically); its manifest record."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     data = buffer.getvalue()
+    path = out / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
+    return {"path": relative, "size": list(image.size), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def build(out: Path, cache: Path) -> dict:
@@ -473,7 +475,6 @@ def build(out: Path, cache: Path) -> dict:
         image = Image.open(io.BytesIO(raw))
         image.load()
         image = image.convert("RGB")
-        pixels = np.asarray(image)
         digest = hashlib.sha256(np.asarray(_resized(image, longer=64)).tobytes()).hexdigest()
         if digest in seen:
             raise SystemExit(f"{photo.id} duplicates {seen[digest]}")
@@ -508,29 +509,14 @@ def build(out: Path, cache: Path) -> dict:
             "colourfulness": round(score, 1),
         }
         if photo.held_out:
-            full = _resized(image, longer=HELDOUT_SIDE)
             entry["files"] = {
-                "full": {
-                    "path": f"heldout/full/{photo.id}.png",
-                    "size": list(full.size),
-                    "sha256": _save_png(full, out / "heldout/full" / f"{photo.id}.png"),
-                },
-                "crop224": {
-                    "path": f"heldout/crops224/{photo.id}.png",
-                    "size": [CROP, CROP],
-                    "sha256": _save_png(centre_crop(image), out / "heldout/crops224" / f"{photo.id}.png"),
-                },
+                "full": _write(_resized(image, longer=HELDOUT_SIDE), out, f"heldout/full/{photo.id}.png"),
+                "crop224": _write(centre_crop(image), out, f"heldout/crops224/{photo.id}.png"),
             }
         else:
-            train = _resized(image, shorter=TRAIN_SIDE)
             entry["files"] = {
-                "train": {
-                    "path": f"train/{photo.id}.png",
-                    "size": list(train.size),
-                    "sha256": _save_png(train, out / "train" / f"{photo.id}.png"),
-                }
+                "train": _write(_resized(image, shorter=TRAIN_SIDE), out, f"train/{photo.id}.png")
             }
-        del pixels
         manifest_photos.append(entry)
         print(f"{entry['split']:7s} {photo.id:32s} {licence}", file=sys.stderr)
     manifest = {

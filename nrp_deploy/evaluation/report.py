@@ -47,15 +47,13 @@ def format_table(report: EvalReport) -> str:
             f"{result.seconds:.1f} s",
         ]
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) + " |" for r in rows]
     s = report.settings
     title = (
         f"{s['images']} images; defence: {s['defence']}; attacks differentiate {s['attack_model']}; "
         f"classifier {s['classifier']}; PGD {s['pgd']}; iterations {s['iterations'] or 'as published'}"
     )
     failed = [f"failed: {f}: {e}" for f, e in report.failed]
-    return "\n".join([title, "", *lines, *failed])
+    return "\n".join([title, "", *_markdown_rows(rows), *failed])
 
 
 def format_defence_table(report: EvalReport) -> str:
@@ -91,14 +89,18 @@ def format_defence_table(report: EvalReport) -> str:
             hits = result.target_hits(defence)
             row.append(cell if hits is None else f"{cell}, hit {round(hits * len(result.records))}")
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) + " |" for r in rows]
     s = report.settings
     title = (
         f"per defence: {s['images']} images; classifier {s['classifier']}; SSP on {s.get('ssp_features')}; "
         f"white-box PGD {s['pgd']}; iterations {s['iterations'] or 'as published'}"
     )
-    return "\n".join([title, "", *lines])
+    return "\n".join([title, "", *_markdown_rows(rows)])
+
+
+def _markdown_rows(rows: list[list[str]]) -> list[str]:
+    """Markdown table lines with every column padded to its widest cell (readable as plain text too)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) + " |" for r in rows]
 
 
 def _fraction(value: float, n: int) -> str:
