@@ -22,24 +22,37 @@ V1="$RUN_DIR/default_v1.safetensors"
 [[ -f "$V1" ]] || git show "$V1_COMMIT:saved_models/default.safetensors" > "$V1"
 echo "$V1_SHA256  $V1" | sha256sum --check --quiet
 
-# 1. Fine-tune (120 steps of 8 crops of 64x64 px; resumes from RUN_DIR/train/checkpoint.pt if there is one).
-RESUME=()
-[[ -f "$RUN_DIR/train/checkpoint.pt" ]] && RESUME=(--resume)
-"$NRP" train --data corpus/train --out "$RUN_DIR/train" "${RESUME[@]}" \
-    --architecture NRP_resG --nf 64 --nb 6 --no-identity-init --init-weights "$V1" \
-    --feature-model efficientnet_lite0 --feature-layer stage3 \
-    --steps 120 --batch-size 8 --crop 64 --max-zoom 3 --lr 2e-4 --lr-min 1e-5 \
-    --ssp-iterations 4 --ssp-step 0.02 --eps-min-fraction 0.5 --clean-fraction 0.25 --noise-fraction 0.25 \
-    --feature-weight 1 --pixel-weight 5 --identity-weight 10 --lowfreq-weight 20 --lowfreq-kernel 8 \
-    --seed 0 --threads 1 --checkpoint-every 50 --log-every 10
+# 1. Fine-tune: 120 steps of 8 crops of 64x64 px, then resumed to 220 steps (the cosine restarts at about
+#    9e-5 and decays to 1e-5 again). Re-running resumes from RUN_DIR/train/checkpoint.pt.
+train() {  # $1: total steps; extra arguments follow
+    local steps=$1
+    shift
+    "$NRP" train --data corpus/train --out "$RUN_DIR/train" "$@" \
+        --architecture NRP_resG --nf 64 --nb 6 --no-identity-init --init-weights "$V1" \
+        --feature-model efficientnet_lite0 --feature-layer stage3 \
+        --steps "$steps" --batch-size 8 --crop 64 --max-zoom 3 --lr 2e-4 --lr-min 1e-5 \
+        --ssp-iterations 4 --ssp-step 0.02 --eps-min-fraction 0.5 --clean-fraction 0.25 --noise-fraction 0.25 \
+        --feature-weight 1 --pixel-weight 5 --identity-weight 10 --lowfreq-weight 20 --lowfreq-kernel 8 \
+        --seed 0 --threads 1 --checkpoint-every 50 --log-every 10
+}
+CKPT="$RUN_DIR/train/checkpoint.pt"
+STEP=0
+[[ -f "$CKPT" ]] && STEP=$("$PY" -c "import torch; print(torch.load('$CKPT', weights_only=True)['step'])")
+if ((STEP < 120)); then
+    if ((STEP > 0)); then train 120 --resume; else train 120; fi
+fi
+train 220 --resume
 
 # 2. Measure on the held-out photos with the held-out classifier: the 224x224 crops against transfer
 #    attacks (SSP on Lite2 features, untargeted and targeted PGD on Lite2 alone, 20 iterations) with the
-#    blur and JPEG baselines, then white-box straight-through PGD through the purifier on four crops.
+#    blur and JPEG baselines, the photos at their own size (clean), then white-box straight-through PGD
+#    through the purifier on four crops.
 WEIGHTS="$RUN_DIR/train/purifier.safetensors"
 "$NRP" eval corpus/heldout/crops224 --model "$WEIGHTS" --classifier efficientnet_lite2 \
     --ssp-features efficientnet_lite2 --attacks none,ssp,pgd-transfer,pgd-transfer-targeted --iterations 20 \
     --baselines blur,jpeg --seed 0 --out "$RUN_DIR/eval_heldout_crops" --no-progress
+"$NRP" eval corpus/heldout/full --model "$WEIGHTS" --classifier efficientnet_lite2 --attacks none \
+    --baselines blur,jpeg --seed 0 --out "$RUN_DIR/eval_heldout_full" --no-progress
 CROPS=corpus/heldout/crops224
 "$NRP" eval "$CROPS"/{skimage-coffee,sklearn-china,ultralytics-bus,mate-ladybird}.png --model "$WEIGHTS" \
     --classifier efficientnet_lite2 --attacks pgd-bpda --iterations 10 --baselines blur,jpeg --seed 0 \
@@ -48,4 +61,4 @@ CROPS=corpus/heldout/crops224
 # 3. Ship: the default weights + their manifest entry (provenance and the figures above).
 "$NRP" train --out "$RUN_DIR/train" --publish default \
     --metrics heldout_crops="$RUN_DIR/eval_heldout_crops/report.json" \
-    whitebox="$RUN_DIR/eval_whitebox/report.json"
+    heldout_full="$RUN_DIR/eval_heldout_full/report.json" whitebox="$RUN_DIR/eval_whitebox/report.json"

@@ -307,12 +307,17 @@ def test_the_shipped_default_purifier_is_registered_verified_and_small():
     manifest = load_manifest()
     assert {"default", "NRP", "NRP_resG"} <= set(manifest)
     resolved = resolve("default")  # raises if the file's sha256 differs from the manifest's
-    assert resolved.path.suffix == ".safetensors" and resolved.path.stat().st_size < 20 * 2**20
+    assert resolved.path.suffix == ".safetensors" and resolved.path.stat().st_size < 10 * 2**20
     entry = manifest["default"]
-    assert entry.extra["training"]["data"]["held_out"] == list(SKIMAGE_HELD_OUT)
-    assert (
-        entry.metrics["examples"]["attacks"]["ssp"]["psnr_purified_db"]
-        > (entry.metrics["examples"]["attacks"]["ssp"]["psnr_adversarial_db"])
-    )
+    corpus = json.loads((Path(__file__).resolve().parents[1] / "corpus" / "manifest.json").read_text())
+    held_out = sorted(p["id"] for p in corpus["photos"] if p["split"] == "heldout")
+    assert entry.extra["training"]["data"]["held_out"] == held_out  # measured on photos it never saw
+    assert not set(held_out) & set(entry.extra["training"]["data"]["train"])
+    crops = entry.metrics["heldout_crops"]
+    assert crops["settings"]["classifier"] == "efficientnet_lite2"  # a classifier training never used
+    ssp = crops["attacks"]["ssp"]
+    assert ssp["psnr_purified_db"] > ssp["psnr_adversarial_db"]
+    clean = crops["attacks"]["none"]["fidelity"]["purified"]
+    assert clean["ciede2000"] < 3 and all(abs(v) < 2 for v in clean["rgb_shift"])  # no colour cast
     loaded = load_model("default")
     assert loaded.spec.to_dict() == {"architecture": entry.architecture, "config": entry.config}

@@ -57,6 +57,19 @@ def _corpus_description(data: str) -> dict[str, Any] | None:
     }
 
 
+def _loss_terms(config: dict[str, Any]) -> str:
+    names = {"pixel_weight": "pixel", "identity_weight": "identity", "lowfreq_weight": "low-frequency"}
+    terms = ["feature"] + [name for key, name in names.items() if config.get(key, 0) > 0]
+    if config.get("adv_weight", 0) > 0:
+        terms.append("adversarial")
+    return " + ".join(terms) + " loss"
+
+
+def _start(summary: dict[str, Any]) -> str:
+    init = summary.get("init_weights_sha256")
+    return f", fine-tuned from the weights with sha256 {init}" if init else ""
+
+
 def condense_eval_report(report: dict[str, Any]) -> dict[str, Any]:
     """The model-card figures of an ``nrp eval`` report.json: settings and per-attack summaries only."""
     if "attacks" not in report or "settings" not in report:
@@ -110,9 +123,9 @@ def publish_model(
         "sha256": sha256_file(target),
         "provenance": (
             f"Trained by this project with `nrp train` ({summary['steps']} steps of the self-supervised NRP "
-            f"objective: SSP adversaries on {config['feature_model']} features, feature + pixel loss) on "
-            f"{config['data']!r} data. Final training losses (mean of the last {config['log_every']} steps): "
-            f"{losses}."
+            f"objective: SSP adversaries on {config['feature_model']} features, {_loss_terms(config)}) on "
+            f"{config['data']!r} data{_start(summary)}. Final training losses (mean of the last "
+            f"{config['log_every']} steps): {losses}."
         ),
         "how_to_get": "Shipped in saved_models/ with this repository.",
         "training": {
