@@ -45,8 +45,8 @@ train 220 --resume
 
 # 2. Measure on the held-out photos with the held-out classifier: the 224x224 crops against transfer
 #    attacks (SSP on Lite2 features, untargeted and targeted PGD on Lite2 alone, 20 iterations) with the
-#    blur and JPEG baselines, the photos at their own size (clean), then white-box straight-through PGD
-#    through the purifier on four crops.
+#    blur and JPEG baselines, the photos at their own size (clean), then white-box PGD through the
+#    purifier on four crops: straight-through (BPDA) and expectation over the dynamic noise (EOT).
 WEIGHTS="$RUN_DIR/train/purifier.safetensors"
 "$NRP" eval corpus/heldout/crops224 --model "$WEIGHTS" --classifier efficientnet_lite2 \
     --ssp-features efficientnet_lite2 --attacks none,ssp,pgd-transfer,pgd-transfer-targeted --iterations 20 \
@@ -57,8 +57,12 @@ CROPS=corpus/heldout/crops224
 "$NRP" eval "$CROPS"/{skimage-coffee,sklearn-china,ultralytics-bus,mate-ladybird}.png --model "$WEIGHTS" \
     --classifier efficientnet_lite2 --attacks pgd-bpda --iterations 10 --baselines blur,jpeg --seed 0 \
     --out "$RUN_DIR/eval_whitebox" --no-progress
+"$NRP" eval "$CROPS"/{skimage-coffee,sklearn-china,ultralytics-bus,mate-ladybird}.png --model "$WEIGHTS" \
+    --classifier efficientnet_lite2 --attacks pgd-eot --iterations 10 --eot-samples 2 --baselines blur,jpeg \
+    --seed 0 --out "$RUN_DIR/eval_whitebox_eot" --no-progress
 
 # 3. Ship: the default weights + their manifest entry (provenance and the figures above).
 "$NRP" train --out "$RUN_DIR/train" --publish default \
     --metrics heldout_crops="$RUN_DIR/eval_heldout_crops/report.json" \
-    heldout_full="$RUN_DIR/eval_heldout_full/report.json" whitebox="$RUN_DIR/eval_whitebox/report.json"
+    heldout_full="$RUN_DIR/eval_heldout_full/report.json" whitebox="$RUN_DIR/eval_whitebox/report.json" \
+    whitebox_eot="$RUN_DIR/eval_whitebox_eot/report.json"
