@@ -24,9 +24,15 @@ scripts/check_extras.py resolves each extra for its platforms against PyPI (CI r
 installed.
 """
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+
+# The one version source is nrp_deploy/__init__.py (read as text: the package is not importable yet).
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"$', Path("nrp_deploy/__init__.py").read_text(encoding="utf-8"), re.M
+).group(1)
 
 TORCH = ["torch>=2.4", "safetensors>=0.4"]
 ONNX_TOOLS = ["onnx>=1.17", "onnxslim>=0.1.50"]
@@ -69,20 +75,49 @@ EXTRAS = {
     "bench": ["matplotlib>=3.8"],
     # Optional CPU backend measured by `nrp bench` (INT8 / BF16 on AVX-512 VNNI / BF16 CPUs).
     "openvino": ["openvino>=2024.4"],
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+    # build and twine: CI builds the wheel and sdist, checks their metadata and installs the wheel alone
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "build==1.6.1", "twine==7.0.0"],
     # `nrp serve`: the Triton server bundled in nvidia-pytriton (which pins numpy<2: its own environment).
     "serve": ["nvidia-pytriton>=0.7,<0.8", "tritonclient[http,grpc]>=2.50"],
 }
 
 setup(
     name="nrp-deploy",
-    version="0.1.0",
+    version=VERSION,
     description="Deployment toolkit for NRP adversarial purifiers: ONNX / TensorRT export, slim runtime, attacks",
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    license_expression="MIT",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Developers",
+        "Intended Audience :: Science/Research",
+        "Operating System :: OS Independent",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Image Processing",
+        "Typing :: Typed",
+    ],
+    keywords=["adversarial robustness", "purification", "onnx", "tensorrt", "inference"],
+    project_urls={
+        "Paper": "https://arxiv.org/abs/2006.04924",
+        "Original NRP": "https://github.com/Muzammal-Naseer/NRP",
+    },
     python_requires=">=3.10",
     packages=find_packages(include=["nrp_deploy", "nrp_deploy.*"]),
-    package_data={"nrp_deploy.kernels": ["*.cuh", "*.cu"]},
+    # What the package needs at run time travels inside it (resolved with importlib.resources): the CUDA
+    # sources, the registry manifest, the default purifier and its card, the example photos, class names.
+    package_data={
+        "nrp_deploy": ["py.typed"],
+        "nrp_deploy.kernels": ["*.cuh", "*.cu"],
+        "nrp_deploy.assets": ["*.txt", "*.md", "models/*", "examples/*"],
+    },
+    include_package_data=False,
     install_requires=["numpy>=1.24", "pillow>=10", "tqdm>=4.60"],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["nrp=nrp_deploy.cli:main"]},

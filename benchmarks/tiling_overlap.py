@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nrp_deploy.assets import examples_dir
 from nrp_deploy.fileutil import write_bytes_atomic, write_json_atomic
 from nrp_deploy.images import read_image
 from nrp_deploy.models.spec import ModelSpec
@@ -131,8 +132,12 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
 
-    photo = read_image(ROOT / "examples" / "images" / "astronaut.png")
-    results = {"photo": "examples/images/astronaut.png", "threads": args.threads, "architectures": {}}
+    photo = read_image(examples_dir() / "astronaut.png")
+    results = {
+        "photo": "nrp_deploy/assets/examples/astronaut.png",
+        "threads": args.threads,
+        "architectures": {},
+    }
     for architecture, side, tile, settings in PLANS:
         x = np.ascontiguousarray(photo[None, :side, :side].transpose(0, 3, 1, 2), dtype=np.float32) / 255
         entry = {

@@ -584,7 +584,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: demo_out)")
     p.add_argument("--model", default="default", help="registry name or checkpoint (default: default)")
-    p.add_argument("--images", type=Path, default=None, help="image folder (default: examples/images)")
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="image folder (default: the example photos inside the package)",
+    )
     p.add_argument("--iterations", type=int, default=None, help="attack iterations (default: 10)")
     p.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch (default: auto)")
     p.add_argument("--with-pgd", action="store_true", help="also PGD straight-through (BPDA) against it")
@@ -784,7 +789,7 @@ def _add_export_calibration(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="DIR|NPZ",
-        help="calibration images: a folder or an .npz with an NCHW 'input' array (default: examples/images)",
+        help="calibration images: a folder or an .npz with an NCHW 'input' array (default: the example photos inside the package)",
     )
     p.add_argument(
         "--validation",

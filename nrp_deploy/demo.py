@@ -18,9 +18,10 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from nrp_deploy.assets import examples_dir
 from nrp_deploy.errors import InputError
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples" / "images"
+EXAMPLES_DIR = examples_dir()
 DEMO_ATTACKS = ("none", "ssp")
 DEMO_ITERATIONS = 10
 DEFAULT_OUT = Path("demo_out")
@@ -63,7 +64,7 @@ def run_demo(
     """
     images = Path(images)
     if not images.is_dir() or not any(images.iterdir()):
-        raise InputError(f"{images}: no example images there (is this a complete checkout?)")
+        raise InputError(f"{images}: not a folder with images in it")
     started = time.perf_counter()
     _say("loading the attacks, the classifier and torch ...")
     from nrp_deploy.evaluation.report import format_table, write_report

@@ -1,4 +1,5 @@
-"""File helpers shared by every layer (torch-free): content hashes and atomic, no-clobber writes.
+"""File helpers shared by every layer (torch-free): content hashes, atomic and no-clobber writes,
+per-user folders.
 
 Outputs are written to a temporary file in the destination directory and moved into place only when
 complete, so a crash, a signal or a full disk never leaves a half-written image, model or report under the
@@ -127,3 +128,9 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def user_cache_dir(name: str) -> Path:
+    """A per-user folder under ``$XDG_CACHE_HOME/nrp_deploy`` (``~/.cache/nrp_deploy`` when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nrp_deploy" / name

@@ -61,8 +61,9 @@ CROPS=corpus/heldout/crops224
     --classifier efficientnet_lite2 --attacks pgd-eot --iterations 10 --eot-samples 2 --baselines blur,jpeg \
     --seed 0 --out "$RUN_DIR/eval_whitebox_eot" --no-progress
 
-# 3. Ship: the default weights + their manifest entry (provenance and the figures above).
-"$NRP" train --out "$RUN_DIR/train" --publish default \
+# 3. Ship: the default weights + their manifest entry (provenance and the figures above), into the package
+#    (nrp_deploy/assets/models/, where the registry's shipped files live).
+NRP_DEPLOY_MODELS_DIR=nrp_deploy/assets/models "$NRP" train --out "$RUN_DIR/train" --publish default \
     --metrics heldout_crops="$RUN_DIR/eval_heldout_crops/report.json" \
     heldout_full="$RUN_DIR/eval_heldout_full/report.json" whitebox="$RUN_DIR/eval_whitebox/report.json" \
     whitebox_eot="$RUN_DIR/eval_whitebox_eot/report.json"

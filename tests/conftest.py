@@ -1,7 +1,9 @@
 """Shared test settings.
 
 - `gpu` tests are skipped where no CUDA device is present (checked through the driver, without torch).
-- Artifacts that tests export on the fly go to a per-session cache, never the user's ~/.cache.
+- Artifacts that tests export on the fly go to a per-session cache, never the user's ~/.cache, and the
+  registry's models folder is an empty per-session one: what a user or a checkout keeps there (their own
+  manifest, published weights) never changes what a test sees.
 - torch runs single-threaded: test tensors are tiny, where threads cost more than they give, and CI has
   two cores.
 """
@@ -15,14 +17,17 @@ import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _session_artifact_cache(tmp_path_factory):
-    previous = os.environ.get("NRP_DEPLOY_CACHE")
-    os.environ["NRP_DEPLOY_CACHE"] = str(tmp_path_factory.mktemp("nrp-cache"))
+def _session_user_folders(tmp_path_factory):
+    folders = {"NRP_DEPLOY_CACHE": "nrp-cache", "NRP_DEPLOY_MODELS_DIR": "nrp-models"}
+    previous = {name: os.environ.get(name) for name in folders}
+    for name, folder in folders.items():
+        os.environ[name] = str(tmp_path_factory.mktemp(folder))
     yield
-    if previous is None:
-        os.environ.pop("NRP_DEPLOY_CACHE", None)
-    else:
-        os.environ["NRP_DEPLOY_CACHE"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def pytest_configure(config):

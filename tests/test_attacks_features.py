@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from nrp_deploy.assets import examples_dir
 from nrp_deploy.attacks import build_feature_extractor, load_classifier
 from nrp_deploy.attacks.backbones import efficientnet_lite0, efficientnet_lite2
 from nrp_deploy.attacks.features import LITE0_STAGE_ENDS, lite_stage_ends
 from nrp_deploy.errors import CheckpointError, InputError, ModelNotFoundError
 from nrp_deploy.images import read_image
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
+EXAMPLES = examples_dir()
 VGG16_CONVS = {
     0: (3, 64),
     2: (64, 64),

@@ -72,9 +72,9 @@ def test_demo_command_line(identity_purifier, photos, tmp_path):
 
 
 def test_demo_refuses_a_folder_without_images(tmp_path):
-    with pytest.raises(InputError, match="no example images"):
+    with pytest.raises(InputError, match="not a folder with images"):
         run_demo(tmp_path / "out", images=tmp_path / "missing")
 
 
 def test_the_example_images_are_there():
-    assert sorted(p.name for p in EXAMPLES_DIR.glob("*.png")), "examples/images/ holds no photos"
+    assert sorted(p.name for p in EXAMPLES_DIR.glob("*.png")), "the packaged example photos are missing"

@@ -13,6 +13,7 @@ import onnx
 import pytest
 import torch
 
+from nrp_deploy.assets import examples_dir
 from nrp_deploy.cli import main
 from nrp_deploy.cpu_features import host_isa, int8_target_mismatch, parse_cpuinfo, resolve_int8_target
 from nrp_deploy.errors import ExportError, InputError
@@ -112,7 +113,7 @@ def test_no_more_crops_than_positions():
 
 def test_default_calibration_folder_is_the_example_photos():
     pictures = load_pictures(None)
-    assert DEFAULT_FOLDER.name == "images" and len(pictures) >= 2
+    assert examples_dir() == DEFAULT_FOLDER and len(pictures) >= 2
     assert all(p.chw.shape[0] == 3 and p.chw.dtype == np.float32 for p in pictures)
 
 

@@ -98,7 +98,7 @@ def test_registry_missing_file_and_checksum_mismatch(tmp_path, monkeypatch, tiny
     assert main(["purify", str(tmp_path), "-o", out, "--model", "tiny"]) == 2
     assert "sha256" in capsys.readouterr().err
     assert main(["purify", str(tmp_path), "-o", out, "--model", "nope"]) == 2
-    assert "registered: NRP, tiny" in capsys.readouterr().err
+    assert "registered: NRP, NRP_resG, default, tiny" in capsys.readouterr().err
 
 
 def test_eager_baseline_feeds_plain_nchw(tiny_checkpoint):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nrp_deploy.assets import examples_dir
 from nrp_deploy.runtime import prepost
 from nrp_deploy.runtime.dynamic import DynamicDefense
 
@@ -225,7 +226,7 @@ def test_published_architectures_fp16_fidelity_on_the_fused_path(tmp_path, archi
     fp32 = export_onnx(str(checkpoint), tmp_path / "fp32.onnx").path
     fp16 = export_fp16(str(fp32), tmp_path / "fp16.onnx", progress=False).path
 
-    examples = sorted((Path(__file__).resolve().parents[1] / "examples" / "images").glob("*.png"))[:2]
+    examples = sorted(examples_dir().glob("*.png"))[:2]
     images = np.stack([read_image(p)[:96, :96] for p in examples])
     x = prepost.uint8_to_float(images)
     with torch.no_grad():

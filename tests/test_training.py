@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from nrp_deploy.assets import examples_dir
 from nrp_deploy.errors import CheckpointError, InputError
 from nrp_deploy.fileutil import sha256_file
 from nrp_deploy.images import write_png
@@ -223,11 +223,9 @@ def test_crops_are_seeded_and_augmented():
 def test_skimage_training_photos_are_shipped_and_exclude_the_examples():
     root = skimage_data_dir()
     assert all((root / name).is_file() for name in SKIMAGE_TRAIN + SKIMAGE_HELD_OUT)
-    example_stems = {
-        p.stem for p in (Path(__file__).resolve().parents[1] / "examples" / "images").glob("*.png")
-    }
+    example_stems = {p.stem for p in examples_dir().glob("*.png")}
     train_stems = {name.rsplit(".", 1)[0] for name in SKIMAGE_TRAIN}
-    assert example_stems, "examples/images/ holds no PNGs"
+    assert example_stems, "the packaged example photos are missing"
     assert not example_stems & train_stems
     assert example_stems <= {name.rsplit(".", 1)[0] for name in SKIMAGE_HELD_OUT}
 

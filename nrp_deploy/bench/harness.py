@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.assets import examples_dir
 from nrp_deploy.bench import stats as bench_stats
 from nrp_deploy.bench.machine import (
     HostMemory,
@@ -41,7 +42,7 @@ from nrp_deploy.evaluation.metrics import psnr
 
 SCHEMA = "nrp-bench/1"
 SCENARIOS = ("model", "e2e", "e2e-dynamic")
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
+EXAMPLES = examples_dir()
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.assets import examples_dir
 from nrp_deploy.errors import ExportError
 from nrp_deploy.images import collect_images, read_image
 
-DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "examples" / "images"
+DEFAULT_FOLDER = examples_dir()
 DEFAULT_CROP_SIZE = 224
 DEFAULT_COUNT = 8
 DEFAULT_HOLDOUT_COUNT = 4

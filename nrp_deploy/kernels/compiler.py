@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from nrp_deploy.errors import BackendUnavailableError
-from nrp_deploy.fileutil import write_bytes_atomic
+from nrp_deploy.fileutil import user_cache_dir, write_bytes_atomic
 from nrp_deploy.kernels.cuda_api import CudaError, check, nvrtc_module
 
 SOURCE = "nrp_kernels.cu"
@@ -112,12 +112,11 @@ def target_for(major: int, minor: int) -> str:
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels are kept: $NRP_DEPLOY_CACHE/kernels, else ~/.cache/nrp_deploy/kernels."""
+    """Where compiled kernels are kept: $NRP_DEPLOY_CACHE/kernels, else $XDG_CACHE_HOME/nrp_deploy/kernels."""
     root = os.environ.get("NRP_DEPLOY_CACHE")
     if root:
         return Path(root) / "kernels"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "nrp_deploy" / "kernels"
+    return user_cache_dir("kernels")
 
 
 def cache_key(arch: str, fast_sincos: bool = False) -> str:

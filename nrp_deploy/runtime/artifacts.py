@@ -34,7 +34,7 @@ from nrp_deploy.export.metadata import (
     sidecar_path,
     verify_artifact,
 )
-from nrp_deploy.fileutil import sha256_file
+from nrp_deploy.fileutil import sha256_file, user_cache_dir
 from nrp_deploy.models.registry import resolve
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime.backends.base import PRECISIONS, ModelSource
@@ -53,10 +53,7 @@ _EXPORTERS = {
 def cache_dir() -> Path:
     """``$NRP_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME/nrp_deploy/artifacts`` (``~/.cache`` by default)."""
     override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "nrp_deploy" / "artifacts"
+    return Path(override) if override else user_cache_dir("artifacts")
 
 
 def identify(source: str | os.PathLike[str], allow_failed: bool = False) -> ModelSource:

@@ -2,7 +2,7 @@
 
 NRP's objective needs no labels, so any folder of photos is a training set. The default purifier is trained
 on the photos that scikit-image ships inside its wheel (no download), minus the ones kept for evaluation:
-every photo used by ``examples/images/`` is held out, so the demo and the model card measure unseen images.
+every photo of the packaged examples (``nrp_deploy/assets/examples/``) is held out, so the demo and the model card measure unseen images.
 All randomness comes from one ``torch.Generator``, so a seed fixes the crop sequence and a checkpoint can
 save and restore it.
 """
@@ -41,7 +41,7 @@ SKIMAGE_TRAIN = (
     "page.png",
     "text.png",
 )
-# Held out for evaluation: these are the photos examples/images/ uses (see its ATTRIBUTION.md).
+# Held out for evaluation: the sources of the packaged example photos (see nrp_deploy/assets/examples/ATTRIBUTION.md).
 SKIMAGE_HELD_OUT = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
 
 

@@ -101,7 +101,7 @@ def publish_model(
     ``metrics`` maps a label (which images) to an ``nrp eval`` report.json's content; each is condensed
     to its settings and per-attack figures.
 
-    ``directory`` defaults to the registry's folder (saved_models/ or ``$NRP_DEPLOY_MODELS_DIR``).
+    ``directory`` defaults to the user's models folder (``registry.models_dir()``).
     Returns the path of the copied weights.
     """
     run_dir = Path(run_dir)
@@ -127,7 +127,7 @@ def publish_model(
             f"{config['data']!r} data{_start(summary)}. Final training losses (mean of the last "
             f"{config['log_every']} steps): {losses}."
         ),
-        "how_to_get": "Shipped in saved_models/ with this repository.",
+        "how_to_get": "Written by `nrp train --publish` beside this manifest.",
         "training": {
             "data": _data_description(config["data"]),
             "init_weights_sha256": summary.get("init_weights_sha256"),
