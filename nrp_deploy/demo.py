@@ -67,7 +67,7 @@ def run_demo(
         raise InputError(f"{images}: not a folder with images in it")
     started = time.perf_counter()
     _say("loading the attacks, the classifier and torch ...")
-    from nrp_deploy.evaluation.report import format_table, write_report
+    from nrp_deploy.evaluation.report import format_predictions, format_table, write_report
     from nrp_deploy.evaluation.robustness import evaluate
 
     _say(f"purifier {os.fspath(model)!r} through backend {backend} (a first run exports it to ONNX, once)")
@@ -84,6 +84,8 @@ def run_demo(
         )
     written = write_report(report, out_dir)
     print(format_table(report))
+    print()
+    print(format_predictions(report))
     _say(f"wrote {', '.join(str(p) for p in written)}")
     _say(f"done in {time.perf_counter() - started:.1f} s")
     return report

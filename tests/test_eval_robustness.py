@@ -7,11 +7,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
+from nrp_deploy.assets import class_label, imagenet_class_names
 from nrp_deploy.cli import main
 from nrp_deploy.errors import InputError
-from nrp_deploy.evaluation.report import format_defence_table, format_table, write_report
+from nrp_deploy.evaluation.report import (
+    _fitted,
+    format_defence_table,
+    format_predictions,
+    format_table,
+    write_report,
+)
 from nrp_deploy.evaluation.robustness import ATTACKS, DEFENCES, evaluate
 from nrp_deploy.images import write_png
 from nrp_deploy.models import NRP_resG
@@ -77,7 +84,11 @@ def test_evaluate_all_attacks_through_the_runtime(images, checkpoint, tmp_path):
     written = write_report(report, tmp_path / "out")
     names = {p.name for p in written}
     assert names == {"report.json", "report.md"} | {f"grid_{a}.png" for a in ATTACKS}
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["settings"]["images"] == 3
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["settings"]["images"] == 3
+    clean = pgd.records[0]["clean"]
+    assert saved["class_names"][str(clean)] == imagenet_class_names()[clean]
+    assert f"{class_label(pgd.records[0]['target'])} |" in (tmp_path / "out" / "report.md").read_text()
     with Image.open(tmp_path / "out" / "grid_ssp.png") as grid:
         assert grid.width > 4 * 224 and grid.height > 2 * 224  # 4 columns, 2 example rows
 
@@ -110,6 +121,24 @@ def test_table_lists_every_attack(images):
     table = format_table(report)
     assert "| none" in table and "| ssp" in table and "3/3 (100%)" in table
     assert "target hit" not in table  # no targeted PGD in this run
+
+
+def test_predictions_table_names_the_classes(images):
+    report = evaluate([images], "unused", ["none", "ssp"], purify=_identity, iterations=1, progress=False)
+    table = format_predictions(report)
+    record = report.results[1].records[0]
+    name = imagenet_class_names()[record["clean"]]
+    assert f"| {record['file']} | {name} ({record['clean']})" in table
+    assert table.startswith("none (= agrees") and "\nssp (= agrees" in table and "target" not in table
+
+
+def test_grid_captions_are_cut_to_their_column():
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    font = ImageFont.load_default()
+    long = "purified = " + "very long class name " * 10
+    cut = _fitted(draw, long, font, 120)
+    assert cut.endswith("...") and draw.textlength(cut, font=font) <= 120
+    assert _fitted(draw, "tabby cat (281)", font, 500) == "tabby cat (281)"
 
 
 def test_evaluate_rejects_bad_requests(images, tmp_path):

@@ -2,11 +2,13 @@
 
 Two tables read the same records two ways: per attack (agreement behind the purifier and the dynamic
 defence, with the purified adversary's fidelity) and per defence (what each defence costs on clean images
-and how much agreement it keeps under each attack), the second also covering the baselines.
+and how much agreement it keeps under each attack), the second also covering the baselines. A third lists
+each image's class per attack and defence.
 
+Classes are shown as their ImageNet name and index, ``tabby cat (281)`` (``nrp_deploy.assets.class_label``).
 The grid shows, per image, clean | adversarial | purified | amplified difference (adversarial - clean,
-scaled so that -eps..+eps spans black..white around mid-grey), with the classifier's ImageNet class index
-under each picture and whether it agrees with the clean prediction.
+scaled so that -eps..+eps spans black..white around mid-grey), with the classifier's class under each
+picture and whether it agrees with the clean prediction.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from nrp_deploy.assets import class_label
 from nrp_deploy.evaluation.robustness import DEFENCES, AttackResult, EvalReport
 from nrp_deploy.fileutil import atomic_output, write_bytes_atomic, write_json_atomic
 
 _TILE = 224  # pictures are scaled to this height in the grid
 _GAP = 6
-_CAPTION = 18
+_LINE = 15  # one caption line at the caption font's size
+_CAPTION = 2 * _LINE + 4
 _HEADER = 44
 
 
@@ -103,6 +107,23 @@ def _markdown_rows(rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) + " |" for r in rows]
 
 
+def format_predictions(report: EvalReport) -> str:
+    """Per attack, a Markdown table of each image's class: clean, under attack, behind each defence."""
+    sections = []
+    for result in report.results:
+        targeted = bool(result.records) and result.records[0]["target"] is not None
+        head = ["image", "clean", *result.defences, *(["target"] if targeted else [])]
+        rows = [head, ["---"] * len(head)]
+        for record in result.records:
+            cells = [record["clean"], *(record[d] for d in result.defences)]
+            marks = ["", *(" =" if record[d] == record["clean"] else " x" for d in result.defences)]
+            row = [record["file"], *(class_label(c) + m for c, m in zip(cells, marks, strict=True))]
+            rows.append(row + ([class_label(record["target"])] if targeted else []))
+        title = f"{result.name} (= agrees with the clean class, x differs):"
+        sections.append("\n".join([title, "", *_markdown_rows(rows)]))
+    return "\n\n".join(sections)
+
+
 def _fraction(value: float, n: int) -> str:
     return f"{round(value * n)}/{n} ({100 * value:.0f}%)"
 
@@ -116,7 +137,10 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike[str]) -> list[Pa
     out = Path(out_dir)
     json_path, table_path = out / "report.json", out / "report.md"
     write_json_atomic(json_path, report.to_dict())
-    tables = format_table(report) + "\n\n" + format_defence_table(report) + "\n"
+    tables = (
+        f"{format_table(report)}\n\n{format_defence_table(report)}\n\n"
+        f"## Classes per image\n\n{format_predictions(report)}\n"
+    )
     write_bytes_atomic(table_path, tables.encode("utf-8"))
     written = [json_path, table_path]
     for result in report.results:
@@ -136,16 +160,19 @@ def render_grid(result: AttackResult) -> Image.Image:
         diff = ex.adversarial.astype(np.float32) - ex.clean.astype(np.float32)
         scale = 127.5 / (result.eps * 255.0) if result.eps > 0 else 1.0
         amplified = np.clip(np.rint(127.5 + diff * scale), 0, 255).astype(np.uint8)
-        agree = {d: "=" if ex.predictions[d] == ex.predictions["clean"] else "x" for d in DEFENCES}
+        mark = {d: "=" if ex.predictions[d] == ex.predictions["clean"] else "x" for d in DEFENCES}
+        label = {k: class_label(v) for k, v in ex.predictions.items()}
         tiles = [
-            (ex.clean, f"{ex.name}: class {ex.predictions['clean']}"),
-            (ex.adversarial, f"undefended {ex.predictions['undefended']} {agree['undefended']}"),
+            (ex.clean, [ex.name, label["clean"]]),
+            (ex.adversarial, [f"undefended {mark['undefended']}", label["undefended"]]),
             (
                 ex.purified,
-                f"purified {ex.predictions['purified']} {agree['purified']}, "
-                f"dynamic {ex.predictions['dynamic']} {agree['dynamic']}",
+                [
+                    f"purified {mark['purified']} {label['purified']}",
+                    f"dynamic {mark['dynamic']} {label['dynamic']}",
+                ],
             ),
-            (amplified, f"adv - clean, +-{result.eps * 255:.0f}/255 = black..white"),
+            (amplified, [f"adv - clean, +-{result.eps * 255:.0f}/255", "= black..white"]),
         ]
         rows.append([(_scaled(image), caption) for image, caption in tiles])
     col_width = max(tile.width for row in rows for tile, _ in row)
@@ -163,13 +190,27 @@ def render_grid(result: AttackResult) -> Image.Image:
     for c, title in enumerate(titles):
         draw.text((_GAP + c * (col_width + _GAP), 24), title, fill="black", font=font)
     y = _HEADER
+    small = _font(12)
     for row in rows:
         for c, (tile, caption) in enumerate(row):
             x = _GAP + c * (col_width + _GAP)
             canvas.paste(tile, (x, y))
-            draw.text((x, y + tile.height + 2), caption, fill="black", font=_font(12))
+            for i, line in enumerate(caption):
+                text = _fitted(draw, line, small, col_width)
+                draw.text((x, y + tile.height + 2 + i * _LINE), text, fill="black", font=small)
         y += max(t.height for t, _ in row) + _CAPTION + _GAP
     return canvas
+
+
+def _fitted(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int
+) -> str:
+    """``text``, cut short with an ellipsis where it would run into the next column."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
 
 
 def _scaled(image: np.ndarray) -> Image.Image:

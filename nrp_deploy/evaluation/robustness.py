@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nrp_deploy.assets import imagenet_class_names
 from nrp_deploy.attacks.classifiers import load_classifier
 from nrp_deploy.attacks.features import build_feature_extractor
 from nrp_deploy.attacks.files import images_to_tensor, tensor_to_images
@@ -135,7 +136,20 @@ class EvalReport:
             "settings": self.settings,
             "attacks": [r.to_dict() for r in self.results],
             "failed": [{"file": f, "error": e} for f, e in self.failed],
+            "class_names": self.class_names(),
         }
+
+    def class_names(self) -> dict[str, str]:
+        """The ImageNet name of every class index that the records mention (JSON keys are strings)."""
+        names = imagenet_class_names()
+        seen = {
+            r[key]
+            for result in self.results
+            for r in result.records
+            for key in ("clean", *result.defences, "target")
+            if r[key] is not None
+        }
+        return {str(i): names[i] for i in sorted(seen) if 0 <= i < len(names)}
 
 
 @dataclass
