@@ -282,7 +282,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--publish",
         metavar="NAME",
         help="instead of training: ship the finished run in OUT to the registry as NAME "
-        "(NAME.safetensors + manifest entry with provenance)",
+        "(NAME.safetensors + manifest entry with provenance, in the models folder: $NRP_DEPLOY_MODELS_DIR, "
+        "else ~/.cache/nrp_deploy/models)",
     )
     p.add_argument(
         "--metrics",
