@@ -33,6 +33,8 @@ BATCH_PIXELS = 1 << 24
 
 @dataclass
 class BatchReport:
+    """What a batch job did with each file; ``failed`` pairs a path with the reason, which does not repeat it."""
+
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
@@ -40,6 +42,11 @@ class BatchReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    def fail(self, path: Path, reason: str) -> None:
+        """Record that ``path`` failed. Errors that name their file (as image reading's do) begin with the path;
+        that prefix is dropped so the path is given once, in the pair, and the summary names it once."""
+        self.failed.append((path, reason.removeprefix(f"{path}: ")))
 
     def summary(self) -> str:
         text = f"{len(self.written)} written, {len(self.skipped)} skipped (exist), {len(self.failed)} failed"
@@ -67,7 +74,8 @@ def purify_files(
     out_root = Path(output_dir)
     report = BatchReport()
     found = scan_images(inputs)
-    report.failed.extend(found.passed_over)
+    for path, reason in found.passed_over:
+        report.fail(path, reason)
     pending = _plan(found.tasks, out_root, overwrite, report)
     for directory in sorted({task.output_path(out_root).parent for task in pending}):
         remove_stale_temporaries(directory)
@@ -85,7 +93,8 @@ def purify_files(
             result = purify(batch)
             _check_result(result, batch)
         except NRPDeployError as exc:
-            report.failed.extend((task.source, str(exc)) for task in batch_tasks)
+            for task in batch_tasks:
+                report.fail(task.source, str(exc))
         else:
             for task, image in zip(batch_tasks, result, strict=True):
                 _write(task, image, out_root, overwrite, report)
@@ -98,7 +107,7 @@ def purify_files(
         try:
             image = read_image(task.source, max_pixels=max_pixels)
         except NRPDeployError as exc:
-            report.failed.append((task.source, str(exc)))
+            report.fail(task.source, str(exc))
             bar.update(1)
             continue
         bucket = buckets.setdefault(image.shape, [])
@@ -129,11 +138,11 @@ def _plan(tasks: list[ImageTask], out_root: Path, overwrite: bool, report: Batch
         sharing = by_name[str(target).casefold()]
         if len(sharing) > 1:
             others = ", ".join(str(t.source) for t in sharing if t is not task)
-            report.failed.append(
-                (task.source, f"its output {target} would also be written from {others}; rename one of them")
+            report.fail(
+                task.source, f"its output {target} would also be written from {others}; rename one of them"
             )
         elif _resolved(target) in sources:
-            report.failed.append((task.source, f"its output {target} would replace an input file"))
+            report.fail(task.source, f"its output {target} would replace an input file")
         elif target.exists() and not overwrite:
             report.skipped.append(target)
         else:
@@ -161,6 +170,6 @@ def _write(task: ImageTask, image: np.ndarray, out_root: Path, overwrite: bool, 
     except FileExistsError:
         report.skipped.append(target)  # it appeared while the job ran: kept, as any existing output
     except (OSError, NRPDeployError) as exc:
-        report.failed.append((task.source, f"cannot write {target}: {exc}"))
+        report.fail(task.source, f"cannot write {target}: {exc}")
     else:
         report.written.append(target)

@@ -131,5 +131,5 @@ def test_named_fifo_does_not_block(corpus_run, tmp_path):
     corpus, _, model, *_ = corpus_run
     fifo, valid = corpus.root / "special" / "fifo.png", corpus.root / "names" / "with space1.png"
     rc, err, _ = run_purify([fifo, valid], tmp_path / "out", model)
-    assert rc == 1 and f"FAILED {fifo}: {fifo}: not a regular file but a FIFO" in err
+    assert rc == 1 and f"FAILED {fifo}: not a regular file but a FIFO" in err
     assert (tmp_path / "out" / "with space1.png").is_file()

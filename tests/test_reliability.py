@@ -98,8 +98,26 @@ def test_foreign_decoder_data_fails_that_file_only(tmp_path):
     _png(src / "c.png")
     report = purify_files([src], tmp_path / "out", _identity, progress=False)
     assert [p.name for p, _ in report.failed] == ["a_dds.png"]
-    assert "a_dds.png" in report.failed[0][1] and "supported format" in report.failed[0][1]
+    assert report.failed[0][1].startswith("not an image in a supported format")
     assert sorted(p.name for p in report.written) == ["b.png", "c.png"]
+
+
+def test_summary_names_each_failed_path_once(tmp_path, onnx_model, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "bad.png").write_bytes(b"not an image")
+    (src / "empty.png").write_bytes(b"")
+    _png(src / "good.png")
+    report = purify_files([src], tmp_path / "out", _identity, progress=False)
+    failures = [line for line in report.summary().splitlines() if "FAILED" in line]
+    assert len(failures) == 2
+    for line, name in zip(sorted(failures), ["bad.png", "empty.png"], strict=True):
+        assert line.count(name) == 1 and line.startswith(f"  FAILED {src / name}: ")
+        assert "supported format" in line or "empty" in line, line
+    argv = ["purify", str(src), "-o", str(tmp_path / "out2"), "--model", str(onnx_model), "--no-progress"]
+    assert main([*argv, "--backend", "onnxruntime"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("bad.png") == 1 and f"FAILED {src / 'bad.png'}: not an image" in err
 
 
 def _foreign_sample(fmt: str) -> bytes | None:
