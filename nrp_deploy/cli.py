@@ -70,7 +70,7 @@ def _add_purify(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--allow-failed",
         action="store_true",
-        help="use an ONNX artifact even though its fidelity check FAILed (refused otherwise)",
+        help="use an ONNX artifact or TensorRT engine even though its fidelity check FAILed (refused otherwise)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(

@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from nrp_deploy.errors import InputError, StaleArtifactError
+from nrp_deploy.errors import InputError, MetadataError, StaleArtifactError
 from nrp_deploy.kernels.reference import postprocess_reference, preprocess_reference
 from nrp_deploy.runtime import cuda_mem, engine_cache, prepost, tensorrt_support
 from nrp_deploy.runtime.backends import tensorrt as trt_backend
@@ -863,3 +863,43 @@ def test_tensorrt_ep_profile_names_the_models_input(tmp_path, name, channels, ex
     options = backend._trt_options()
     for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
         assert options[key] == f"{name}:2x{expected}x16x24"
+
+
+@pytest.mark.parametrize("passed", [False, True])
+def test_engine_with_a_failed_fidelity_verdict_is_refused_unless_allowed(
+    fake_trt, cuda, tmp_path, monkeypatch, passed
+):
+    """The rule ONNX artifacts follow: an engine whose sidecar records a FAIL verdict (that of the ONNX it was
+    built from) is not used unless the caller allows it; a PASS is used as is."""
+    from nrp_deploy.errors import FidelityError
+    from nrp_deploy.kernels import cuda_api
+    from nrp_deploy.runtime import load_purifier
+
+    fake_trt()
+    monkeypatch.setattr(cuda_api, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(trt_backend, "current_environment", lambda device=0: ENV)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"PLAN")
+    line = f"{'PASS' if passed else 'FAIL'} fp16 m.onnx: PSNR 12.0 dB < 50.0 dB vs FP32 torch"
+    verdict = {"passed": passed, "line": line}
+    engine_cache.write_engine_metadata(
+        engine, _metadata(engine, tmp_path / "m.onnx", source={"verdict": verdict})
+    )
+    images = _images(1, 16, 16)
+    if not passed:
+        with pytest.raises(
+            FidelityError, match=rf"{engine} failed its fidelity check.*{line}.*--allow-failed"
+        ):
+            load_purifier(engine, backend="tensorrt")
+    with load_purifier(engine, backend="tensorrt", allow_failed=not passed) as purifier:
+        np.testing.assert_array_equal(purifier(images), _host_reference(images, None, 0, 0))
+
+
+def test_malformed_verdict_in_an_engine_sidecar_is_named(tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"PLAN")
+    engine_cache.write_engine_metadata(
+        engine, _metadata(engine, tmp_path / "m.onnx", source={"verdict": "FAIL"})
+    )
+    with pytest.raises(MetadataError, match=r"m\.engine\.json: malformed engine metadata"):
+        engine_cache.read_engine_metadata(engine)

@@ -23,6 +23,7 @@ import datetime
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,20 @@ def default_engine_path(onnx: Path) -> Path:
 
 
 def _onnx_source(onnx: Path) -> dict[str, Any]:
-    """What the export recorded about the ONNX (checkpoint, architecture, precision), if it has a sidecar."""
+    """What the export recorded about the ONNX (checkpoint, architecture, precision, fidelity verdict), if it
+    has a sidecar. The engine inherits the verdict: it computes what its ONNX computes."""
     from nrp_deploy.export.metadata import read_metadata
 
     try:
         meta = read_metadata(onnx)
     except MetadataError:
         return {}
-    return {"onnx_precision": meta.precision, "checkpoint": meta.source, "model": meta.model}
+    return {
+        "onnx_precision": meta.precision,
+        "checkpoint": meta.source,
+        "model": meta.model,
+        "verdict": asdict(meta.verdict),
+    }
 
 
 def _nchw(shape: tuple[int, int, int]) -> tuple[int, int, int, int]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nrp_deploy.errors import InputError, MetadataError, ModelNotFoundError, StaleArtifactError
-from nrp_deploy.export.metadata import read_sidecar, sidecar_path
+from nrp_deploy.export.metadata import Verdict, read_sidecar, sidecar_path
 from nrp_deploy.fileutil import sha256_file, write_json_atomic
 from nrp_deploy.runtime.backends.base import ShapeProfile
 
@@ -153,6 +153,12 @@ class EngineMetadata:
     def shape_profile(self) -> ShapeProfile:
         return profile_from_dict(self.profile)
 
+    @property
+    def verdict(self) -> Verdict | None:
+        """The fidelity verdict of the ONNX the engine was built from; None when that ONNX had no sidecar."""
+        recorded = self.source.get("verdict")
+        return None if recorded is None else Verdict(**recorded)
+
 
 def write_engine_metadata(engine: str | os.PathLike[str], metadata: EngineMetadata) -> Path:
     path = sidecar_path(engine)
@@ -173,6 +179,7 @@ def read_engine_metadata(engine: str | os.PathLike[str]) -> EngineMetadata:
     try:
         metadata = EngineMetadata.from_dict(data)
         metadata.shape_profile  # noqa: B018 - validates the recorded profile
+        metadata.verdict  # noqa: B018 - and the recorded verdict
     except (KeyError, TypeError, ValueError, InputError) as exc:
         raise MetadataError(f"{path}: malformed engine metadata ({type(exc).__name__}: {exc})") from exc
     return metadata

@@ -160,6 +160,11 @@ def open_backend(
         )
     if choice.built:
         log.warning("built TensorRT engine %s (%s)", choice.path, "; ".join(choice.reasons))
+    verdict = choice.metadata.verdict
+    if verdict is not None:
+        from nrp_deploy.runtime.artifacts import check_verdict
+
+        check_verdict(choice.path, verdict, source.allow_failed)
     if precision is not None and choice.metadata.precision != precision:
         raise InputError(
             f"TensorRT engine {choice.path} is {choice.metadata.precision}, but {precision} was asked for"
