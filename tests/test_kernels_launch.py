@@ -66,8 +66,10 @@ PRE(f32, float)
 PRE(f16_noise, unsigned short)
 PRE(f32_noise, float)
 #define POST(SRC, T) \
-    EMU(nrp_post_##SRC##_u8x4, nrp_post_##SRC##_u8x4(A(0, const T*), A(1, unsigned char*), A(2, nrp_u32))) \
-    EMU(nrp_post_##SRC##_u8, nrp_post_##SRC##_u8(A(0, const T*), A(1, unsigned char*), A(2, nrp_u32), A(3, nrp_u32)))
+    EMU(nrp_post_##SRC##_u8x4, nrp_post_##SRC##_u8x4(A(0, const T*), A(1, unsigned char*), A(2, nrp_u32), \
+                                                     A(3, nrp_u32*))) \
+    EMU(nrp_post_##SRC##_u8, nrp_post_##SRC##_u8(A(0, const T*), A(1, unsigned char*), A(2, nrp_u32), A(3, nrp_u32), \
+                                                 A(4, nrp_u32*)))
 POST(f16, unsigned short)
 POST(f32, float)
 """
@@ -342,6 +344,27 @@ def test_postprocess_matches_numpy(platform, shape, misalign, kernel, src_dtype)
         np.testing.assert_array_equal(dbuf.download(ref, dst_off), ref)
     if platform.last_kernel():
         assert platform.last_kernel().endswith(kernel)
+
+
+@pytest.mark.parametrize("src_dtype", ["float16", "float32"])
+@pytest.mark.parametrize(("shape", "kernel"), [((2, 3, 8, 8), "_u8x4"), ((2, 3, 7, 9), "_u8")])
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+def test_postprocess_reports_nonfinite_values(platform, shape, kernel, src_dtype, bad):
+    """The flag is left alone for finite outputs and set by any NaN or infinity, wherever it is."""
+    x = np.random.default_rng(3).uniform(-0.2, 1.2, size=shape).astype(src_dtype)
+    if bad is not None:
+        x[-1, -1, -1, -1] = bad  # the last element: the last thread of the last image
+    sbuf, dbuf, flag = platform.buffer(x.nbytes), platform.buffer(x.size), platform.buffer(4)
+    for before in (0, 7):
+        flag.upload(np.array([before], np.uint32))
+        platform.kernels.postprocess(
+            sbuf.upload(x), dbuf.base, shape[0], shape[2], shape[3], src_dtype, nonfinite_ptr=flag.base
+        )
+        assert flag.download(np.empty(1, np.uint32))[0] == (before if bad is None else 1)
+        if platform.last_kernel():
+            assert platform.last_kernel().endswith(kernel)
+    if bad is None:
+        np.testing.assert_array_equal(dbuf.download(postprocess_reference(x)), postprocess_reference(x))
 
 
 def test_batches_beyond_grid_y_are_split(platform, monkeypatch):

@@ -220,3 +220,25 @@ def test_torch_cuda_device_entry_point_is_ordered_on_the_callers_stream(checkpoi
         np.testing.assert_allclose(result.cpu().numpy(), backend.infer(data.cpu().numpy()), atol=1e-5)
         with pytest.raises(InputError, match=r"\(N, 3, H, W\)"):
             backend.infer_device(x.data_ptr(), out.data_ptr(), (2, 3, 32), side.cuda_stream)
+
+
+@pytest.mark.gpu
+def test_torch_cuda_outputs_of_another_shape_or_not_finite_are_refused(checkpoint):
+    """What the host path refuses, the fused path refuses too: NaN / infinity through the postprocessing
+    kernel's flag, another output shape in the device entry point (where copy_ would broadcast it)."""
+    torch = _torch_cuda()
+    from nrp_deploy.errors import ModelError
+    from nrp_deploy.runtime import load_purifier
+
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    with load_purifier(checkpoint, backend="torch", device="cuda") as purifier:
+        assert "fused GPU path" in purifier.describe()
+        module = purifier.backend._module
+        purifier.backend._module = lambda x: module(x) / torch.zeros((), device=x.device)  # inf and NaN
+        with pytest.raises(ModelError, match=r"returned NaN or infinite values for a batch of 2 32x32"):
+            purifier(images)
+        purifier.backend._module = lambda x: module(x)[:, :1]
+        with pytest.raises(ModelError, match=r"returned shape \(2, 1, 32, 32\) for an input of shape"):
+            purifier(images)
+        purifier.backend._module = module
+        assert purifier(images).shape == images.shape

@@ -283,11 +283,13 @@ class FakeKernels:
 
         self.cuda.enqueue(stream, run)
 
-    def postprocess(self, src_ptr, dst_ptr, n, h, w, src_dtype="float16", stream=0):
+    def postprocess(self, src_ptr, dst_ptr, n, h, w, src_dtype="float16", stream=0, *, nonfinite_ptr=0):
         def run() -> None:
-            _array(dst_ptr, (n, h, w, 3), np.uint8)[...] = postprocess_reference(
-                _array(src_ptr, (n, 3, h, w), src_dtype)
-            )
+            x = _array(src_ptr, (n, 3, h, w), src_dtype)
+            with np.errstate(invalid="ignore"):  # NaN's byte is undefined here; the flag is what counts
+                _array(dst_ptr, (n, h, w, 3), np.uint8)[...] = postprocess_reference(x)
+            if nonfinite_ptr and not np.isfinite(x).all():
+                _array(nonfinite_ptr, (1,), np.uint32)[0] = 1
 
         self.cuda.enqueue(stream, run)
 
@@ -582,6 +584,40 @@ def test_pipeline_work_is_not_swallowed_by_a_capture_in_another_thread(fake_trt,
             backend.infer(x), x * np.float32(0.5)
         )  # its graph holds only its own work
     backend.deactivate()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_pipeline_refuses_nonfinite_model_outputs(fake_trt, cuda, tmp_path, bad):
+    """A model output holding NaN or infinity (which the clamp would write as black or white pixels) is
+    refused as on the host path; the flag is reset, so the next clean batch goes through."""
+    from nrp_deploy.errors import ModelError
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    kernels = FakeKernels(cuda)
+    original_preprocess = kernels.preprocess
+    poison = {"on": True}
+
+    def preprocess(src_ptr, dst_ptr, n, h, w, out_dtype="float16", **kwargs):
+        original_preprocess(src_ptr, dst_ptr, n, h, w, out_dtype, **kwargs)
+        if poison["on"]:  # one engine input element non-finite: the engine's 0.5 * x keeps it so
+            cuda.enqueue(
+                kwargs["stream"], lambda: _array(dst_ptr, (n * 3 * h * w,), out_dtype).__setitem__(-1, bad)
+            )
+
+    kernels.preprocess = preprocess
+    images = _images(2, 16, 16, seed=6)
+    with DevicePipeline(backend, kernels) as pipeline:
+        with pytest.raises(
+            ModelError, match=r"tensorrt on cuda:0 returned NaN or infinite values for a batch of 2 16x16"
+        ):
+            pipeline(images)
+        poison["on"] = False
+        np.testing.assert_array_equal(pipeline(images), _host_reference(images, None, 0, 0))
+    backend.deactivate()
+    assert cuda.memory == {}
 
 
 def test_pipeline_unloads_the_kernels_it_loaded_and_only_those(fake_trt, cuda, tmp_path, monkeypatch):

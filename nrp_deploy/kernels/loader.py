@@ -183,18 +183,25 @@ class FusedKernels:
         stream: Any = 0,
         *,
         channels: int = 3,
+        nonfinite_ptr: int = 0,
     ) -> None:
-        """Enqueue float16/float32 NCHW -> uint8 NHWC: clamp to [0, 1], * 255, round half to even."""
+        """Enqueue float16/float32 NCHW -> uint8 NHWC: clamp to [0, 1], * 255, round half to even.
+
+        ``nonfinite_ptr``: the device address of a uint32 that the kernel sets to 1 if any input value is
+        NaN or infinite (which the clamp would otherwise write as black or white), and leaves alone
+        otherwise; the caller zeroes it first. 0: no check.
+        """
         if src_dtype not in _DTYPES:
             raise InputError(f"src_dtype must be float16 or float32, got {src_dtype!r}")
         hw = _check_shape(n, channels, h, w)
         prefix = "nrp_post_f16" if src_dtype == "float16" else "nrp_post_f32"
         in_image = channels * hw * _ITEMSIZE[src_dtype]
+        flag = ctypes.c_uint64(nonfinite_ptr)
         for first, count in _batches(n):
             src = src_ptr + first * in_image
             dst = dst_ptr + first * channels * hw
             if channels == 3 and hw % 4 == 0 and src % (4 * _ITEMSIZE[src_dtype]) == 0 and dst % 4 == 0:
-                args = [ctypes.c_uint64(src), ctypes.c_uint64(dst), ctypes.c_uint32(hw)]
+                args = [ctypes.c_uint64(src), ctypes.c_uint64(dst), ctypes.c_uint32(hw), flag]
                 self._launch(prefix + "_u8x4", hw // 4, count, args, stream)
             else:
                 args = [
@@ -202,6 +209,7 @@ class FusedKernels:
                     ctypes.c_uint64(dst),
                     ctypes.c_uint32(channels),
                     ctypes.c_uint32(hw),
+                    flag,
                 ]
                 self._launch(prefix + "_u8", hw, count, args, stream)
 

@@ -2,7 +2,10 @@
 //
 // Pre-processing reads each input byte once and writes the engine input once: uint8 NHWC (or float32 NCHW)
 // -> [0, 1] -> optional Philox/Box-Muller noise, projection to the eps-ball, clamp -> float16/float32 NCHW.
-// Post-processing: float16/float32 NCHW -> clamp, * 255, round half to even -> uint8 NHWC.
+// Post-processing: float16/float32 NCHW -> clamp, * 255, round half to even -> uint8 NHWC. The clamp
+// would turn NaN into 0 (black) and infinity into 0 or 255, so a thread that meets a non-finite value
+// stores 1 into `*nonfinite` (when not null) for the caller to refuse the output: one bit test per element
+// and a 4-byte flag instead of a copy of the float output. Every writer stores the same 1: no atomic.
 //
 // Launch shape (all kernels): 1-D blocks, grid.x covers one image, grid.y = image of the batch (the loader
 // splits batches larger than 65535). No index needs a division by a runtime value on the fast paths.
@@ -165,18 +168,23 @@ __device__ __forceinline__ void pre_f32(const float* __restrict__ src, T* __rest
 // plane, three 4-byte stores (12 contiguous bytes; a warp covers 384 contiguous bytes).
 template <typename T>
 __device__ __forceinline__ void post_x4(const T* __restrict__ src, unsigned char* __restrict__ dst,
-                                        nrp_u32 hw) {
+                                        nrp_u32 hw, nrp_u32* __restrict__ nonfinite) {
     const nrp_u32 q = blockIdx.x * blockDim.x + threadIdx.x;
     if (q >= (hw >> 2)) return;
     const nrp_u32 n = blockIdx.y;
     nrp_u32 b[12];
+    bool bad = false;
     NRP_UNROLL
     for (int c = 0; c < 3; ++c) {
         float v[4];
         load4(src, (nrp_u64)n * hw * 3u + (nrp_u64)c * hw + 4u * q, v);
         NRP_UNROLL
-        for (int j = 0; j < 4; ++j) b[3 * j + c] = nrp_to_byte(v[j]);
+        for (int j = 0; j < 4; ++j) {
+            b[3 * j + c] = nrp_to_byte(v[j]);
+            bad |= nrp_nonfinite(v[j]);
+        }
     }
+    if (bad && nonfinite) *nonfinite = 1u;
     nrp_u32* out = reinterpret_cast<nrp_u32*>(dst + (nrp_u64)n * hw * 3u) + 3u * q;
     NRP_UNROLL
     for (int k = 0; k < 3; ++k) {
@@ -187,13 +195,19 @@ __device__ __forceinline__ void post_x4(const T* __restrict__ src, unsigned char
 // float NCHW -> uint8 NHWC, any channel count, size and alignment. Thread = one pixel.
 template <typename T>
 __device__ __forceinline__ void post_any(const T* __restrict__ src, unsigned char* __restrict__ dst,
-                                         nrp_u32 channels, nrp_u32 hw) {
+                                         nrp_u32 channels, nrp_u32 hw, nrp_u32* __restrict__ nonfinite) {
     const nrp_u32 p = blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= hw) return;
     const nrp_u32 n = blockIdx.y;
     const nrp_u64 in = (nrp_u64)n * channels * hw + p;
     unsigned char* out = dst + ((nrp_u64)n * hw + p) * channels;
-    for (nrp_u32 c = 0; c < channels; ++c) out[c] = (unsigned char)nrp_to_byte(load1(src, in + (nrp_u64)c * hw));
+    bool bad = false;
+    for (nrp_u32 c = 0; c < channels; ++c) {
+        const float v = load1(src, in + (nrp_u64)c * hw);
+        out[c] = (unsigned char)nrp_to_byte(v);
+        bad |= nrp_nonfinite(v);
+    }
+    if (bad && nonfinite) *nonfinite = 1u;
 }
 
 // extern "C" entry points (plain names for cuModuleGetFunction). f16 data travels as raw uint16 bits.
@@ -221,14 +235,16 @@ NRP_PRE_F32(nrp_pre_f32_f32, float, false)
 NRP_PRE_F32(nrp_pre_f32_f16_noise, unsigned short, true)
 NRP_PRE_F32(nrp_pre_f32_f32_noise, float, true)
 
-extern "C" __global__ void nrp_post_f16_u8x4(const unsigned short* src, unsigned char* dst, nrp_u32 hw) {
-    post_x4(src, dst, hw); }
-extern "C" __global__ void nrp_post_f32_u8x4(const float* src, unsigned char* dst, nrp_u32 hw) {
-    post_x4(src, dst, hw); }
+extern "C" __global__ void nrp_post_f16_u8x4(const unsigned short* src, unsigned char* dst, nrp_u32 hw,
+                                             nrp_u32* nonfinite) {
+    post_x4(src, dst, hw, nonfinite); }
+extern "C" __global__ void nrp_post_f32_u8x4(const float* src, unsigned char* dst, nrp_u32 hw,
+                                             nrp_u32* nonfinite) {
+    post_x4(src, dst, hw, nonfinite); }
 extern "C" __global__ void nrp_post_f16_u8(const unsigned short* src, unsigned char* dst, nrp_u32 channels,
-                                           nrp_u32 hw) {
-    post_any(src, dst, channels, hw); }
+                                           nrp_u32 hw, nrp_u32* nonfinite) {
+    post_any(src, dst, channels, hw, nonfinite); }
 extern "C" __global__ void nrp_post_f32_u8(const float* src, unsigned char* dst, nrp_u32 channels,
-                                           nrp_u32 hw) {
-    post_any(src, dst, channels, hw); }
+                                           nrp_u32 hw, nrp_u32* nonfinite) {
+    post_any(src, dst, channels, hw, nonfinite); }
 // clang-format on

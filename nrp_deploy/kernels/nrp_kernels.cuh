@@ -193,6 +193,11 @@ NRP_HD float nrp_clamp01(float x) {
     return fminf(fmaxf(x, 0.0f), 1.0f);
 }
 
+// NaN or +-infinity: every exponent bit set. A bit test, which no fast-math option can fold away.
+NRP_HD bool nrp_nonfinite(float x) {
+    return (nrp_float_bits(x) & 0x7F800000u) == 0x7F800000u;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Half precision as raw bits
 // ---------------------------------------------------------------------------------------------------

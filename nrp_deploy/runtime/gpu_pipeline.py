@@ -14,6 +14,13 @@ stream for another thread's call, and everything enqueued on a capturing stream,
 recorded into that graph instead of being run. ``infer_device`` orders the backend's work after the
 pipeline's and the pipeline's after it through events, so nothing waits on the host in between.
 
+The model's output is checked as on the host path, without copying it back: the postprocessing kernel
+sets a 4-byte flag when it meets NaN or infinity (which its clamp would write as black or white pixels),
+and that flag travels with the uint8 result, so a call refuses non-finite outputs (``ModelError``) for
+two extra 4-byte copies. The output's shape is fixed by the buffers, and another one is refused where the
+model runs: TensorRT's when the buffers are bound, ONNX Runtime's by the run itself (a bound output of
+another shape), the torch backend's before it copies the output.
+
 Buffers are allocated once per (batch, height, width) and reused; the least recently used shapes beyond
 ``max_shapes`` are freed. The noise keys are the host path's (seed, image index), so a seeded GPU run
 equals the numpy reference element for element before the model. Calls are serialised by a lock: the
@@ -24,12 +31,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from nrp_deploy.errors import InputError
+from nrp_deploy.errors import InputError, ModelError
 from nrp_deploy.runtime.backends.base import DeviceBackend
 from nrp_deploy.runtime.dynamic import DynamicDefense
 
@@ -47,10 +54,12 @@ class _Slot:
     dev_x: Any  # engine input, NCHW in its dtype
     dev_y: Any  # engine output, NCHW in its dtype
     dev_out: Any  # uint8 NHWC
+    host_flag: Any  # pinned uint32: the postprocessing kernel's non-finite flag, zeroed before each call
+    dev_flag: Any
 
     def close(self) -> None:
-        for buffer in (self.host_in, self.host_out, self.dev_images, self.dev_x, self.dev_y, self.dev_out):
-            buffer.close()
+        for buffer in fields(self):
+            getattr(self, buffer.name).close()
 
 
 class DevicePipeline:
@@ -120,7 +129,9 @@ class DevicePipeline:
             self._cuda.make_current()
             slot = self._slot((n, h, w))
             np.copyto(slot.host_in.array, images)
+            slot.host_flag.array[0] = 0
             slot.host_in.copy_to_device(slot.dev_images.ptr, self.stream)
+            slot.host_flag.copy_to_device(slot.dev_flag.ptr, self.stream)
             self.kernels.preprocess(
                 slot.dev_images.ptr,
                 slot.dev_x.ptr,
@@ -136,10 +147,24 @@ class DevicePipeline:
             )
             self.backend.infer_device(slot.dev_x.ptr, slot.dev_y.ptr, (n, CHANNELS, h, w), self.stream)
             self.kernels.postprocess(
-                slot.dev_y.ptr, slot.dev_out.ptr, n, h, w, src_dtype=self.out_dtype, stream=self.stream
+                slot.dev_y.ptr,
+                slot.dev_out.ptr,
+                n,
+                h,
+                w,
+                src_dtype=self.out_dtype,
+                stream=self.stream,
+                nonfinite_ptr=slot.dev_flag.ptr,
             )
             slot.host_out.copy_from_device(slot.dev_out.ptr, self.stream)
+            slot.host_flag.copy_from_device(slot.dev_flag.ptr, self.stream)
             self._stream.synchronize()
+            if slot.host_flag.array[0]:
+                raise ModelError(
+                    f"the model on {self.backend.name} on {self.backend.device} returned NaN or infinite "
+                    f"values for a batch of {n} {h}x{w} images (non-finite weights, or an overflow at "
+                    "reduced precision); refusing to write them as an image"
+                )
             return slot.host_out.array.copy()
 
     def close(self) -> None:
@@ -181,6 +206,8 @@ class DevicePipeline:
             dev_x=DeviceBuffer(pixels * np.dtype(self.in_dtype).itemsize),
             dev_y=DeviceBuffer(pixels * np.dtype(self.out_dtype).itemsize),
             dev_out=DeviceBuffer(pixels),
+            host_flag=PinnedBuffer((1,), np.uint32),
+            dev_flag=DeviceBuffer(4),
         )
         self._slots[shape] = slot
         if len(self._slots) > self.max_shapes:

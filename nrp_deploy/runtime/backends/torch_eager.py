@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from nrp_deploy.errors import BackendUnavailableError, InputError
+from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError
 from nrp_deploy.runtime.backends.base import ModelSource, ShapeProfile, TensorSpec
 
 INSTALL_HINT = (
@@ -202,7 +202,13 @@ class TorchBackend:
             with torch.cuda.stream(own), torch.inference_mode():
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                out.copy_(self._module(x))
+                y = self._module(x)
+                if tuple(y.shape) != shape:  # copy_ would broadcast a 1-channel output over 3 silently
+                    raise ModelError(
+                        f"the model on {self.name} returned shape {tuple(y.shape)} for an input of shape "
+                        f"{shape}: a purifier must return an image of its input's size with 3 channels"
+                    )
+                out.copy_(y)
             if caller is not None:
                 caller.wait_stream(own)
 
