@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -173,3 +174,19 @@ def _write(task: ImageTask, image: np.ndarray, out_root: Path, overwrite: bool, 
         report.fail(task.source, f"cannot write {target}: {exc}")
     else:
         report.written.append(target)
+
+
+def continuing_index(purify: Callable[[np.ndarray, int], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """Turn ``purify(batch, start_index)`` into the batch callable ``purify_files`` takes, continuing one
+    image index across calls (thread-safe): with a seeded dynamic defence every image of a job then gets
+    its own noise, and the job replays exactly given the same files in the same order."""
+    lock = threading.Lock()
+    next_index = 0
+
+    def call(batch: np.ndarray) -> np.ndarray:
+        nonlocal next_index
+        with lock:
+            start, next_index = next_index, next_index + len(batch)
+        return purify(batch, start)
+
+    return call

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.batch import continuing_index
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError, NRPDeployError
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime import prepost
@@ -208,18 +209,8 @@ class Purifier:
 
     def as_batch_fn(self, dynamic: DynamicDefense | None = None) -> Callable[[np.ndarray], np.ndarray]:
         """A uint8 NHWC batch -> batch callable for ``nrp_deploy.batch.purify_files`` whose calls continue
-        one image index: with a seeded ``dynamic`` every image of a job gets its own noise and the whole
-        job replays exactly (given the same files in the same order)."""
-        lock = threading.Lock()
-        next_index = 0
-
-        def purify(batch: np.ndarray) -> np.ndarray:
-            nonlocal next_index
-            with lock:
-                start, next_index = next_index, next_index + len(batch)
-            return self(batch, dynamic=dynamic, start_index=start)
-
-        return purify
+        one image index (``batch.continuing_index``), so a seeded ``dynamic`` job replays exactly."""
+        return continuing_index(lambda batch, start: self(batch, dynamic=dynamic, start_index=start))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self.backend.thread_safe:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from nrp_deploy.batch import continuing_index
 from nrp_deploy.errors import BackendUnavailableError, InputError
 from nrp_deploy.serving import protocol
 from nrp_deploy.serving.server import ServerError
@@ -115,16 +116,9 @@ class PurifierClient:
     ) -> Callable[[np.ndarray], np.ndarray]:
         """A batch callable for ``nrp_deploy.batch.purify_files`` that continues one image index across
         calls, so a seeded job through the server replays ``Purifier.as_batch_fn`` byte for byte."""
-        lock = threading.Lock()
-        next_index = 0
-
-        def purify(batch: np.ndarray) -> np.ndarray:
-            nonlocal next_index
-            with lock:
-                start, next_index = next_index, next_index + len(batch)
-            return self.purify(batch, dynamic=dynamic, seed=seed, start_index=start)
-
-        return purify
+        return continuing_index(
+            lambda batch, start: self.purify(batch, dynamic=dynamic, seed=seed, start_index=start)
+        )
 
     def close(self) -> None:
         """Close every thread's connection (an idle HTTP keep-alive connection holds a server's shutdown
