@@ -716,7 +716,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
         "--version-compatible", action="store_true", help="runs on later TensorRT releases of the same major"
     )
     p.add_argument(
-        "--ampere-plus", action="store_true", help="runs on any Ampere or later GPU (sm_80+), a little slower"
+        "--ampere-plus",
+        action="store_true",
+        help="runs on any Ampere or later GPU (sm_80+), a little slower; refused on Jetson (Tegra)",
     )
     p.add_argument("--device", type=int, default=0, help="CUDA device index (default: 0)")
     p.add_argument("--verbose", action="store_true", help="print TensorRT's log")

@@ -123,6 +123,15 @@ def test_table_lists_every_attack(images):
     assert "target hit" not in table  # no targeted PGD in this run
 
 
+def test_an_unreadable_file_is_named_once(images):
+    bad = images / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    report = evaluate([images], "unused", ["none"], purify=_identity, progress=False)
+    assert [path for path, _ in report.failed] == [str(bad)]
+    line = format_table(report).splitlines()[-1]
+    assert line.startswith(f"failed: {bad}: ") and line.count(str(bad)) == 1
+
+
 def test_predictions_table_names_the_classes(images):
     report = evaluate([images], "unused", ["none", "ssp"], purify=_identity, iterations=1, progress=False)
     table = format_predictions(report)

@@ -346,7 +346,7 @@ def _batches(tasks, batch_size: int, failed: list[tuple[str, str]]) -> list[tupl
         try:
             image = read_image(task.source)
         except NRPDeployError as exc:
-            failed.append((str(task.source), str(exc)))
+            failed.append((str(task.source), str(exc).removeprefix(f"{task.source}: ")))
             continue
         groups.setdefault(image.shape, []).append((str(task.relative), image))
     batches = []

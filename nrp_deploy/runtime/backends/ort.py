@@ -29,7 +29,10 @@ from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime.backends.base import ModelSource, ShapeProfile, TensorSpec
 
-INSTALL_HINT = "pip install 'nrp-deploy[cpu]' (ONNX Runtime for CPU) or 'nrp-deploy[gpu]' (ONNX Runtime CUDA)"
+INSTALL_HINT = (
+    "pip install 'nrp-deploy[cpu]' (ONNX Runtime for CPU) or 'nrp-deploy[gpu]' (ONNX Runtime CUDA 13; "
+    "'[gpu-cu12]' for CUDA 12 drivers, NVIDIA's Jetson wheel on JetPack)"
+)
 _CPU, _CUDA, _TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 _NUMPY_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 OPTIONS = frozenset(
