@@ -283,7 +283,7 @@ def evaluate(
     failed: list[tuple[str, str]] = []
     batches = _batches(tasks, batch_size, failed)
     if not batches:
-        raise InputError("no readable images: " + "; ".join(error for _, error in failed))
+        raise InputError("no readable images: " + "; ".join(f"{path}: {error}" for path, error in failed))
     bar = tqdm(total=len(batches) * len(attacks), unit="attack-batch", disable=not progress, file=sys.stderr)
     for names, images in batches:
         x = images_to_tensor(images, device)
