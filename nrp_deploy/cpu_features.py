@@ -38,7 +38,8 @@ ISA_FEATURES = (
     "amx_int8",
     "amx_bf16",
 )
-_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+#: Any of these gives the 32-bit-accumulating int8 dot products (VNNI): 4 multiply-adds per 32-bit lane.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 _X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 INT8_TARGETS = ("auto", "vnni", "any")
 
@@ -58,7 +59,7 @@ class CpuIsa:
 
     @property
     def vnni(self) -> bool:
-        return bool(self.flags & _VNNI_FLAGS)
+        return bool(self.flags & VNNI_FLAGS)
 
     @property
     def u8s8_saturates(self) -> bool:

@@ -101,6 +101,8 @@ def test_cpu_peak_estimate_from_vector_width_and_measured_override():
     no_vnni = {**intel, "vector_extensions": ["avx2", "fma"]}
     assert "int8" not in cpu_peak(no_vnni).per_precision
     assert cpu_peak(no_vnni).for_precision("int8") == cpu_peak(no_vnni).per_precision["fp32"]
+    avx_vnni = {**intel, "vector_extensions": ["avx2", "fma", "avx_vnni"]}  # 256-bit VNNI (e.g. Alder Lake)
+    assert cpu_peak(avx_vnni).per_precision["int8"] == 4 * cpu_peak(avx_vnni).per_precision["fp32"]
     estimate = peak.per_precision["fp32"]
     faster = cpu_peak(intel, measured_fp32=1.5 * estimate)  # a turbo clock the VM does not show
     assert faster.per_precision["fp32"] == pytest.approx(1.5 * estimate)

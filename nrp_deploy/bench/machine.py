@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nrp_deploy.cpu_features import ISA_FEATURES, host_isa
+from nrp_deploy.cpu_features import ISA_FEATURES, VNNI_FLAGS, host_isa
 
 _LIBRARIES = (
     "nrp-deploy",
@@ -177,7 +177,7 @@ def cpu_peak(info: dict[str, Any], measured_fp32: float | None = None, threads: 
     peaks = {"fp32": fp32}
     if flags & {"avx512_bf16", "amx_bf16"}:
         peaks["bf16"] = 2 * fp32  # a BF16 dot product does two multiply-adds per 32-bit lane (AMX: more)
-    if flags & {"avx512_vnni", "amx_int8"}:
+    if flags & VNNI_FLAGS:
         peaks["int8"] = 4 * fp32
     return Peak(device=str(info.get("model", "cpu")), per_precision=peaks, method=method)
 

@@ -160,9 +160,9 @@ def onnx_for(
         return source.path
     if source.kind != "checkpoint":
         raise InputError(f"{source.path} is a TensorRT engine; it has no ONNX to run")
-    label = precision if precision != "int8" or int8_method == "modelopt" else f"int8-{int8_method}"
-    if label == "int8-ort":  # the export's default target, exact on every CPU (not older full-range ones)
-        label = "int8-ort-any"
+    # ORT artifacts are exported with the default CPU target, ``any``; the name says so, which also keeps
+    # older full-range ``int8-ort`` entries out of the lookup
+    label = precision if precision != "int8" or int8_method == "modelopt" else f"int8-{int8_method}-any"
     found = _find_cached(source.sha256, label, precision, opset)
     if found is not None:
         log.info("using cached %s ONNX %s", label, found)
