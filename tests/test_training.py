@@ -35,6 +35,20 @@ class TinyFeatures(nn.Module):
         return nn.functional.conv2d(h, self.w2, stride=2, padding=1)
 
 
+class TinyClassifier(nn.Module):
+    """A fixed random stand-in for an ImageNet classifier: a strided conv, global pooling, 10 logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(7)
+        self.w = nn.Parameter(torch.randn(16, 3, 3, 3, generator=gen), requires_grad=False)
+        self.head = nn.Parameter(torch.randn(10, 16, generator=gen), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(nn.functional.conv2d(x - 0.5, self.w, stride=2, padding=1)).mean((2, 3))
+        return h @ self.head.t()
+
+
 @pytest.fixture(scope="module")
 def photo_dir(tmp_path_factory):
     """Three small smooth 'photos' (gradients plus blobs) so crops differ but have structure."""
@@ -68,7 +82,10 @@ def tiny_config(data, **overrides) -> TrainConfig:
 
 def _run(config, run_dir, resume=False):
     torch.set_num_threads(1)
-    return train(config, run_dir, resume=resume, progress=False, features=TinyFeatures())
+    classifiers = [TinyClassifier() for _ in config.classifiers]
+    return train(
+        config, run_dir, resume=resume, progress=False, features=TinyFeatures(), classifiers=classifiers
+    )
 
 
 def test_training_lowers_the_loss(photo_dir, tmp_path):
@@ -143,6 +160,59 @@ def test_fidelity_terms_are_trained_and_logged(photo_dir, tmp_path):
     assert {"identity", "lowfreq"} <= set(losses)
     weighted = losses["feature"] + 5 * losses["pixel"] + 2 * losses["identity"] + 3 * losses["lowfreq"]
     assert losses["total"] == pytest.approx(weighted, rel=1e-5)
+
+
+def test_pgd_adversaries_and_the_logit_term_are_trained_and_logged(photo_dir, tmp_path):
+    config = tiny_config(
+        photo_dir, steps=2, classifiers=["tiny"], pgd_fraction=0.5, pgd_iterations=2, logit_weight=2.0
+    )
+    result = _run(config, tmp_path / "run")
+    losses = result.losses
+    assert "logit" in losses
+    assert losses["total"] == pytest.approx(
+        losses["feature"] + 5 * losses["pixel"] + 2 * losses["logit"], rel=1e-5
+    )
+    assert "--classifiers tiny --pgd-fraction 0.5" in config.command("out")
+
+
+def test_pgd_crops_follow_the_clean_ones_and_move_the_classifier_within_the_budget(photo_dir):
+    from nrp_deploy.training.loop import _Trainer
+
+    torch.set_num_threads(1)
+    config = tiny_config(
+        photo_dir, batch_size=8, classifiers=["tiny"], pgd_fraction=0.5, pgd_iterations=4, noise_fraction=0.0
+    )
+    classifier = TinyClassifier()
+    trainer = _Trainer(config, TinyFeatures(), [classifier])
+    clean = trainer.sampler.sample(8)
+    inputs = trainer._inputs(clean, classifier)
+    n_clean = round(config.clean_fraction * 8)  # 2 clean, then 3 PGD, then 3 SSP
+    torch.testing.assert_close(inputs[:n_clean], clean[:n_clean], rtol=0, atol=0)
+    assert (inputs - clean).abs().amax() <= config.eps + 1e-6
+    assert (inputs[n_clean:] - clean[n_clean:]).abs().amax((1, 2, 3)).min() > config.eps / 4
+    with torch.no_grad():
+        moved = (classifier(inputs) - classifier(clean)).abs().sum(1)
+    pgd, ssp = moved[n_clean : n_clean + 3], moved[n_clean + 3 :]
+    assert pgd.min() > 0 and pgd.mean() > ssp.mean()  # aimed at the logits, PGD moves them most
+
+
+def test_pgd_and_the_logit_term_need_a_classifier(photo_dir, tmp_path):
+    with pytest.raises(InputError, match="--classifiers"):
+        _run(tiny_config(photo_dir, pgd_fraction=0.5), tmp_path / "a")
+    with pytest.raises(InputError, match="--classifiers"):
+        _run(tiny_config(photo_dir, logit_weight=1.0), tmp_path / "b")
+    with pytest.raises(InputError, match="pgd_fraction"):
+        _run(tiny_config(photo_dir, classifiers=["tiny"], pgd_fraction=2.0), tmp_path / "c")
+
+
+def test_a_run_saved_before_newer_settings_existed_still_resumes(photo_dir, tmp_path):
+    _run(tiny_config(photo_dir, steps=2, checkpoint_every=2), tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    for key in ("classifiers", "pgd_fraction", "pgd_iterations", "pgd_step", "logit_weight"):
+        del state["config"][key]
+    torch.save(state, path)
+    assert _run(tiny_config(photo_dir, steps=3), tmp_path / "run", resume=True).steps == 3
 
 
 def test_lowfreq_loss_sees_a_colour_cast_that_pixel_noise_hides():

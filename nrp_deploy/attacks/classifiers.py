@@ -2,8 +2,9 @@
 
 Any torch module with that contract can be used instead (PGD and ``evaluate`` take a module); this file
 only provides the ones that ship with the attack extra: EfficientNet-Lite0 (the default, also the SSP
-features the purifiers are trained on) and EfficientNet-Lite2 (held out: what the model card evaluates on). It accepts any image size (global average pooling),
-though it was trained at 224x224, the size of the example images.
+features the purifiers are trained on), EfficientNet-Lite1 (a second network for training) and
+EfficientNet-Lite2 (held out: what the model card evaluates on, never used in training). Each accepts any
+image size (global average pooling), though they were trained at 224 to 260 px.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from nrp_deploy.attacks.backbones import (
     LITE0_STD,
     Normalize,
     efficientnet_lite0,
+    efficientnet_lite1,
     efficientnet_lite2,
 )
 from nrp_deploy.errors import InputError
 
-_BUILDERS = {"efficientnet_lite0": efficientnet_lite0, "efficientnet_lite2": efficientnet_lite2}
+_BUILDERS = {
+    "efficientnet_lite0": efficientnet_lite0,
+    "efficientnet_lite1": efficientnet_lite1,
+    "efficientnet_lite2": efficientnet_lite2,
+}
 CLASSIFIERS = tuple(_BUILDERS)
 
 

@@ -29,12 +29,17 @@ from nrp_deploy.attacks.backbones import (
     LITE0_STD,
     Normalize,
     efficientnet_lite0,
+    efficientnet_lite1,
     efficientnet_lite2,
     vgg16_to_relu3_3,
 )
 from nrp_deploy.errors import InputError
 
-_LITE_BUILDERS = {"efficientnet_lite0": efficientnet_lite0, "efficientnet_lite2": efficientnet_lite2}
+_LITE_BUILDERS = {
+    "efficientnet_lite0": efficientnet_lite0,
+    "efficientnet_lite1": efficientnet_lite1,
+    "efficientnet_lite2": efficientnet_lite2,
+}
 FEATURE_NETWORKS = (*_LITE_BUILDERS, "vgg16")
 # Number of EfficientNet-Lite0 MBConv blocks up to the end of each stage (stage repeats 1, 2, 2, 3, 3, 4, 1).
 LITE0_STAGE_ENDS = {

@@ -43,6 +43,13 @@ class TrainConfig:
     lowfreq_weight: float = 0.0  # L1 of lowfreq_kernel-pooled images: colour and brightness kept
     lowfreq_kernel: int = 8
     adv_weight: float = 0.0
+    # Classifiers whose logits the purifier must keep (logit term) and that PGD adversaries are crafted on;
+    # each step draws one of them. Empty: neither.
+    classifiers: list[str] = field(default_factory=list)
+    pgd_fraction: float = 0.0  # share of the adversarial crops made by PGD on the classifier, not SSP
+    pgd_iterations: int = 5
+    pgd_step: float = 0.02
+    logit_weight: float = 0.0  # relative L1 of the classifier's logits, purified vs clean
     max_zoom: float = 2.0
     jitter: float = 0.1
     seed: int = 0
@@ -61,7 +68,13 @@ class TrainConfig:
             raise InputError("an identity weight needs clean crops: raise clean_fraction or batch_size")
         if self.lowfreq_kernel < 1 or self.lowfreq_kernel > self.crop:
             raise InputError(f"lowfreq_kernel must be in [1, crop], got {self.lowfreq_kernel}")
-        for name in ("clean_fraction", "noise_fraction"):
+        if (self.pgd_fraction > 0 or self.logit_weight > 0) and not self.classifiers:
+            raise InputError(
+                "PGD adversaries and the logit term need at least one classifier (--classifiers)"
+            )
+        if self.pgd_iterations < 1 or not self.pgd_step > 0:
+            raise InputError("PGD needs at least one iteration and a positive step")
+        for name in ("clean_fraction", "noise_fraction", "pgd_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.init_weights is not None and self.identity_init:
@@ -82,7 +95,9 @@ class TrainConfig:
         for name, value in self.__dict__.items():
             if name in ("checkpoint_every", "log_every", "device") or value is None:
                 continue
-            if name == "model_config":
+            if name == "classifiers":
+                parts += [f"--classifiers {','.join(value)}"] if value else []
+            elif name == "model_config":
                 parts += [f"--{key} {val}" for key, val in value.items()]
             elif name == "identity_init":
                 parts += [] if value else ["--no-identity-init"]

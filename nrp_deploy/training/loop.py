@@ -7,6 +7,11 @@ defence's noise to some (so the purifier also cleans what the dynamic defence fe
 (so clean photos pass through unharmed), and trains the purifier to map them back: the features of the
 purified crop to the clean crop's features, and its pixels to the clean pixels.
 
+Optionally some adversaries are PGD on an ImageNet classifier's logits instead (labels from its own clean
+prediction, so still no ground truth), and a logit term asks the classifier to read the purified crop as it
+reads the clean one. SSP perturbations are generic; an attacker aiming at a classifier's decision makes
+different ones, and a purifier that has never seen that kind does not remove them.
+
 A run lives in one directory: ``checkpoint.pt`` (everything needed to resume exactly), ``log.jsonl`` (the
 losses), and at the end ``purifier.safetensors`` (the weights alone, loadable by ``load_model``) and
 ``run.json`` (configuration and final losses).
@@ -58,7 +63,7 @@ class TrainResult:
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, features: nn.Module) -> None:
+    def __init__(self, config: TrainConfig, features: nn.Module, classifiers: list[nn.Module]) -> None:
         self.config = config
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
@@ -69,6 +74,7 @@ class _Trainer:
         if config.init_weights is not None:
             self.model.load_state_dict(_init_state(config.init_weights, self.spec))
         self.features = features.to(self.device).eval().requires_grad_(False)
+        self.classifiers = [c.to(self.device).eval().requires_grad_(False) for c in classifiers]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.99))
         total, floor = config.steps, config.lr_min / config.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -107,6 +113,9 @@ class _Trainer:
     def restore(self, state: dict[str, Any], path: Path) -> None:
         saved = state["config"]
         current = asdict(self.config)
+        # A setting added after the run was saved reads as its default, so older runs still resume.
+        defaults = asdict(TrainConfig())
+        saved = {**defaults, **saved}
         changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
         if changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
@@ -125,17 +134,41 @@ class _Trainer:
     def _uniform(self) -> float:
         return float(torch.rand((), generator=self.data_generator))
 
-    def _inputs(self, clean: torch.Tensor) -> torch.Tensor:
-        """Adversarial, noisy and clean purifier inputs for one batch of clean crops."""
+    def _draw_classifier(self) -> nn.Module | None:
+        """The classifier of this step (PGD adversaries and logit term), or None when none is configured."""
+        if not self.classifiers:
+            return None
+        return self.classifiers[int(torch.randint(len(self.classifiers), (), generator=self.data_generator))]
+
+    def _inputs(self, clean: torch.Tensor, classifier: nn.Module | None) -> torch.Tensor:
+        """Adversarial, noisy and clean purifier inputs for one batch of clean crops.
+
+        After the clean crops come the PGD adversaries (untargeted or towards a random class, half the
+        steps each, labels from the classifier's own clean prediction), then the SSP adversaries.
+        """
+        from nrp_deploy.attacks.pgd import pgd_attack
         from nrp_deploy.attacks.ssp import ssp_attack
 
         cfg = self.config
         n_clean = round(cfg.clean_fraction * len(clean))
+        n_pgd = round(cfg.pgd_fraction * (len(clean) - n_clean)) if classifier is not None else 0
         eps = cfg.eps * (cfg.eps_min_fraction + (1 - cfg.eps_min_fraction) * self._uniform())
         inputs = clean.clone()
-        if n_clean < len(clean):
-            inputs[n_clean:] = ssp_attack(
-                clean[n_clean:],
+        if n_pgd:
+            pgd = slice(n_clean, n_clean + n_pgd)
+            inputs[pgd] = pgd_attack(
+                clean[pgd],
+                classifier,
+                nn.Identity(),
+                targeted=self._uniform() < 0.5,
+                eps=eps,
+                step=cfg.pgd_step,
+                iterations=cfg.pgd_iterations,
+                generator=self.attack_generator,
+            ).adversarial
+        if n_clean + n_pgd < len(clean):
+            inputs[n_clean + n_pgd :] = ssp_attack(
+                clean[n_clean + n_pgd :],
                 self.features,
                 eps=eps,
                 step=cfg.ssp_step,
@@ -152,7 +185,8 @@ class _Trainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.config
         clean = self.sampler.sample(cfg.batch_size).to(self.device)
-        inputs = self._inputs(clean)
+        classifier = self._draw_classifier()
+        inputs = self._inputs(clean, classifier)
         purified = self.model(inputs)
         with torch.no_grad():
             clean_features = self.features(clean)
@@ -168,6 +202,11 @@ class _Trainer:
         if cfg.lowfreq_weight > 0:
             losses["lowfreq"] = lowfreq_loss(purified, clean, cfg.lowfreq_kernel)
             total = total + cfg.lowfreq_weight * losses["lowfreq"]
+        if classifier is not None and cfg.logit_weight > 0:
+            with torch.no_grad():
+                clean_logits = classifier(clean)
+            losses["logit"] = feature_loss(classifier(purified), clean_logits)
+            total = total + cfg.logit_weight * losses["logit"]
         if self.discriminator is not None:
             _, losses["adv"] = relativistic_losses(self.discriminator(clean), self.discriminator(purified))
             total = total + cfg.adv_weight * losses["adv"]
@@ -200,6 +239,12 @@ def _init_state(path: str, spec: ModelSpec) -> dict[str, torch.Tensor]:
     return state
 
 
+def _classifiers(config: TrainConfig) -> list[nn.Module]:
+    from nrp_deploy.attacks.classifiers import load_classifier
+
+    return [load_classifier(name) for name in config.classifiers]
+
+
 def _feature_extractor(config: TrainConfig) -> nn.Module:
     from nrp_deploy.attacks.features import build_feature_extractor
 
@@ -214,11 +259,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     features: nn.Module | None = None,
+    classifiers: list[nn.Module] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train a purifier into ``run_dir``; with ``resume``, continue from its checkpoint.
 
-    ``features`` replaces the extractor named by ``config.feature_model`` (tests pass a tiny module).
+    ``features`` replaces the extractor named by ``config.feature_model`` and ``classifiers`` the networks
+    named by ``config.classifiers`` (tests pass tiny modules).
     Without ``resume``, an existing checkpoint in ``run_dir`` is refused rather than overwritten.
     """
     config.validate()
@@ -228,7 +275,11 @@ def train(
         raise InputError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
     if resume and not ckpt_path.exists():
         raise InputError(f"nothing to resume: {ckpt_path} does not exist")
-    trainer = _Trainer(config, features if features is not None else _feature_extractor(config))
+    trainer = _Trainer(
+        config,
+        features if features is not None else _feature_extractor(config),
+        classifiers if classifiers is not None else _classifiers(config),
+    )
     if resume:
         trainer.restore(load_checkpoint(ckpt_path), ckpt_path)
     run_dir.mkdir(parents=True, exist_ok=True)
