@@ -274,7 +274,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--classifiers",
         default=",".join(d.classifiers),
         help="comma-separated ImageNet classifiers for PGD adversaries and the logit term, one drawn per step "
-        "(efficientnet_lite0, efficientnet_lite1; default: none)",
+        "(efficientnet_lite0, efficientnet_lite1, efficientnet_lite2; default: none)",
     )
     p.add_argument(
         "--pgd-fraction", type=float, default=d.pgd_fraction, help="share of adversaries made by PGD, not SSP"
@@ -532,7 +532,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--classifier",
         default="efficientnet_lite0",
-        help="classifier attacked and defended: efficientnet_lite0 or efficientnet_lite2 (default: lite0)",
+        help="classifier attacked and defended: efficientnet_lite0, efficientnet_lite1 or efficientnet_lite2 "
+        "(default: lite0)",
     )
     p.add_argument(
         "--ssp-features",
