@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from nrp_deploy.errors import InputError, MetadataError, StaleArtifactError
+from nrp_deploy.errors import InputError, MetadataError, ModelError, StaleArtifactError
 from nrp_deploy.kernels.reference import postprocess_reference, preprocess_reference
 from nrp_deploy.runtime import cuda_mem, engine_cache, prepost, tensorrt_support
 from nrp_deploy.runtime.backends import tensorrt as trt_backend
@@ -412,6 +412,24 @@ def test_an_address_tensorrt_refuses_is_an_input_error(fake_trt, cuda, tmp_path,
 
     monkeypatch.setattr(engine, "create_execution_context", refusing)
     with pytest.raises(InputError, match=r"TensorRT refused address .* 'input'"):
+        backend.infer(np.zeros((1, 3, 8, 8), np.float32))
+    backend.deactivate()
+
+
+def test_an_engine_that_changes_the_shape_is_a_model_error(fake_trt, cuda, tmp_path, monkeypatch):
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    engine = backend._engine
+    original = engine.create_execution_context
+
+    def halving(strategy="STATIC"):
+        context = original(strategy)
+        context.get_tensor_shape = lambda name: (*context.shape[:2], context.shape[2] // 2, context.shape[3])
+        return context
+
+    monkeypatch.setattr(engine, "create_execution_context", halving)
+    with pytest.raises(ModelError, match=r"maps \(1, 3, 8, 8\) to \(1, 3, 4, 8\)"):
         backend.infer(np.zeros((1, 3, 8, 8), np.float32))
     backend.deactivate()
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from nrp_deploy.errors import BackendUnavailableError, InputError, StaleArtifactError
+from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError, StaleArtifactError
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime.backends.base import ModelSource, ShapeProfile, TensorSpec
 from nrp_deploy.runtime.engine_cache import (
@@ -426,7 +426,7 @@ class TensorRTBackend:
             raise InputError(f"TensorRT rejected input shape {shape} for {self.path}")
         out_shape = tuple(context.get_tensor_shape(self.metadata.output_name))
         if out_shape != shape:
-            raise InputError(f"{self.path} maps {shape} to {out_shape}; a purifier keeps the input's shape")
+            raise ModelError(f"{self.path} maps {shape} to {out_shape}; a purifier keeps the input's shape")
         for name, ptr in ((self.metadata.input_name, in_ptr), (self.metadata.output_name, out_ptr)):
             if not context.set_tensor_address(name, ptr):
                 raise InputError(
