@@ -949,6 +949,59 @@ def test_engine_with_a_failed_fidelity_verdict_is_refused_unless_allowed(
         np.testing.assert_array_equal(purifier(images), _host_reference(images, None, 0, 0))
 
 
+def test_a_stale_engine_is_not_rebuilt_from_an_onnx_that_failed_its_fidelity_check(
+    fake_trt, cuda, tmp_path, monkeypatch
+):
+    from nrp_deploy.errors import FidelityError
+    from nrp_deploy.export import tensorrt as trt_build
+    from nrp_deploy.export.metadata import ArtifactMetadata, Fidelity, judge, write_metadata
+    from nrp_deploy.kernels import cuda_api
+    from nrp_deploy.runtime import load_purifier
+
+    fake_trt()
+    builds: list[Path] = []
+
+    def fake_build(onnx, engine, options):
+        builds.append(onnx)
+        engine.write_bytes(b"PLAN rebuilt")
+        meta = _metadata(engine, onnx)
+        engine_cache.write_engine_metadata(engine, meta)
+        return meta
+
+    monkeypatch.setattr(cuda_api, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(trt_backend, "current_environment", lambda device=0: ENV)
+    monkeypatch.setattr(trt_build, "engine_builder", lambda **kw: fake_build)
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not parsed by the stand-in")
+    fidelity = Fidelity(max_abs=0.4, mean_abs=0.1, psnr_db=12.0)
+    write_metadata(
+        onnx,
+        ArtifactMetadata(
+            artifact=onnx.name,
+            artifact_sha256=engine_cache.sha256_file(onnx),
+            precision="fp16",
+            io_dtype="float32",
+            opset=17,
+            source={"name": "tiny", "path": "/x/tiny.pth", "sha256": "ab" * 32},
+            model={"architecture": "NRP_resG", "config": {"in_nc": 3, "out_nc": 3, "nf": 4, "nb": 1}},
+            fidelity=fidelity,
+            fidelity_images={"description": "2 crops", "count": 2},
+            min_psnr_db=50.0,
+            verdict=judge("fp16", onnx.name, fidelity, 50.0, "2 crops"),
+        ),
+    )
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"PLAN")
+    stale = _metadata(engine, onnx, tensorrt_version="11.3.0")  # built by another release: to rebuild
+    engine_cache.write_engine_metadata(engine, stale)
+    with pytest.raises(FidelityError, match=r"m.onnx failed its fidelity check.*FAIL fp16"):
+        load_purifier(engine, backend="tensorrt")
+    assert builds == [] and engine.read_bytes() == b"PLAN"  # refused before any build
+    with load_purifier(engine, backend="tensorrt", allow_failed=True) as purifier:
+        assert purifier.backend.metadata.tensorrt_version == ENV.tensorrt_version
+    assert builds == [onnx]
+
+
 def test_malformed_verdict_in_an_engine_sidecar_is_named(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"PLAN")

@@ -337,6 +337,7 @@ def ensure_engine(
     engine: str | os.PathLike[str] | None = None,
     options: BuildOptions | None = None,
     directory: Path | None = None,
+    check_onnx: Callable[[Path], None] | None = None,
 ) -> EngineChoice:
     """The engine to run for ``onnx`` and/or ``engine`` on ``env``, building it only when needed.
 
@@ -347,6 +348,8 @@ def ensure_engine(
       ONNX its metadata names if that file still exists; with no ONNX at hand, ``StaleArtifactError``
       gives the reasons. A rebuild keeps the engine's recorded build options unless ``options`` is given.
     The builder writes engine and sidecar atomically, so an interrupted build never leaves a torn engine.
+    ``check_onnx`` is called with the ONNX before any build and may raise (a FAIL fidelity verdict), so a
+    build that could only end in a refusal is never started.
     """
     onnx_path = Path(onnx) if onnx is not None else None
     if onnx_path is not None and not onnx_path.is_file():
@@ -364,6 +367,8 @@ def ensure_engine(
     if not engine_path.is_file():
         if onnx_path is None:
             raise ModelNotFoundError(f"TensorRT engine {engine_path} does not exist")
+        if check_onnx is not None:
+            check_onnx(onnx_path)
         built = build(onnx_path, engine_path, options or BuildOptions())
         return EngineChoice(engine_path, built, True, ("no engine yet",))
 
@@ -386,4 +391,6 @@ def ensure_engine(
         )
     if options is None:
         options = options_from_metadata(metadata) if metadata is not None else BuildOptions()
+    if check_onnx is not None:
+        check_onnx(onnx_path)
     return EngineChoice(engine_path, build(onnx_path, engine_path, options), True, tuple(reasons))

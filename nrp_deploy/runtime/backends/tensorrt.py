@@ -34,6 +34,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,13 @@ def open_backend(
     build_options = _build_options(options)
     cache = Path(options["cache_dir"]) if options.get("cache_dir") else None
     if source.kind == "engine":
-        choice = ensure_engine(env=env, build=build, engine=source.path, options=build_options)
+        choice = ensure_engine(
+            env=env,
+            build=build,
+            engine=source.path,
+            options=build_options,
+            check_onnx=partial(_check_onnx_verdict, allow_failed=source.allow_failed),
+        )
     else:
         from nrp_deploy.runtime.artifacts import onnx_for
 
@@ -179,6 +186,16 @@ def open_backend(
         cuda_graph=bool(options.get("cuda_graph", True)),
         spec=spec,
     )
+
+
+def _check_onnx_verdict(onnx: Path, allow_failed: bool) -> None:
+    """Refuse to rebuild an engine from an ONNX whose export FAILed its fidelity check (the engine would
+    inherit the verdict and be refused after the build)."""
+    from nrp_deploy.export.metadata import read_metadata, sidecar_path
+    from nrp_deploy.runtime.artifacts import check_verdict
+
+    if sidecar_path(onnx).is_file():
+        check_verdict(onnx, read_metadata(onnx).verdict, allow_failed)
 
 
 @dataclass
