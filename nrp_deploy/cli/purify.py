@@ -1,0 +1,126 @@
+"""``nrp purify``: files, folders or stdin through a purifier, in process or through a server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nrp_deploy.cli.common import finish_batch
+from nrp_deploy.errors import NRPDeployError
+
+
+def _given(args: argparse.Namespace, name: str) -> bool:
+    value = getattr(args, name)
+    return value is not None and value != "auto"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "purify",
+        help="purify image files or folders into PNGs",
+        description="Purify images (files or folders, walked recursively) into OUT as lossless PNG, keeping "
+        "the folders' layout. Bad files are reported and skipped; the exit status is 1 if any failed.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output folder")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="registry name (default, NRP, NRP_resG), checkpoint, .onnx (with its .json) or TensorRT engine",
+    )
+    p.add_argument(
+        "--dynamic", action="store_true", help="dynamic inference: noise (sigma 0.05) within 16/255"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the --dynamic noise (replays a run exactly); default: a fresh seed from the OS per batch",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        help="inference backend (default: auto, the fastest that works here; torch is the eager baseline)",
+    )
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "fp16", "int8"],
+        help="model precision (default: fp32 for a checkpoint, an ONNX/engine's own otherwise)",
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the GPU when the backend can)")
+    p.add_argument("--tile", type=int, default=None, help="tile images larger than N px (bounds memory)")
+    p.add_argument("--overlap", type=int, default=None, help="context px around each tile (with --tile)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (onnxruntime, torch)")
+    p.add_argument("--batch-size", type=int, default=4, help="images of equal size per batch (default: 4)")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    p.add_argument(
+        "--allow-failed",
+        action="store_true",
+        help="use an ONNX artifact or TensorRT engine even though its fidelity check FAILed (refused otherwise)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        help="purify through a running `nrp serve` (http://HOST:PORT or grpc://HOST:PORT) instead of in "
+        "process; the server's model is used, the output is the same",
+    )
+    p.set_defaults(handler=_run_purify)
+
+
+def _run_purify(args: argparse.Namespace) -> int:
+    from nrp_deploy.batch import purify_files
+    from nrp_deploy.runtime import DynamicDefense, load_purifier
+
+    if args.seed is not None and not args.dynamic:
+        raise NRPDeployError("--seed sets the --dynamic noise; add --dynamic or drop --seed")
+    if args.server:
+        return _run_purify_remote(args)
+    purifier = load_purifier(
+        args.model,
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        tile=args.tile,
+        overlap=args.overlap,
+        threads=args.threads,
+        allow_failed=args.allow_failed,
+    )
+    print(f"purifier: {purifier.describe()}", file=sys.stderr)
+    dynamic = DynamicDefense(seed=args.seed) if args.dynamic else None
+    report = purify_files(
+        args.inputs,
+        args.output,
+        purifier.as_batch_fn(dynamic),
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        max_pixels=purifier.max_pixels,
+    )
+    return finish_batch(report)
+
+
+def _run_purify_remote(args: argparse.Namespace) -> int:
+    from nrp_deploy.batch import purify_files
+    from nrp_deploy.serving import PurifierClient
+
+    local = [
+        f"--{n}" for n in ("backend", "precision", "device", "tile", "overlap", "threads") if _given(args, n)
+    ]
+    if local:
+        raise NRPDeployError(f"{', '.join(local)} configure an in-process purifier; the server has its own")
+    client = PurifierClient(args.server)
+    client.wait_ready(timeout_s=10)
+    print(f"purifier: the {client.model} model at {args.server}", file=sys.stderr)
+    report = purify_files(
+        args.inputs,
+        args.output,
+        client.as_batch_fn(dynamic=True if args.dynamic else None, seed=args.seed),
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    return finish_batch(report)
