@@ -351,6 +351,19 @@ def test_publish_describes_a_photo_corpus_from_its_manifest(photo_dir, tmp_path)
     assert entry["training"]["init_weights_sha256"] is None
 
 
+def test_publish_names_the_pgd_adversaries_and_the_logit_term(photo_dir, tmp_path):
+    config = tiny_config(photo_dir, steps=1, classifiers=["tiny"], pgd_fraction=0.5, logit_weight=1.0)
+    run = _run(config, tmp_path / "run")
+    publish_model(run.run_dir, "tiny", directory=tmp_path / "models")
+    entry = json.loads((tmp_path / "models" / "manifest.json").read_text())["models"][0]
+    assert (
+        "SSP adversaries on efficientnet_lite0 features and PGD (50% of the adversaries) on tiny logits"
+        in (entry["provenance"])
+    )
+    assert "feature + pixel + logit loss" in entry["provenance"]
+    assert "--classifiers tiny" in entry["training"]["command"]
+
+
 def test_publish_refuses_an_unfinished_run_and_foreign_metrics(photo_dir, tmp_path):
     with pytest.raises(InputError, match="not finished"):
         publish_model(tmp_path, "x", directory=tmp_path)

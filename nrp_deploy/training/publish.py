@@ -58,11 +58,24 @@ def _corpus_description(data: str) -> dict[str, Any] | None:
 
 
 def _loss_terms(config: dict[str, Any]) -> str:
-    names = {"pixel_weight": "pixel", "identity_weight": "identity", "lowfreq_weight": "low-frequency"}
+    names = {
+        "pixel_weight": "pixel",
+        "identity_weight": "identity",
+        "lowfreq_weight": "low-frequency",
+        "logit_weight": "logit",
+    }
     terms = ["feature"] + [name for key, name in names.items() if config.get(key, 0) > 0]
     if config.get("adv_weight", 0) > 0:
         terms.append("adversarial")
     return " + ".join(terms) + " loss"
+
+
+def _adversaries(config: dict[str, Any]) -> str:
+    ssp = f"SSP adversaries on {config['feature_model']} features"
+    if config.get("pgd_fraction", 0) > 0 and config.get("classifiers"):
+        share = round(100 * config["pgd_fraction"])
+        return f"{ssp} and PGD ({share}% of the adversaries) on {' / '.join(config['classifiers'])} logits"
+    return ssp
 
 
 def _start(summary: dict[str, Any]) -> str:
@@ -123,7 +136,7 @@ def publish_model(
         "sha256": sha256_file(target),
         "provenance": (
             f"Trained by this project with `nrp train` ({summary['steps']} steps of the self-supervised NRP "
-            f"objective: SSP adversaries on {config['feature_model']} features, {_loss_terms(config)}) on "
+            f"objective: {_adversaries(config)}, {_loss_terms(config)}) on "
             f"{config['data']!r} data{_start(summary)}. Final training losses (mean of the last "
             f"{config['log_every']} steps): {losses}."
         ),
