@@ -16,6 +16,7 @@ that names the file, so one bad file fails alone.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import warnings
@@ -28,6 +29,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nrp_deploy.errors import ImageError
 from nrp_deploy.fileutil import atomic_output
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 #: Pillow format names that are decoded (JPEG includes MPO, which many phone cameras write; PPM: PBM/PGM/PPM).
@@ -160,9 +163,13 @@ class Collected:
 
 
 def collect_images(inputs: Iterable[str | os.PathLike[str]]) -> list[ImageTask]:
-    """Expand files and directories (recursively) into image tasks; see ``scan_images``, whose passed-over
-    paths this drops (callers that report them use ``scan_images``)."""
-    return scan_images(inputs).tasks
+    """Expand files and directories (recursively) into image tasks; see ``scan_images``. Passed-over paths
+    are logged as warnings, each named with its reason (callers that report them otherwise, as the batch
+    job does, use ``scan_images``)."""
+    found = scan_images(inputs)
+    for path, reason in found.passed_over:
+        log.warning("passed over %s: %s", path, reason)
+    return found.tasks
 
 
 def scan_images(inputs: Iterable[str | os.PathLike[str]]) -> Collected:

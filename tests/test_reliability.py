@@ -34,7 +34,7 @@ from nrp_deploy.errors import (
 from nrp_deploy.export.fidelity import ErrorStats
 from nrp_deploy.export.metadata import ArtifactMetadata, Fidelity, judge, write_metadata
 from nrp_deploy.fileutil import NAME_MAX, atomic_output, remove_stale_temporaries, sha256_file
-from nrp_deploy.images import read_image, scan_images, write_png
+from nrp_deploy.images import collect_images, read_image, scan_images, write_png
 from nrp_deploy.models import ModelSpec, load_model
 from nrp_deploy.runtime import DynamicDefense, load_purifier
 from nrp_deploy.runtime.artifacts import cached_onnx_path, identify
@@ -399,6 +399,15 @@ def test_truncated_lazy_pil_image_named(tmp_path, onnx_model):
 
 
 # 9. Nothing blocks, nothing is skipped silently ----------------------------------------------------------
+
+
+def test_folders_read_for_training_calibration_and_evaluation_name_what_they_pass_over(tmp_path, caplog):
+    root = tmp_path / "in"
+    _png(root / "ok.png")
+    os.mkfifo(root / "fifo.png")
+    with caplog.at_level("WARNING", logger="nrp_deploy.images"):
+        assert [t.source.name for t in collect_images([root])] == ["ok.png"]
+    assert f"passed over {root / 'fifo.png'}: not a regular file but a FIFO" in caplog.text
 
 
 def test_special_files_named_and_never_block(tmp_path):
