@@ -398,40 +398,42 @@ def test_device_pointers_must_be_aligned(fake_trt, cuda, tmp_path):
     backend.deactivate()
 
 
-def test_an_address_tensorrt_refuses_is_an_input_error(fake_trt, cuda, tmp_path, monkeypatch):
-    fake_trt()
+def _infer_with_altered_contexts(tmp_path, monkeypatch, alter) -> None:
+    """One inference on an emulated engine whose execution contexts ``alter`` changes once created."""
     backend = _backend(tmp_path)
     backend.activate()
-    engine = backend._engine
-    original = engine.create_execution_context
+    original = backend._engine.create_execution_context
 
-    def refusing(strategy="STATIC"):
+    def altered(strategy="STATIC"):
         context = original(strategy)
-        context.set_tensor_address = lambda name, ptr: False
+        alter(context)
         return context
 
-    monkeypatch.setattr(engine, "create_execution_context", refusing)
-    with pytest.raises(InputError, match=r"TensorRT refused address .* 'input'"):
+    monkeypatch.setattr(backend._engine, "create_execution_context", altered)
+    try:
         backend.infer(np.zeros((1, 3, 8, 8), np.float32))
-    backend.deactivate()
+    finally:
+        backend.deactivate()
+
+
+def test_an_address_tensorrt_refuses_is_an_input_error(fake_trt, cuda, tmp_path, monkeypatch):
+    fake_trt()
+
+    def refuse_addresses(context):
+        context.set_tensor_address = lambda name, ptr: False
+
+    with pytest.raises(InputError, match=r"TensorRT refused address .* 'input'"):
+        _infer_with_altered_contexts(tmp_path, monkeypatch, refuse_addresses)
 
 
 def test_an_engine_that_changes_the_shape_is_a_model_error(fake_trt, cuda, tmp_path, monkeypatch):
     fake_trt()
-    backend = _backend(tmp_path)
-    backend.activate()
-    engine = backend._engine
-    original = engine.create_execution_context
 
-    def halving(strategy="STATIC"):
-        context = original(strategy)
+    def halve_the_output_height(context):
         context.get_tensor_shape = lambda name: (*context.shape[:2], context.shape[2] // 2, context.shape[3])
-        return context
 
-    monkeypatch.setattr(engine, "create_execution_context", halving)
     with pytest.raises(ModelError, match=r"maps \(1, 3, 8, 8\) to \(1, 3, 4, 8\)"):
-        backend.infer(np.zeros((1, 3, 8, 8), np.float32))
-    backend.deactivate()
+        _infer_with_altered_contexts(tmp_path, monkeypatch, halve_the_output_height)
 
 
 def test_plain_enqueue_without_graphs_and_when_capture_fails(fake_trt, cuda, tmp_path):
