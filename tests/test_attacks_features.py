@@ -8,7 +8,7 @@ import torch
 
 from nrp_deploy.assets import examples_dir
 from nrp_deploy.attacks import build_feature_extractor, load_classifier
-from nrp_deploy.attacks.backbones import efficientnet_lite0, efficientnet_lite1, efficientnet_lite2
+from nrp_deploy.attacks.backbones import efficientnet_lite
 from nrp_deploy.attacks.features import LITE0_STAGE_ENDS, lite_stage_ends
 from nrp_deploy.errors import CheckpointError, InputError, ModelNotFoundError
 from nrp_deploy.images import read_image
@@ -124,12 +124,14 @@ def test_stage_table_covers_all_blocks():
     assert LITE0_STAGE_ENDS["stage7"] == 16 and list(LITE0_STAGE_ENDS.values()) == sorted(
         LITE0_STAGE_ENDS.values()
     )
-    assert lite_stage_ends(efficientnet_lite0()) == LITE0_STAGE_ENDS  # read from the network itself
+    lite0 = efficientnet_lite("efficientnet_lite0")
+    assert lite_stage_ends(lite0) == LITE0_STAGE_ENDS  # read from the network itself
 
 
 def test_lite2_features_and_classifier_are_built_from_their_wheel():
     # Lite2 is deeper (21 blocks in 7 stages); stage3 sits at 1/8 resolution like Lite0's.
-    assert list(lite_stage_ends(efficientnet_lite2()).values()) == [1, 4, 7, 11, 15, 20, 21]
+    lite2 = efficientnet_lite("efficientnet_lite2")
+    assert list(lite_stage_ends(lite2).values()) == [1, 4, 7, 11, 15, 20, 21]
     features = build_feature_extractor("efficientnet_lite2")
     assert features.layer == "stage3" and features(torch.rand(1, 3, 64, 64)).shape == (1, 48, 8, 8)
     clf = load_classifier("efficientnet_lite2")
@@ -140,7 +142,8 @@ def test_lite2_features_and_classifier_are_built_from_their_wheel():
 
 
 def test_lite1_classifier_for_training_is_built_from_its_wheel():
-    assert list(lite_stage_ends(efficientnet_lite1()).values()) == [1, 4, 7, 11, 15, 20, 21]  # as Lite2
+    lite1 = efficientnet_lite("efficientnet_lite1")
+    assert list(lite_stage_ends(lite1).values()) == [1, 4, 7, 11, 15, 20, 21]  # as Lite2
     clf = load_classifier("efficientnet_lite1")
     image = read_image(EXAMPLES / "coffee.png")
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div(255)[None]

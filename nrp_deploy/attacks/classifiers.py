@@ -12,29 +12,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nrp_deploy.attacks.backbones import (
-    LITE0_MEAN,
-    LITE0_STD,
-    Normalize,
-    efficientnet_lite0,
-    efficientnet_lite1,
-    efficientnet_lite2,
-)
+from nrp_deploy.attacks.backbones import LITE0_MEAN, LITE0_STD, LITE_NETWORKS, Normalize, efficientnet_lite
 from nrp_deploy.errors import InputError
 
-_BUILDERS = {
-    "efficientnet_lite0": efficientnet_lite0,
-    "efficientnet_lite1": efficientnet_lite1,
-    "efficientnet_lite2": efficientnet_lite2,
-}
-CLASSIFIERS = tuple(_BUILDERS)
+CLASSIFIERS = tuple(LITE_NETWORKS)
 
 
 def load_classifier(name: str = "efficientnet_lite0", device: str | torch.device = "cpu") -> nn.Module:
     """A frozen eval-mode ImageNet classifier with its input normalisation inside."""
-    if name not in _BUILDERS:
+    if name not in LITE_NETWORKS:
         raise InputError(f"unknown classifier {name!r}; choose one of {', '.join(CLASSIFIERS)}")
-    # Both Lite networks take the TF Lite input scaling (see backbones).
-    model = nn.Sequential(Normalize(LITE0_MEAN, LITE0_STD), _BUILDERS[name]())
+    # Every Lite network takes the TF Lite input scaling (see backbones).
+    model = nn.Sequential(Normalize(LITE0_MEAN, LITE0_STD), efficientnet_lite(name))
     model.requires_grad_(False)
     return model.eval().to(device)

