@@ -21,6 +21,7 @@ import pytest
 import torch
 from hostile_inputs import FOREIGN, encode, png_declaring, random_image, tiny_onnx
 from PIL import Image
+from sidecars import write_sidecar
 
 from nrp_deploy.batch import purify_files
 from nrp_deploy.cli import main
@@ -32,7 +33,7 @@ from nrp_deploy.errors import (
     ModelError,
 )
 from nrp_deploy.export.fidelity import ErrorStats
-from nrp_deploy.export.metadata import ArtifactMetadata, Fidelity, judge, write_metadata
+from nrp_deploy.export.metadata import judge
 from nrp_deploy.fileutil import NAME_MAX, atomic_output, remove_stale_temporaries, sha256_file
 from nrp_deploy.images import collect_images, read_image, scan_images, write_png
 from nrp_deploy.models import ModelSpec, load_model
@@ -166,28 +167,8 @@ def test_nonfinite_model_output_refused(tmp_path, capsys):
     assert not (tmp_path / "out" / "x.png").exists()
 
 
-def _sidecar(artifact: Path, psnr: float, source_sha: str = "ab" * 32) -> None:
-    fidelity = Fidelity(max_abs=0.4, mean_abs=0.1, psnr_db=psnr)
-    write_metadata(
-        artifact,
-        ArtifactMetadata(
-            artifact=artifact.name,
-            artifact_sha256=sha256_file(artifact),
-            precision="fp32",
-            io_dtype="float32",
-            opset=17,
-            source={"name": "tiny", "path": "/x/tiny.pth", "sha256": source_sha},
-            model={"architecture": "NRP_resG", "config": {"in_nc": 3, "out_nc": 3, "nf": 4, "nb": 1}},
-            fidelity=fidelity,
-            fidelity_images={"description": "2 crops", "count": 2},
-            min_psnr_db=80.0,
-            verdict=judge("fp32", artifact.name, fidelity, 80.0, "2 crops"),
-        ),
-    )
-
-
 def test_fail_verdict_stops_use_unless_forced(tmp_path, onnx_model, capsys):
-    _sidecar(onnx_model, psnr=12.0)
+    write_sidecar(onnx_model, psnr_db=12.0)
     with pytest.raises(FidelityError, match=r"FAIL fp32 tiny.onnx.*allow_failed=True \(--allow-failed\)"):
         _ort(onnx_model)
     with _ort(onnx_model, allow_failed=True) as purifier:
@@ -205,7 +186,7 @@ def test_cached_artifact_with_fail_verdict_is_not_used(tmp_path, tiny_checkpoint
     cached = cached_onnx_path(checksum, "fp32", DEFAULT_OPSET)
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_bytes(onnx_model.read_bytes())
-    _sidecar(cached, psnr=3.0, source_sha=checksum)
+    write_sidecar(cached, psnr_db=3.0, source_sha=checksum)
     try:
         with pytest.raises(FidelityError, match="failed its fidelity check"):
             load_purifier(tiny_checkpoint, backend="onnxruntime")

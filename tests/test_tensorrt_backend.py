@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sidecars import write_sidecar
 
 from nrp_deploy.errors import BackendUnavailableError, ExportError, InputError, StaleArtifactError
 from nrp_deploy.export import tensorrt as trt_build
@@ -602,28 +603,11 @@ def test_nrp_info_json(capsys):
 
 
 def test_engine_records_the_fidelity_verdict_of_its_onnx(fake_build_env, tmp_path):
-    from nrp_deploy.export.metadata import ArtifactMetadata, Fidelity, Verdict, write_metadata
-
     fake_build_env()
     onnx = _fake_onnx(tmp_path / "m.onnx", [["CONVOLUTION", ["FLOAT"]]])
-    verdict = Verdict(False, "FAIL fp32 m.onnx: PSNR 12.0 dB < 80.0 dB vs FP32 torch")
     model = {"architecture": "NRP_resG", "config": {"nf": 4, "nb": 1}}
-    write_metadata(
-        onnx,
-        ArtifactMetadata(
-            artifact=onnx.name,
-            artifact_sha256=ec.sha256_file(onnx),
-            precision="fp32",
-            io_dtype="float32",
-            opset=17,
-            source={"path": "/x/tiny.pth", "sha256": "ab" * 32},
-            model=model,
-            fidelity=Fidelity(max_abs=0.4, mean_abs=0.1, psnr_db=12.0),
-            fidelity_images={"description": "2 crops", "count": 2},
-            min_psnr_db=80.0,
-            verdict=verdict,
-        ),
-    )
+    verdict = write_sidecar(onnx, psnr_db=12.0, model=model)
+    assert not verdict.passed
     meta = trt_build.build_engine(onnx, use_timing_cache=False)
     assert meta.verdict == verdict and meta.source["model"] == model
     assert ec.read_engine_metadata(tmp_path / "m.engine").verdict == verdict

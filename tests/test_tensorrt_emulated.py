@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from sidecars import write_sidecar
 
 from nrp_deploy.errors import InputError, MetadataError, ModelError, StaleArtifactError
 from nrp_deploy.kernels.reference import postprocess_reference, preprocess_reference
@@ -691,23 +692,18 @@ def test_pipeline_refuses_what_it_cannot_run(fake_trt, cuda, tmp_path):
         DevicePipeline(cpu, FakeKernels(cuda))
 
 
-# -- load_purifier(..., backend="tensorrt") end to end ----------------------------------------------------
-
-
-def test_load_purifier_builds_caches_tiles_and_rebuilds(fake_trt, cuda, tmp_path, monkeypatch):
-    """The runtime's Purifier over the TensorRT backend: engine built once and cached, images beyond the
-    profile tiled, batches beyond it split, and an engine from another TensorRT release rebuilt."""
+def _emulated_build_host(monkeypatch) -> list[tuple[Path, engine_cache.BuildOptions]]:
+    """One emulated GPU whose TensorRT builds write a stand-in plan; returns the (onnx, options) of each
+    build, in order."""
     from nrp_deploy.export import tensorrt as trt_build
     from nrp_deploy.kernels import cuda_api
-    from nrp_deploy.runtime import load_purifier
 
-    fake_trt()
-    builds: list[engine_cache.BuildOptions] = []
+    builds: list[tuple[Path, engine_cache.BuildOptions]] = []
 
     def fake_build(
         onnx: Path, engine: Path, options: engine_cache.BuildOptions
     ) -> engine_cache.EngineMetadata:
-        builds.append(options)
+        builds.append((onnx, options))
         engine.parent.mkdir(parents=True, exist_ok=True)
         engine.write_bytes(b"PLAN " + onnx.read_bytes())
         meta = _metadata(engine, onnx, profile=engine_cache.profile_to_dict(options.profile))
@@ -717,6 +713,19 @@ def test_load_purifier_builds_caches_tiles_and_rebuilds(fake_trt, cuda, tmp_path
     monkeypatch.setattr(cuda_api, "cuda_device_count", lambda: 1)
     monkeypatch.setattr(trt_backend, "current_environment", lambda device=0: ENV)
     monkeypatch.setattr(trt_build, "engine_builder", lambda **kw: fake_build)
+    return builds
+
+
+# -- load_purifier(..., backend="tensorrt") end to end ----------------------------------------------------
+
+
+def test_load_purifier_builds_caches_tiles_and_rebuilds(fake_trt, cuda, tmp_path, monkeypatch):
+    """The runtime's Purifier over the TensorRT backend: engine built once and cached, images beyond the
+    profile tiled, batches beyond it split, and an engine from another TensorRT release rebuilt."""
+    from nrp_deploy.runtime import load_purifier
+
+    fake_trt()
+    builds = _emulated_build_host(monkeypatch)
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"not parsed by the stand-in")
     options = {"profile": PROFILE, "cache_dir": tmp_path / "engines"}
@@ -728,7 +737,7 @@ def test_load_purifier_builds_caches_tiles_and_rebuilds(fake_trt, cuda, tmp_path
     with load_purifier(onnx, backend="tensorrt", options=options) as purifier:
         small = _images(1, 16, 16)
         np.testing.assert_array_equal(purifier(small), _host_reference(small, None, 0, 0))
-    assert len(builds) == 1 and builds[0].profile == PROFILE
+    assert len(builds) == 1 and builds[0][1].profile == PROFILE
 
     engine = purifier.backend.path
     meta = engine_cache.read_engine_metadata(engine)
@@ -737,7 +746,7 @@ def test_load_purifier_builds_caches_tiles_and_rebuilds(fake_trt, cuda, tmp_path
     )
     with load_purifier(engine, backend="tensorrt") as purifier:  # the engine itself: rebuilt from its ONNX
         assert purifier.backend.metadata.tensorrt_version == ENV.tensorrt_version
-    assert len(builds) == 2 and builds[1].profile == PROFILE  # the rebuild kept the engine's profile
+    assert len(builds) == 2 and builds[1][1].profile == PROFILE  # the rebuild kept the engine's profile
 
 
 def test_threads_share_one_context_safely(fake_trt, tmp_path):
@@ -955,43 +964,13 @@ def test_a_stale_engine_is_not_rebuilt_from_an_onnx_that_failed_its_fidelity_che
     fake_trt, cuda, tmp_path, monkeypatch
 ):
     from nrp_deploy.errors import FidelityError
-    from nrp_deploy.export import tensorrt as trt_build
-    from nrp_deploy.export.metadata import ArtifactMetadata, Fidelity, judge, write_metadata
-    from nrp_deploy.kernels import cuda_api
     from nrp_deploy.runtime import load_purifier
 
     fake_trt()
-    builds: list[Path] = []
-
-    def fake_build(onnx, engine, options):
-        builds.append(onnx)
-        engine.write_bytes(b"PLAN rebuilt")
-        meta = _metadata(engine, onnx)
-        engine_cache.write_engine_metadata(engine, meta)
-        return meta
-
-    monkeypatch.setattr(cuda_api, "cuda_device_count", lambda: 1)
-    monkeypatch.setattr(trt_backend, "current_environment", lambda device=0: ENV)
-    monkeypatch.setattr(trt_build, "engine_builder", lambda **kw: fake_build)
+    builds = _emulated_build_host(monkeypatch)
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"not parsed by the stand-in")
-    fidelity = Fidelity(max_abs=0.4, mean_abs=0.1, psnr_db=12.0)
-    write_metadata(
-        onnx,
-        ArtifactMetadata(
-            artifact=onnx.name,
-            artifact_sha256=engine_cache.sha256_file(onnx),
-            precision="fp16",
-            io_dtype="float32",
-            opset=17,
-            source={"name": "tiny", "path": "/x/tiny.pth", "sha256": "ab" * 32},
-            model={"architecture": "NRP_resG", "config": {"in_nc": 3, "out_nc": 3, "nf": 4, "nb": 1}},
-            fidelity=fidelity,
-            fidelity_images={"description": "2 crops", "count": 2},
-            min_psnr_db=50.0,
-            verdict=judge("fp16", onnx.name, fidelity, 50.0, "2 crops"),
-        ),
-    )
+    write_sidecar(onnx, psnr_db=12.0, precision="fp16", min_psnr_db=50.0)
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"PLAN")
     stale = _metadata(engine, onnx, tensorrt_version="11.3.0")  # built by another release: to rebuild
@@ -1001,7 +980,7 @@ def test_a_stale_engine_is_not_rebuilt_from_an_onnx_that_failed_its_fidelity_che
     assert builds == [] and engine.read_bytes() == b"PLAN"  # refused before any build
     with load_purifier(engine, backend="tensorrt", allow_failed=True) as purifier:
         assert purifier.backend.metadata.tensorrt_version == ENV.tensorrt_version
-    assert builds == [onnx]
+    assert [source for source, _ in builds] == [onnx]
 
 
 def test_malformed_verdict_in_an_engine_sidecar_is_named(tmp_path):
