@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from nrp_deploy.attacks.classifiers import CLASSIFIERS, load_classifier
-from nrp_deploy.attacks.pgd import pgd_attack
+from nrp_deploy.attacks.files import images_to_tensor, tensor_to_images
+from nrp_deploy.attacks.pgd import PGD_EPS, PGD_STEP, pgd_attack
 from nrp_deploy.images import collect_images, read_image
 
 
@@ -31,18 +32,14 @@ def main() -> None:
     args = parser.parse_args()
 
     files = [task.source for task in collect_images([args.images])]
-    x = torch.stack(
-        [
-            torch.from_numpy(np.ascontiguousarray(read_image(f).transpose(2, 0, 1))).float() / 255
-            for f in files
-        ]
-    )
+    x = images_to_tensor(np.stack([read_image(f) for f in files]))
     classifier = load_classifier(args.classifier)
     with torch.no_grad():
         clean = classifier(x).argmax(1)
     generator = torch.Generator().manual_seed(args.seed)
     scales = [float(s) for s in args.scales.split(",")]
-    print(f"{len(files)} images, {args.classifier}, PGD eps 16/255, step 2/255, {args.iterations} iterations")
+    budget = f"eps {PGD_EPS * 255:g}/255, step {PGD_STEP * 255:g}/255"
+    print(f"{len(files)} images, {args.classifier}, PGD {budget}, {args.iterations} iterations")
     print("| attack | " + " | ".join(f"{s:g} left" for s in scales) + " |")
     print("| --- |" + " --- |" * len(scales))
     for targeted in (False, True):
@@ -51,12 +48,12 @@ def main() -> None:
             classifier,
             torch.nn.Identity(),
             targeted=targeted,
-            eps=16 / 255,
-            step=2 / 255,
+            eps=PGD_EPS,
+            step=PGD_STEP,
             iterations=args.iterations,
             generator=generator,
         ).adversarial
-        perturbation = (adversarial * 255).round() / 255 - x
+        perturbation = images_to_tensor(tensor_to_images(adversarial)) - x  # saved as uint8
         cells = []
         for scale in scales:
             with torch.no_grad():
