@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from nrp_deploy.artifacts.metadata import tool_versions
 from nrp_deploy.export.calibration import calibration_and_holdout
 from nrp_deploy.export.fp16 import export_fp16
-from nrp_deploy.export.metadata import tool_versions
 from nrp_deploy.export.onnx import export_onnx
 from nrp_deploy.fileutil import write_bytes_atomic, write_json_atomic
 from nrp_deploy.models.spec import ModelSpec

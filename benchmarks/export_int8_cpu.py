@@ -31,11 +31,11 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
+from nrp_deploy.artifacts.metadata import tool_versions
 from nrp_deploy.cpu_features import host_isa
 from nrp_deploy.export.calibration import calibration_and_holdout
 from nrp_deploy.export.fidelity import measure_fidelity
 from nrp_deploy.export.int8 import export_int8
-from nrp_deploy.export.metadata import tool_versions
 from nrp_deploy.export.onnx import export_onnx
 from nrp_deploy.fileutil import write_bytes_atomic, write_json_atomic
 from nrp_deploy.models.spec import ModelSpec

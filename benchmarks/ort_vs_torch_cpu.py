@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nrp_deploy.artifacts.cache import CACHE_ENV
 from nrp_deploy.fileutil import write_bytes_atomic, write_json_atomic
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime import load_purifier
-from nrp_deploy.runtime.artifacts import CACHE_ENV
 
 
 def machine() -> dict[str, object]:

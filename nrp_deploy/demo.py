@@ -33,18 +33,21 @@ def _say(message: str) -> None:
 
 @contextlib.contextmanager
 def _runtime_log_shown() -> Iterator[None]:
-    """Show the runtime's INFO lines (which backend it chose, any ONNX export) while the demo runs."""
-    logger = logging.getLogger("nrp_deploy.runtime")
-    previous = logger.level
+    """Show the runtime's and the artifacts' INFO lines (which backend it chose, any ONNX export, a cached
+    artifact used) while the demo runs."""
+    loggers = [logging.getLogger(name) for name in ("nrp_deploy.runtime", "nrp_deploy.artifacts")]
+    previous = [logger.level for logger in loggers]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("nrp demo:   %(message)s"))
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
+        for logger, level in zip(loggers, previous, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def run_demo(

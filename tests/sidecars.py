@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nrp_deploy.export.metadata import ArtifactMetadata, Fidelity, Verdict, judge, write_metadata
+from nrp_deploy.artifacts.metadata import ArtifactMetadata, Fidelity, Verdict, judge, write_metadata
 from nrp_deploy.fileutil import sha256_file
 
 TINY_MODEL = {"architecture": "NRP_resG", "config": {"in_nc": 3, "out_nc": 3, "nf": 4, "nb": 1}}

@@ -16,18 +16,19 @@ import pytest
 from test_tensorrt_api import SNAPSHOT
 
 from nrp_deploy.errors import BackendUnavailableError, InputError
-from nrp_deploy.export import tensorrt as trt_build
 from nrp_deploy.kernels import cuda_api
-from nrp_deploy.runtime import engine_cache as ec
-from nrp_deploy.runtime import tensorrt_support
-from nrp_deploy.runtime.tensorrt_support import check_build_options, unsupported_build_options
+from nrp_deploy.runtime.backends import available_backends
+from nrp_deploy.tensorrt import builder as trt_build
+from nrp_deploy.tensorrt import engine as trt_engine
+from nrp_deploy.tensorrt import support as tensorrt_support
+from nrp_deploy.tensorrt.support import check_build_options, unsupported_build_options
 
-ORIN = ec.TargetEnvironment("10.3.0.30", "Orin", (8, 7), "Linux-aarch64")
-XAVIER = ec.TargetEnvironment("8.5.2.2", "Xavier", (7, 2), "Linux-aarch64")
-T4 = ec.TargetEnvironment("10.3.0", "Tesla T4", (7, 5), "Linux-x86_64")
-A100 = ec.TargetEnvironment("10.3.0", "NVIDIA A100-SXM4-40GB", (8, 0), "Linux-x86_64")
-H100 = ec.TargetEnvironment("11.4.0.106", "NVIDIA H100 80GB HBM3", (9, 0), "Linux-x86_64")
-AMPERE_PLUS = ec.BuildOptions(hardware_compatibility="ampere_plus")
+ORIN = trt_engine.TargetEnvironment("10.3.0.30", "Orin", (8, 7), "Linux-aarch64")
+XAVIER = trt_engine.TargetEnvironment("8.5.2.2", "Xavier", (7, 2), "Linux-aarch64")
+T4 = trt_engine.TargetEnvironment("10.3.0", "Tesla T4", (7, 5), "Linux-x86_64")
+A100 = trt_engine.TargetEnvironment("10.3.0", "NVIDIA A100-SXM4-40GB", (8, 0), "Linux-x86_64")
+H100 = trt_engine.TargetEnvironment("11.4.0.106", "NVIDIA H100 80GB HBM3", (9, 0), "Linux-x86_64")
+AMPERE_PLUS = trt_engine.BuildOptions(hardware_compatibility="ampere_plus")
 
 
 def module_from_names(version: str, names: set[str]) -> types.ModuleType:
@@ -83,7 +84,7 @@ def test_tensorrt_8_6_is_refused_with_what_to_install(installed_trt):
     assert "TensorRT 8.6.2.3 is too old" in message
     assert "JetPack 6.1 or 6.2" in message and "TensorRT 10.3" in message
     assert "tensorrt-cu12" in message  # and the route off Jetson
-    assert not tensorrt_support.tensorrt_available()
+    assert available_backends()["tensorrt"]  # a reason: auto never picks it
 
 
 def test_tensorrt_8_6_stops_a_build_before_anything_is_read(installed_trt, tmp_path):
@@ -132,8 +133,8 @@ def test_hardware_compatibility_is_checked_against_the_gpu(env, expected):
 
 def test_default_options_build_everywhere():
     for env in (ORIN, XAVIER, T4, A100, H100):
-        assert unsupported_build_options(ec.BuildOptions(), env) == []
-        assert unsupported_build_options(ec.BuildOptions(version_compatible=True), env) == []
+        assert unsupported_build_options(trt_engine.BuildOptions(), env) == []
+        assert unsupported_build_options(trt_engine.BuildOptions(version_compatible=True), env) == []
 
 
 def test_jetson_build_with_ampere_plus_is_refused_before_the_builder_exists(

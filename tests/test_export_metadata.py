@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from nrp_deploy.errors import MetadataError, StaleArtifactError
-from nrp_deploy.export.metadata import (
+from nrp_deploy.artifacts.metadata import (
     DEFAULT_MIN_PSNR_DB,
     PSNR_CAP_DB,
     ArtifactMetadata,
@@ -22,6 +21,7 @@ from nrp_deploy.export.metadata import (
     verify_artifact,
     write_metadata,
 )
+from nrp_deploy.errors import MetadataError, StaleArtifactError
 from nrp_deploy.fileutil import sha256_file
 
 
@@ -106,7 +106,7 @@ def test_psnr():
 def test_reader_imports_without_torch_or_onnx():
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
-        "import nrp_deploy.export.metadata as m; print(m.read_metadata.__name__)"
+        "import nrp_deploy.artifacts.metadata as m; print(m.read_metadata.__name__)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -9,10 +9,10 @@ import onnx
 import pytest
 import torch
 
+from nrp_deploy.artifacts.metadata import verify_artifact
 from nrp_deploy.cli import main
 from nrp_deploy.errors import CheckpointError, ExportError
 from nrp_deploy.export.fidelity import cpu_session, run_session
-from nrp_deploy.export.metadata import verify_artifact
 from nrp_deploy.export.onnx import export_onnx
 from nrp_deploy.fileutil import sha256_file
 from nrp_deploy.models import ModelSpec

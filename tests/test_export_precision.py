@@ -13,6 +13,8 @@ import onnx
 import pytest
 import torch
 
+from nrp_deploy.artifacts.metadata import verify_artifact
+from nrp_deploy.artifacts.sources import identify
 from nrp_deploy.assets import examples_dir
 from nrp_deploy.cli import main
 from nrp_deploy.cpu_features import host_isa, int8_target_mismatch, parse_cpuinfo, resolve_int8_target
@@ -26,12 +28,10 @@ from nrp_deploy.export.calibration import (
 from nrp_deploy.export.fidelity import cpu_session, measure_fidelity, run_session
 from nrp_deploy.export.fp16 import export_fp16, fp32_nodes_in, select_fp32_nodes
 from nrp_deploy.export.int8 import export_int8
-from nrp_deploy.export.metadata import verify_artifact
 from nrp_deploy.export.onnx import export_onnx
 from nrp_deploy.export.ranges import collect_absmax
 from nrp_deploy.images import write_png
 from nrp_deploy.models import ModelSpec
-from nrp_deploy.runtime.artifacts import identify
 
 # Every conv has >= 16 channels on one side (a multiple of 8), so ModelOpt quantises all of them.
 SPEC = ModelSpec("NRP", {"nf": 16, "nb": 1, "gc": 16})
@@ -346,7 +346,7 @@ def test_ort_int8_cache_is_portable_and_vnni_artifacts_warn(fp32, photos, tmp_pa
     """The cache makes artifacts exact on every CPU, even on a VNNI machine; a VNNI artifact opened on a
     CPU without VNNI is named as such."""
     from nrp_deploy import cpu_features
-    from nrp_deploy.runtime.artifacts import onnx_for
+    from nrp_deploy.runtime.on_demand import onnx_for
 
     module, path = fp32
     checkpoint = tmp_path / "tiny.pth"

@@ -23,6 +23,9 @@ from hostile_inputs import FOREIGN, encode, png_declaring, random_image, tiny_on
 from PIL import Image
 from sidecars import write_sidecar
 
+from nrp_deploy.artifacts.cache import cached_onnx_path
+from nrp_deploy.artifacts.metadata import judge
+from nrp_deploy.artifacts.sources import identify
 from nrp_deploy.batch import purify_files
 from nrp_deploy.cli import main
 from nrp_deploy.errors import (
@@ -33,12 +36,10 @@ from nrp_deploy.errors import (
     ModelError,
 )
 from nrp_deploy.export.fidelity import ErrorStats
-from nrp_deploy.export.metadata import judge
 from nrp_deploy.fileutil import NAME_MAX, atomic_output, remove_stale_temporaries, sha256_file
 from nrp_deploy.images import collect_images, read_image, scan_images, write_png
 from nrp_deploy.models import ModelSpec, load_model
 from nrp_deploy.runtime import DynamicDefense, load_purifier
-from nrp_deploy.runtime.artifacts import cached_onnx_path, identify
 from nrp_deploy.runtime.prepost import prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +181,7 @@ def test_fail_verdict_stops_use_unless_forced(tmp_path, onnx_model, capsys):
 
 
 def test_cached_artifact_with_fail_verdict_is_not_used(tmp_path, tiny_checkpoint, onnx_model):
-    from nrp_deploy.export.onnx import DEFAULT_OPSET
+    from nrp_deploy.artifacts.metadata import DEFAULT_OPSET
 
     checksum = sha256_file(tiny_checkpoint)
     cached = cached_onnx_path(checksum, "fp32", DEFAULT_OPSET)

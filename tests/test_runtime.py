@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from nrp_deploy.artifacts.cache import CACHE_ENV
+from nrp_deploy.artifacts.metadata import sidecar_path
 from nrp_deploy.errors import BackendUnavailableError, InputError, StaleArtifactError
-from nrp_deploy.export.metadata import sidecar_path
 from nrp_deploy.export.onnx import export_onnx
 from nrp_deploy.fileutil import sha256_file
 from nrp_deploy.kernels import philox
@@ -21,7 +22,7 @@ from nrp_deploy.kernels.cuda_api import cuda_device_count
 from nrp_deploy.models import load_model
 from nrp_deploy.models.eager import EagerPurifier
 from nrp_deploy.models.spec import ModelSpec
-from nrp_deploy.runtime import DynamicDefense, artifacts, available_backends, load_purifier
+from nrp_deploy.runtime import DynamicDefense, available_backends, load_purifier
 from nrp_deploy.runtime.prepost import float_to_uint8
 
 SPEC = ModelSpec("NRP_resG", {"nf": 8, "nb": 2})
@@ -32,7 +33,7 @@ def cache(tmp_path_factory):
     """A private artifact cache for this module (never the user's ~/.cache)."""
     path = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(artifacts.CACHE_ENV, str(path))
+        mp.setenv(CACHE_ENV, str(path))
         yield path
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from nrp_deploy.artifacts.cache import CACHE_ENV
 from nrp_deploy.models.spec import ModelSpec
-from nrp_deploy.runtime import DynamicDefense, artifacts, load_purifier
+from nrp_deploy.runtime import DynamicDefense, load_purifier
 
 THREADS, CALLS = 8, 20
 
@@ -24,7 +25,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_eight_threads_match_sequential_calls(backend, checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv(artifacts.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     purifier = load_purifier(checkpoint, backend=backend, threads=1, tile=24, overlap=4)
     rng = np.random.default_rng(5)
     # Mixed sizes (some tiled), seeded dynamic defence on every other call, per-call start indices.

@@ -101,3 +101,38 @@ def test_the_blocker_really_blocks_torch(tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "blocked" in proc.stderr
+
+
+TORCH_FREE_PACKAGES = ("runtime", "kernels", "tensorrt", "artifacts")
+
+
+def test_every_module_of_the_torch_free_layers_imports_without_torch(tmp_path: Path):
+    """runtime, kernels, tensorrt and artifacts: each of their modules imports where torch cannot, and
+    importing them all loads no torch, TensorRT or ONNX Runtime."""
+    package = Path(__file__).resolve().parents[1] / "nrp_deploy"
+    modules = sorted(
+        ".".join(("nrp_deploy", *path.relative_to(package).with_suffix("").parts)).removesuffix(".__init__")
+        for name in TORCH_FREE_PACKAGES
+        for path in (package / name).rglob("*.py")
+    )
+    assert "nrp_deploy.runtime.on_demand" in modules and "nrp_deploy.tensorrt.cache" in modules
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    code = textwrap.dedent(
+        """
+        import importlib, json, sys
+        for name in json.loads(sys.argv[1]):
+            importlib.import_module(name)
+        heavy = ("torch", "tensorrt", "onnxruntime")
+        print(json.dumps(sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in heavy})))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(modules)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from nrp_deploy.runtime.tensorrt_support import TRT_OBJECTS, strongly_typed_flags
+from nrp_deploy.tensorrt.support import TRT_OBJECTS, strongly_typed_flags
 
 REPO = Path(__file__).resolve().parents[1]
 TRT_MODULES = [
-    REPO / "nrp_deploy" / "export" / "tensorrt.py",
-    REPO / "nrp_deploy" / "runtime" / "tensorrt_support.py",
+    REPO / "nrp_deploy" / "tensorrt" / "builder.py",
+    REPO / "nrp_deploy" / "tensorrt" / "support.py",
     REPO / "nrp_deploy" / "runtime" / "backends" / "tensorrt.py",
 ]
 

@@ -18,15 +18,19 @@ import numpy as np
 import pytest
 from sidecars import write_sidecar
 
+from nrp_deploy import fileutil
+from nrp_deploy.artifacts import specs
+from nrp_deploy.artifacts.sources import ModelSource
+from nrp_deploy.artifacts.specs import ShapeProfile
 from nrp_deploy.errors import BackendUnavailableError, ExportError, InputError, StaleArtifactError
-from nrp_deploy.export import tensorrt as trt_build
-from nrp_deploy.runtime import engine_cache as ec
-from nrp_deploy.runtime import tensorrt_support
 from nrp_deploy.runtime.backends import available_backends
 from nrp_deploy.runtime.backends import tensorrt as trt_backend
-from nrp_deploy.runtime.backends.base import ModelSource, ShapeProfile
+from nrp_deploy.tensorrt import builder as trt_build
+from nrp_deploy.tensorrt import cache as trt_cache
+from nrp_deploy.tensorrt import engine as trt_engine
+from nrp_deploy.tensorrt import support as tensorrt_support
 
-ENV = ec.TargetEnvironment("11.4.0.106", "NVIDIA H100 80GB HBM3", (9, 0), "Linux-x86_64")
+ENV = trt_engine.TargetEnvironment("11.4.0.106", "NVIDIA H100 80GB HBM3", (9, 0), "Linux-x86_64")
 
 
 def _tiny_onnx(path: Path) -> Path:
@@ -87,9 +91,10 @@ class Block(importlib.abc.MetaPathFinder):
 
 import nrp_deploy.runtime
 import nrp_deploy.runtime.backends.tensorrt
-import nrp_deploy.runtime.engine_cache
-import nrp_deploy.runtime.cuda_mem
-import nrp_deploy.export.tensorrt
+import nrp_deploy.tensorrt.cache
+import nrp_deploy.kernels.cuda_mem
+import nrp_deploy.tensorrt.builder
+import nrp_deploy.tensorrt.support
 assert "tensorrt" not in sys.modules and "torch" not in sys.modules, "imported at module level"
 sys.meta_path.insert(0, Block())
 from nrp_deploy.runtime.backends import available_backends
@@ -148,10 +153,10 @@ def test_build_options_from_backend_options():
     fixed = trt_backend._build_options({"fixed_shape": (2, 128, 96)})
     assert fixed.profile == ShapeProfile((2, 128, 96), (2, 128, 96), (2, 128, 96))
     given = trt_backend._build_options({"profile": {"max": (4, 512, 512)}, "optimization_level": 5})
-    assert given.profile.max == (4, 512, 512) and given.profile.opt == ec.DEFAULT_PROFILE.opt
+    assert given.profile.max == (4, 512, 512) and given.profile.opt == specs.DEFAULT_PROFILE.opt
     assert given.optimization_level == 5
     with pytest.raises(InputError, match="not both"):
-        trt_backend._build_options({"profile": ec.DEFAULT_PROFILE, "fixed_shape": (1, 224, 224)})
+        trt_backend._build_options({"profile": specs.DEFAULT_PROFILE, "fixed_shape": (1, 224, 224)})
     with pytest.raises(InputError, match="min <= opt <= max"):
         trt_backend._build_options({"profile": {"min": (2, 8, 8), "opt": (1, 8, 8)}})
 
@@ -167,18 +172,18 @@ def test_backend_describes_its_engine_before_activation(tmp_path):
     )
     assert backend.thread_safe
     assert backend.input_spec.dtype == "float16" and backend.input_spec.shape == (-1, 3, -1, -1)
-    assert backend.profile == ec.DEFAULT_PROFILE
+    assert backend.profile == specs.DEFAULT_PROFILE
     with pytest.raises(InputError, match="not active"):
         backend.infer(np.zeros((1, 3, 224, 224), np.float32))
 
 
-def _fake_metadata(tmp_path: Path, **changes) -> ec.EngineMetadata:
+def _fake_metadata(tmp_path: Path, **changes) -> trt_engine.EngineMetadata:
     values = dict(
         engine_sha256="e" * 64,
         onnx_path=str(tmp_path / "m.onnx"),
         onnx_sha256="o" * 64,
         precision="fp16",
-        profile=ec.profile_to_dict(ec.DEFAULT_PROFILE),
+        profile=specs.profile_to_dict(specs.DEFAULT_PROFILE),
         input_name="input",
         input_dtype="float32",
         output_name="output",
@@ -191,7 +196,7 @@ def _fake_metadata(tmp_path: Path, **changes) -> ec.EngineMetadata:
         workspace_mib=2048,
     )
     values.update(changes)
-    return ec.EngineMetadata(**values)
+    return trt_engine.EngineMetadata(**values)
 
 
 # -- the build flow, against a stand-in TensorRT ----------------------------------------------------------
@@ -397,7 +402,7 @@ def _fake_onnx(path: Path, layers: list, io: tuple[str, str] = ("FLOAT", "FLOAT"
 
 @pytest.fixture
 def fake_build_env(fake_trt, monkeypatch, tmp_path):
-    from nrp_deploy.runtime import cuda_mem
+    from nrp_deploy.kernels import cuda_mem
 
     monkeypatch.setattr(cuda_mem, "init_driver", lambda: DRIVER)
     monkeypatch.setenv("NRP_DEPLOY_CACHE", str(tmp_path / "cache"))
@@ -414,8 +419,8 @@ def test_build_engine_flow(fake_build_env, tmp_path):
     onnx = _fake_onnx(
         tmp_path / "m.onnx", [["CAST", ["HALF"]], ["CONVOLUTION", ["HALF"]], ["CAST", ["FLOAT"]]]
     )
-    options = ec.BuildOptions(
-        profile=ec.make_profile((1, 32, 32), (2, 224, 224), (4, 320, 320)),
+    options = trt_engine.BuildOptions(
+        profile=specs.make_profile((1, 32, 32), (2, 224, 224), (4, 320, 320)),
         optimization_level=5,
         workspace_mib=512,
     )
@@ -429,14 +434,16 @@ def test_build_engine_flow(fake_build_env, tmp_path):
     assert record["config"].flags == ["TF32"]  # an fp16 network: TensorRT's default left alone
     engine = tmp_path / "out" / "m.engine"
     assert engine.read_bytes() == b"PLAN\0\0\0"
-    assert ec.read_engine_metadata(engine) == meta
+    assert trt_engine.read_engine_metadata(engine) == meta
     assert meta.precision == "fp16" and meta.tensorrt_version == "11.4.0.106"
     assert meta.gpu_name == ENV.gpu_name and meta.compute_capability == [9, 0]
     assert meta.profile == {"min": [1, 32, 32], "opt": [2, 224, 224], "max": [4, 320, 320]}
-    assert meta.onnx_sha256 == ec.sha256_file(onnx) and meta.engine_sha256 == ec.sha256_file(engine)
+    assert meta.onnx_sha256 == fileutil.sha256_file(onnx) and meta.engine_sha256 == fileutil.sha256_file(
+        engine
+    )
     assert meta.input_dtype == "float32" and meta.built_at
     # the timing cache went to disk, and the next build starts from it
-    timing = ec.timing_cache_path(ENV)
+    timing = trt_cache.timing_cache_path(ENV)
     assert timing.read_bytes() == b"+timings"
     with pytest.raises(InputError, match="exists; pass overwrite=True"):
         trt_build.build_engine(onnx, engine)
@@ -470,7 +477,7 @@ def test_expected_precision_mismatch_names_the_export_command(fake_build_env, tm
 def test_compatibility_options_reach_the_config(fake_build_env, tmp_path):
     trt = fake_build_env()
     onnx = _fake_onnx(tmp_path / "m.onnx", [["CONVOLUTION", ["FLOAT"]]])
-    options = ec.BuildOptions(version_compatible=True, hardware_compatibility="ampere_plus")
+    options = trt_engine.BuildOptions(version_compatible=True, hardware_compatibility="ampere_plus")
     meta = trt_build.build_engine(onnx, options=options, use_timing_cache=False)
     config = trt.record["config"]
     assert config.flags == ["VERSION_COMPATIBLE"]  # fp32: TF32 cleared
@@ -519,13 +526,13 @@ def test_engine_cache_with_the_real_builder_function(fake_build_env, tmp_path):
     fake_build_env()
     onnx = _fake_onnx(tmp_path / "m.onnx", [["CONVOLUTION", ["FLOAT"]]])
     build = trt_build.engine_builder()
-    first = ec.ensure_engine(env=ENV, build=build, onnx=onnx)
-    assert first.built and first.path.parent == ec.cache_dir()
-    assert not ec.ensure_engine(env=ENV, build=build, onnx=onnx).built
+    first = trt_cache.ensure_engine(env=ENV, build=build, onnx=onnx)
+    assert first.built and first.path.parent == trt_cache.cache_dir()
+    assert not trt_cache.ensure_engine(env=ENV, build=build, onnx=onnx).built
     with pytest.raises(StaleArtifactError, match=r"built by TensorRT 11\.4\.0\.106; this is TensorRT 11\.5"):
         onnx.unlink()
-        ec.ensure_engine(
-            env=ec.TargetEnvironment("11.5.0", ENV.gpu_name, (9, 0), ENV.platform),
+        trt_cache.ensure_engine(
+            env=trt_engine.TargetEnvironment("11.5.0", ENV.gpu_name, (9, 0), ENV.platform),
             build=build,
             engine=first.path,
         )
@@ -545,11 +552,11 @@ def test_nrp_build_help_states_the_real_defaults():
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     helps = {a.dest: a.help for a in sub.choices["build"]._actions}
-    profile = ec.DEFAULT_PROFILE
+    profile = specs.DEFAULT_PROFILE
     for key in ("min", "opt", "max"):
         assert helps[key].endswith(f"(default: {'x'.join(map(str, getattr(profile, key)))})")
-    assert helps["workspace"].endswith(f"(default: {ec.DEFAULT_WORKSPACE_MIB})")
-    assert helps["opt_level"].endswith(f"(default: {ec.DEFAULT_OPT_LEVEL})")
+    assert helps["workspace"].endswith(f"(default: {trt_engine.DEFAULT_WORKSPACE_MIB})")
+    assert helps["opt_level"].endswith(f"(default: {trt_engine.DEFAULT_OPT_LEVEL})")
 
 
 def test_nrp_build_errors_are_one_line(tmp_path, capsys):
@@ -610,4 +617,4 @@ def test_engine_records_the_fidelity_verdict_of_its_onnx(fake_build_env, tmp_pat
     assert not verdict.passed
     meta = trt_build.build_engine(onnx, use_timing_cache=False)
     assert meta.verdict == verdict and meta.source["model"] == model
-    assert ec.read_engine_metadata(tmp_path / "m.engine").verdict == verdict
+    assert trt_engine.read_engine_metadata(tmp_path / "m.engine").verdict == verdict

@@ -22,14 +22,19 @@ import numpy as np
 import pytest
 from sidecars import write_sidecar
 
+from nrp_deploy import fileutil
+from nrp_deploy.artifacts import specs
 from nrp_deploy.errors import InputError, MetadataError, ModelError, StaleArtifactError
+from nrp_deploy.kernels import cuda_mem
 from nrp_deploy.kernels.reference import postprocess_reference, preprocess_reference
-from nrp_deploy.runtime import cuda_mem, engine_cache, prepost, tensorrt_support
+from nrp_deploy.runtime import prepost
 from nrp_deploy.runtime.backends import tensorrt as trt_backend
 from nrp_deploy.runtime.dynamic import DynamicDefense
+from nrp_deploy.tensorrt import engine as trt_engine
+from nrp_deploy.tensorrt import support as tensorrt_support
 
-ENV = engine_cache.TargetEnvironment("11.4.0.106", "Emulated GPU", (9, 0))
-PROFILE = engine_cache.make_profile((1, 8, 8), (2, 16, 16), (4, 32, 32))
+ENV = trt_engine.TargetEnvironment("11.4.0.106", "Emulated GPU", (9, 0))
+PROFILE = specs.make_profile((1, 8, 8), (2, 16, 16), (4, 32, 32))
 
 
 class _Graph:
@@ -316,13 +321,13 @@ def fake_trt(monkeypatch, cuda):
     tensorrt_support.tensorrt_logger.cache_clear()
 
 
-def _metadata(engine: Path, onnx: Path, **changes) -> engine_cache.EngineMetadata:
+def _metadata(engine: Path, onnx: Path, **changes) -> trt_engine.EngineMetadata:
     values = dict(
-        engine_sha256=engine_cache.sha256_file(engine),
+        engine_sha256=fileutil.sha256_file(engine),
         onnx_path=str(onnx),
-        onnx_sha256=engine_cache.sha256_file(onnx) if onnx.exists() else "0" * 64,
+        onnx_sha256=fileutil.sha256_file(onnx) if onnx.exists() else "0" * 64,
         precision="fp32",
-        profile=engine_cache.profile_to_dict(PROFILE),
+        profile=specs.profile_to_dict(PROFILE),
         input_name="input",
         input_dtype="float32",
         output_name="output",
@@ -335,7 +340,7 @@ def _metadata(engine: Path, onnx: Path, **changes) -> engine_cache.EngineMetadat
         workspace_mib=64,
     )
     values.update(changes)
-    return engine_cache.EngineMetadata(**values)
+    return trt_engine.EngineMetadata(**values)
 
 
 def _backend(tmp_path: Path, content: bytes = b"PLAN", **kwargs) -> trt_backend.TensorRTBackend:
@@ -692,27 +697,24 @@ def test_pipeline_refuses_what_it_cannot_run(fake_trt, cuda, tmp_path):
         DevicePipeline(cpu, FakeKernels(cuda))
 
 
-def _emulated_build_host(monkeypatch) -> list[tuple[Path, engine_cache.BuildOptions]]:
+def _emulated_build_host(monkeypatch) -> list[tuple[Path, trt_engine.BuildOptions]]:
     """One emulated GPU whose TensorRT builds write a stand-in plan; returns the (onnx, options) of each
     build, in order."""
-    from nrp_deploy.export import tensorrt as trt_build
     from nrp_deploy.kernels import cuda_api
 
-    builds: list[tuple[Path, engine_cache.BuildOptions]] = []
+    builds: list[tuple[Path, trt_engine.BuildOptions]] = []
 
-    def fake_build(
-        onnx: Path, engine: Path, options: engine_cache.BuildOptions
-    ) -> engine_cache.EngineMetadata:
+    def fake_build(onnx: Path, engine: Path, options: trt_engine.BuildOptions) -> trt_engine.EngineMetadata:
         builds.append((onnx, options))
         engine.parent.mkdir(parents=True, exist_ok=True)
         engine.write_bytes(b"PLAN " + onnx.read_bytes())
-        meta = _metadata(engine, onnx, profile=engine_cache.profile_to_dict(options.profile))
-        engine_cache.write_engine_metadata(engine, meta)
+        meta = _metadata(engine, onnx, profile=specs.profile_to_dict(options.profile))
+        trt_engine.write_engine_metadata(engine, meta)
         return meta
 
     monkeypatch.setattr(cuda_api, "cuda_device_count", lambda: 1)
     monkeypatch.setattr(trt_backend, "current_environment", lambda device=0: ENV)
-    monkeypatch.setattr(trt_build, "engine_builder", lambda **kw: fake_build)
+    monkeypatch.setattr(trt_backend, "engine_builder", lambda **kw: fake_build)
     return builds
 
 
@@ -740,9 +742,9 @@ def test_load_purifier_builds_caches_tiles_and_rebuilds(fake_trt, cuda, tmp_path
     assert len(builds) == 1 and builds[0][1].profile == PROFILE
 
     engine = purifier.backend.path
-    meta = engine_cache.read_engine_metadata(engine)
-    engine_cache.write_engine_metadata(
-        engine, engine_cache.EngineMetadata(**{**meta.to_dict(), "tensorrt_version": "11.3.0"})
+    meta = trt_engine.read_engine_metadata(engine)
+    trt_engine.write_engine_metadata(
+        engine, trt_engine.EngineMetadata(**{**meta.to_dict(), "tensorrt_version": "11.3.0"})
     )
     with load_purifier(engine, backend="tensorrt") as purifier:  # the engine itself: rebuilt from its ONNX
         assert purifier.backend.metadata.tensorrt_version == ENV.tensorrt_version
@@ -947,7 +949,7 @@ def test_engine_with_a_failed_fidelity_verdict_is_refused_unless_allowed(
     engine.write_bytes(b"PLAN")
     line = f"{'PASS' if passed else 'FAIL'} fp16 m.onnx: PSNR 12.0 dB < 50.0 dB vs FP32 torch"
     verdict = {"passed": passed, "line": line}
-    engine_cache.write_engine_metadata(
+    trt_engine.write_engine_metadata(
         engine, _metadata(engine, tmp_path / "m.onnx", source={"verdict": verdict})
     )
     images = _images(1, 16, 16)
@@ -974,7 +976,7 @@ def test_a_stale_engine_is_not_rebuilt_from_an_onnx_that_failed_its_fidelity_che
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"PLAN")
     stale = _metadata(engine, onnx, tensorrt_version="11.3.0")  # built by another release: to rebuild
-    engine_cache.write_engine_metadata(engine, stale)
+    trt_engine.write_engine_metadata(engine, stale)
     with pytest.raises(FidelityError, match=r"m.onnx failed its fidelity check.*FAIL fp16"):
         load_purifier(engine, backend="tensorrt")
     assert builds == [] and engine.read_bytes() == b"PLAN"  # refused before any build
@@ -986,8 +988,8 @@ def test_a_stale_engine_is_not_rebuilt_from_an_onnx_that_failed_its_fidelity_che
 def test_malformed_verdict_in_an_engine_sidecar_is_named(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"PLAN")
-    engine_cache.write_engine_metadata(
+    trt_engine.write_engine_metadata(
         engine, _metadata(engine, tmp_path / "m.onnx", source={"verdict": "FAIL"})
     )
     with pytest.raises(MetadataError, match=r"m\.engine\.json: malformed engine metadata"):
-        engine_cache.read_engine_metadata(engine)
+        trt_engine.read_engine_metadata(engine)

@@ -155,8 +155,8 @@ def test_ort_cuda_graph_host_and_device_calls_share_the_captured_buffers(tmp_pat
 @pytest.mark.parametrize("fp16", [False, True])
 def test_tensorrt_engine_through_purifier_and_fused_path(tmp_path, fp16):
     pytest.importorskip("tensorrt")
+    from nrp_deploy.artifacts.specs import make_profile
     from nrp_deploy.runtime import load_purifier
-    from nrp_deploy.runtime.engine_cache import make_profile
     from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
 
     onnx = _conv_net(tmp_path / "net.onnx", fp16)
@@ -211,8 +211,8 @@ def test_tensorrt_graph_replays_new_data_and_equals_plain_enqueues(tmp_path):
 def test_published_architectures_fp16_fidelity_on_the_fused_path(tmp_path, architecture):
     torch = pytest.importorskip("torch")
     pytest.importorskip("modelopt")
+    from nrp_deploy.artifacts.metadata import psnr_db
     from nrp_deploy.export.fp16 import export_fp16
-    from nrp_deploy.export.metadata import psnr_db
     from nrp_deploy.export.onnx import export_onnx
     from nrp_deploy.images import read_image
     from nrp_deploy.models.spec import ModelSpec

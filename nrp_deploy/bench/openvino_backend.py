@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError
 from nrp_deploy.models.spec import ModelSpec
-from nrp_deploy.runtime.backends.base import ShapeProfile, TensorSpec
 
 # OpenVINO's name for each benchmark precision (the INT8 one comes from the model's Q/DQ nodes)
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.artifacts.metadata import read_metadata
 from nrp_deploy.bench.runner import CATALOGUE, BenchModel, Runner, TargetContext
 from nrp_deploy.errors import BackendUnavailableError
-from nrp_deploy.export.metadata import read_metadata
 
 
 def build_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
@@ -85,8 +85,9 @@ def _runtime_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
 
 def _open_purifier(name: str, precision: str, model: BenchModel, ctx: TargetContext) -> tuple[Any, dict]:
     """The runtime's Purifier for a benchmark backend, and what the INT8 artifact's sidecar says of it."""
+    from nrp_deploy.artifacts.sources import identify
     from nrp_deploy.runtime import Purifier, load_purifier
-    from nrp_deploy.runtime.artifacts import identify, onnx_for
+    from nrp_deploy.runtime.on_demand import onnx_for
 
     details: dict[str, Any] = {}
     if ctx.device == "cpu" and precision == "int8":

@@ -51,8 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from nrp_deploy.export.tensorrt import build_engine
-    from nrp_deploy.runtime.engine_cache import BuildOptions, make_profile, parse_bhw
+    from nrp_deploy.artifacts.specs import make_profile, parse_bhw
+    from nrp_deploy.tensorrt.builder import build_engine
+    from nrp_deploy.tensorrt.engine import BuildOptions
 
     shapes = [
         parse_bhw(text, f"--{name}") if text else None

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from nrp_deploy.export.metadata import Fidelity, psnr_db
+from nrp_deploy.artifacts.metadata import Fidelity, psnr_db
 from nrp_deploy.models import LoadedModel
 
 __all__ = ["ErrorStats", "Fidelity", "cpu_session", "measure_fidelity", "run_session"]

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from nrp_deploy.artifacts.metadata import DEFAULT_MIN_PSNR_DB, DEFAULT_OPSET
 from nrp_deploy.errors import ExportError
-from nrp_deploy.export.artifact import ExportResult, check_output, write_artifact
 from nrp_deploy.export.calibration import (
     DEFAULT_COUNT,
     DEFAULT_CROP_SIZE,
@@ -40,10 +40,10 @@ from nrp_deploy.export.calibration import (
     calibration_and_holdout,
 )
 from nrp_deploy.export.fidelity import measure_fidelity
-from nrp_deploy.export.metadata import DEFAULT_MIN_PSNR_DB
-from nrp_deploy.export.onnx import DEFAULT_OPSET, opset_of
+from nrp_deploy.export.onnx import opset_of
+from nrp_deploy.export.output import ExportResult, ModelLike, check_output, write_artifact
 from nrp_deploy.export.ranges import collect_absmax
-from nrp_deploy.export.source import ModelSource, fp32_source
+from nrp_deploy.export.source import fp32_source
 
 #: AutoCast's defaults: the largest activation and weight magnitudes a node may have and still run in FP16.
 DEFAULT_DATA_MAX = 512.0
@@ -95,7 +95,7 @@ def quiet_modelopt() -> Iterator[None]:
 
 
 def export_fp16(
-    source: ModelSource,
+    source: ModelLike,
     output: str | os.PathLike[str],
     calibration: PictureSource | None = None,
     *,

@@ -41,9 +41,9 @@ from typing import Any
 import onnx
 
 from nrp_deploy import cpu_features
+from nrp_deploy.artifacts.metadata import DEFAULT_MIN_PSNR_DB, DEFAULT_OPSET
 from nrp_deploy.cpu_features import resolve_int8_target
 from nrp_deploy.errors import ExportError, InputError
-from nrp_deploy.export.artifact import ExportResult, check_output, write_artifact
 from nrp_deploy.export.calibration import (
     DEFAULT_COUNT,
     DEFAULT_CROP_SIZE,
@@ -53,10 +53,10 @@ from nrp_deploy.export.calibration import (
     calibration_and_holdout,
 )
 from nrp_deploy.export.fidelity import measure_fidelity
-from nrp_deploy.export.metadata import DEFAULT_MIN_PSNR_DB
-from nrp_deploy.export.onnx import DEFAULT_OPSET, opset_of
+from nrp_deploy.export.onnx import opset_of
 from nrp_deploy.export.ort_quant import ORT_CALIBRATION_METHODS, quantize_ort_qdq
-from nrp_deploy.export.source import ModelSource, fp32_source
+from nrp_deploy.export.output import ExportResult, ModelLike, check_output, write_artifact
+from nrp_deploy.export.source import fp32_source
 
 METHODS = ("modelopt", "ort")
 CALIBRATION_METHODS = {"modelopt": ("entropy", "max"), "ort": ORT_CALIBRATION_METHODS}
@@ -104,7 +104,7 @@ def _ort_target_summary(cpu_target: str) -> dict[str, Any]:
 
 
 def export_int8(
-    source: ModelSource,
+    source: ModelLike,
     output: str | os.PathLike[str],
     method: str = "modelopt",
     calibration: PictureSource | None = None,

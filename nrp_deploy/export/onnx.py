@@ -29,15 +29,12 @@ import numpy as np
 import onnx
 import torch
 
+from nrp_deploy.artifacts.metadata import DEFAULT_MIN_PSNR_DB, DEFAULT_OPSET
 from nrp_deploy.errors import ExportError
-from nrp_deploy.export.artifact import ExportResult, check_output, write_artifact
 from nrp_deploy.export.fidelity import compare, cpu_session, pooled
-from nrp_deploy.export.metadata import DEFAULT_MIN_PSNR_DB
+from nrp_deploy.export.output import ExportResult, ModelLike, check_output, write_artifact
 from nrp_deploy.models import LoadedModel, load_model
 
-#: Opset 20: accepted by ONNX Runtime, TensorRT 11 and the TensorRT 10 parsers Jetson ships, and above the
-#: opset 19 that FP16 Q/DQ scales need, so FP16 and INT8 conversion never have to upgrade it.
-DEFAULT_OPSET = 20
 DEFAULT_CHECK_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 3, 32, 32), (2, 3, 45, 37), (3, 3, 17, 64))
 DEFAULT_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -46,7 +43,7 @@ DYNAMIC_DIMS = {0: "batch", 2: "height", 3: "width"}
 _EXAMPLE_SHAPE = (2, 3, 24, 20)
 
 
-def as_loaded(source: str | os.PathLike[str] | LoadedModel) -> LoadedModel:
+def as_loaded(source: ModelLike) -> LoadedModel:
     """A registry name or checkpoint path loaded on the CPU; a ``LoadedModel`` is taken as is."""
     return source if isinstance(source, LoadedModel) else load_model(source, device="cpu")
 
@@ -119,7 +116,7 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 
 def export_onnx(
-    source: str | os.PathLike[str] | LoadedModel,
+    source: ModelLike,
     output: str | os.PathLike[str],
     opset: int = DEFAULT_OPSET,
     simplify: bool = True,

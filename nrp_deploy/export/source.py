@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nrp_deploy.artifacts.metadata import DEFAULT_OPSET, verify_artifact
 from nrp_deploy.errors import ExportError, StaleArtifactError
-from nrp_deploy.export.metadata import verify_artifact
-from nrp_deploy.export.onnx import DEFAULT_OPSET, as_loaded, export_onnx
+from nrp_deploy.export.onnx import as_loaded, export_onnx
+from nrp_deploy.export.output import ModelLike
 from nrp_deploy.models import LoadedModel, load_model
-
-ModelSource = str | os.PathLike[str] | LoadedModel
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,7 @@ class Fp32Source:
     derived_from: dict[str, Any] | None  # the FP32 artifact given, if one was
 
 
-def fp32_source(source: ModelSource, workdir: Path, opset: int = DEFAULT_OPSET) -> Fp32Source:
+def fp32_source(source: ModelLike, workdir: Path, opset: int = DEFAULT_OPSET) -> Fp32Source:
     if not isinstance(source, LoadedModel) and os.fspath(source).endswith(".onnx"):
         return _from_artifact(Path(source))
     loaded = as_loaded(source)

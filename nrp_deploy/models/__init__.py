@@ -7,7 +7,6 @@ through them, and importing a submodule always runs this package's ``__init__`` 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,17 +14,6 @@ if TYPE_CHECKING:
     from nrp_deploy.models.checkpoint import build_from_state, detect_spec, read_state_dict
     from nrp_deploy.models.loading import LoadedModel, load_model
     from nrp_deploy.models.spec import ModelSpec
-
-_EXPORTS = {
-    "NRP": "architectures",
-    "NRP_resG": "architectures",
-    "build_from_state": "checkpoint",
-    "detect_spec": "checkpoint",
-    "read_state_dict": "checkpoint",
-    "LoadedModel": "loading",
-    "load_model": "loading",
-    "ModelSpec": "spec",
-}
 
 __all__ = [
     "NRP",
@@ -40,8 +28,16 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
+    if name in ("NRP", "NRP_resG"):
+        from nrp_deploy.models import architectures as module
+    elif name in ("build_from_state", "detect_spec", "read_state_dict"):
+        from nrp_deploy.models import checkpoint as module
+    elif name in ("LoadedModel", "load_model"):
+        from nrp_deploy.models import loading as module
+    elif name == "ModelSpec":
+        from nrp_deploy.models import spec as module
+    else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    value = getattr(module, name)
     globals()[name] = value
     return value

@@ -73,7 +73,7 @@ class DevicePipeline:
     def __init__(
         self, backend: DeviceBackend, kernels: Any | None = None, max_shapes: int = MAX_SHAPES
     ) -> None:
-        from nrp_deploy.runtime.cuda_mem import PrimaryContext, Stream
+        from nrp_deploy.kernels.cuda_mem import PrimaryContext, Stream
 
         if not isinstance(backend, DeviceBackend) or not backend.device.startswith("cuda"):
             raise InputError(
@@ -191,7 +191,7 @@ class DevicePipeline:
         self.close()
 
     def _slot(self, shape: tuple[int, int, int]) -> _Slot:
-        from nrp_deploy.runtime.cuda_mem import DeviceBuffer, PinnedBuffer
+        from nrp_deploy.kernels.cuda_mem import DeviceBuffer, PinnedBuffer
 
         slot = self._slots.get(shape)
         if slot is not None:

@@ -40,7 +40,7 @@ def _onnxruntime() -> dict[str, Any]:
 
 def _tensorrt() -> dict[str, Any]:
     from nrp_deploy.errors import BackendUnavailableError
-    from nrp_deploy.runtime.tensorrt_support import import_tensorrt
+    from nrp_deploy.tensorrt.support import import_tensorrt
 
     try:
         trt = import_tensorrt()
@@ -73,7 +73,7 @@ def _gpus() -> dict[str, Any]:
     """The CUDA driver's version and each device's name, compute capability and memory."""
     from nrp_deploy.errors import NRPDeployError
     from nrp_deploy.kernels.cuda_api import check, format_cuda_version, init_driver
-    from nrp_deploy.runtime.tensorrt_support import gpu_properties
+    from nrp_deploy.tensorrt.support import gpu_properties
 
     try:
         driver = init_driver()

@@ -26,19 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.artifacts.sources import ModelSource, identify
 from nrp_deploy.batch import continuing_index
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError, NRPDeployError
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime import prepost
-from nrp_deploy.runtime.artifacts import identify
-from nrp_deploy.runtime.backends import (
-    AUTO_ORDER,
-    BACKENDS,
-    Backend,
-    DeviceBackend,
-    ModelSource,
-    open_backend,
-)
+from nrp_deploy.runtime.backends import AUTO_ORDER, BACKENDS, Backend, DeviceBackend, open_backend
 from nrp_deploy.runtime.dynamic import DynamicDefense
 from nrp_deploy.runtime.tiling import TileConfig, infer_tiled
 

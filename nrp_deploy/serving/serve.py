@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
+from nrp_deploy.artifacts.sources import identify
 from nrp_deploy.errors import InputError
-from nrp_deploy.runtime.artifacts import identify, onnx_for
+from nrp_deploy.runtime.on_demand import onnx_for
 from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS
 from nrp_deploy.serving import protocol
 from nrp_deploy.serving.model_config import Batching, TensorSpec, model_config

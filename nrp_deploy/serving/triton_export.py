@@ -25,13 +25,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from nrp_deploy.artifacts.sources import identify
+from nrp_deploy.artifacts.specs import make_profile
 from nrp_deploy.errors import ExportError, InputError
 from nrp_deploy.runtime import prepost
-from nrp_deploy.runtime.artifacts import identify, onnx_for
 from nrp_deploy.runtime.dynamic import PUBLISHED_EPS, PUBLISHED_SIGMA
+from nrp_deploy.runtime.on_demand import onnx_for
 from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS
 from nrp_deploy.serving import protocol
 from nrp_deploy.serving.model_config import Batching, TensorSpec, model_config
+from nrp_deploy.tensorrt.builder import build_engine
+from nrp_deploy.tensorrt.engine import BuildOptions
 
 ENGINES = ("onnxruntime", "tensorrt", "python")
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -197,9 +201,6 @@ def _write(root: Path, onnx: Path, options: TritonExportOptions) -> None:
 
 def _build_plan(onnx: Path, plan: Path, max_batch: int) -> None:
     """A TensorRT plan for this GPU and TensorRT release (the Triton that loads it must match both)."""
-    from nrp_deploy.export.tensorrt import build_engine
-    from nrp_deploy.runtime.engine_cache import BuildOptions, make_profile
-
     profile = make_profile((1, 32, 32), (1, 224, 224), (max_batch, 448, 448))
     build_engine(onnx, plan, BuildOptions(profile=profile), overwrite=True)
 

@@ -1,6 +1,6 @@
 """The backend registry: which backends exist, which work here, and opening one by name.
 
-Each backend lives in its own module, imported only when used, that provides:
+Each backend lives in its own module that provides:
 
 - ``INSTALL_HINT``: what to install when it is missing;
 - ``unavailable_reason() -> str | None``: a cheap check (imports, devices) without loading any model;
@@ -11,32 +11,24 @@ Each backend lives in its own module, imported only when used, that provides:
   backend-specific options (unknown ones are an ``InputError``).
 
 ``AUTO_ORDER`` is the preference of ``backend="auto"``: native TensorRT, then ONNX Runtime (which takes its
-CUDA provider when a GPU is usable, else the CPU), then eager torch. The ``tensorrt`` slot is filled by
-``nrp_deploy.runtime.backends.tensorrt``; until that module exists the slot reports itself unavailable.
+CUDA provider when a GPU is usable, else the CPU), then eager torch. Importing a backend module imports
+none of its engine (TensorRT, ONNX Runtime, torch): that happens when it is checked or opened.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
+from nrp_deploy.artifacts.metadata import PRECISIONS
+from nrp_deploy.artifacts.sources import ModelSource
+from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError
-from nrp_deploy.runtime.backends.base import (
-    PRECISIONS,
-    Backend,
-    DeviceBackend,
-    ModelSource,
-    ShapeProfile,
-    TensorSpec,
-)
+from nrp_deploy.runtime.backends import ort, tensorrt, torch_eager
+from nrp_deploy.runtime.backends.base import Backend, DeviceBackend
 
-_MODULES = {
-    "tensorrt": "nrp_deploy.runtime.backends.tensorrt",
-    "onnxruntime": "nrp_deploy.runtime.backends.ort",
-    "torch": "nrp_deploy.runtime.backends.torch_eager",
-}
+_MODULES: dict[str, ModuleType] = {"tensorrt": tensorrt, "onnxruntime": ort, "torch": torch_eager}
 BACKENDS = tuple(_MODULES)
 AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
 
@@ -56,17 +48,10 @@ __all__ = [
 
 
 def backend_module(name: str) -> ModuleType:
-    """The module implementing backend ``name``; BackendUnavailableError if this build lacks it."""
+    """The module implementing backend ``name``; BackendUnavailableError for an unknown name."""
     if name not in _MODULES:
         raise BackendUnavailableError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
-    try:
-        return importlib.import_module(_MODULES[name])
-    except ModuleNotFoundError as exc:
-        if exc.name != _MODULES[name]:
-            raise
-        raise BackendUnavailableError(
-            f"the {name} backend is not part of this version of nrp-deploy"
-        ) from exc
+    return _MODULES[name]
 
 
 def available_backends() -> dict[str, str | None]:

@@ -11,61 +11,17 @@ pre/post-processing kernels can write the engine's input and read its output wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from nrp_deploy.artifacts import metadata, sources
+from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
+from nrp_deploy.deprecation import moved_names
 from nrp_deploy.models.spec import ModelSpec
 
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, numpy dtype name and shape of an engine tensor; -1 marks a dynamic dimension."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ShapeProfile:
-    """The (batch, height, width) range an engine accepts and the shape it runs fastest at.
-
-    Backends with fully dynamic shapes (ONNX Runtime, torch) have no profile; TensorRT engines and
-    fixed-shape CUDA graphs do, and the Purifier tiles and pads images to fit them.
-    """
-
-    min: tuple[int, int, int]
-    opt: tuple[int, int, int]
-    max: tuple[int, int, int]
-
-    def __post_init__(self) -> None:
-        for lo, mid, hi in zip(self.min, self.opt, self.max, strict=True):
-            if not 1 <= lo <= mid <= hi:
-                raise ValueError(f"invalid shape profile min={self.min} opt={self.opt} max={self.max}")
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A model file the runtime was asked to run, resolved and identified (torch-free).
-
-    ``kind`` is ``checkpoint`` (.pth / .safetensors), ``onnx`` or ``engine`` (a TensorRT plan). ``spec`` is
-    the architecture when known (registry entry or artifact sidecar) and ``precision`` the precision an
-    artifact was made at (None for checkpoints, and for artifacts without a sidecar). ``allow_failed``:
-    the caller accepts an artifact whose fidelity check FAILed (otherwise it is refused).
-    """
-
-    kind: str
-    path: Path
-    name: str
-    sha256: str
-    spec: ModelSpec | None = None
-    precision: str | None = None
-    allow_failed: bool = False
+#: ``PRECISIONS`` and ``ModelSource`` lived here; they are artifact facts now.
+__getattr__ = moved_names(__name__, {"PRECISIONS": metadata, "ModelSource": sources})
 
 
 @runtime_checkable

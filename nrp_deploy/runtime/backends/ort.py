@@ -25,9 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.artifacts.cache import cache_dir
+from nrp_deploy.artifacts.sources import ModelSource, artifact_spec
+from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError
+from nrp_deploy.kernels import cuda_api, cuda_mem
 from nrp_deploy.models.spec import ModelSpec
-from nrp_deploy.runtime.backends.base import ModelSource, ShapeProfile, TensorSpec
+from nrp_deploy.runtime.on_demand import onnx_for
 
 INSTALL_HINT = (
     "pip install 'nrp-deploy[cpu]' (ONNX Runtime for CPU) or 'nrp-deploy[gpu]' (ONNX Runtime CUDA 13; "
@@ -59,9 +63,7 @@ def unavailable_reason() -> str | None:
 
 def gpu_usable() -> bool:
     """Whether the CUDA execution provider is built in and the driver sees a device."""
-    from nrp_deploy.kernels.cuda_api import cuda_device_count
-
-    return _CUDA in _ort().get_available_providers() and cuda_device_count() > 0
+    return _CUDA in _ort().get_available_providers() and cuda_api.cuda_device_count() > 0
 
 
 def open_backend(
@@ -87,8 +89,6 @@ def open_backend(
             f"this ONNX Runtime build has no CUDA execution provider (it has {ort.get_available_providers()}); "
             "pip uninstall onnxruntime && pip install 'nrp-deploy[gpu]'"
         )
-    from nrp_deploy.runtime.artifacts import artifact_spec, onnx_for
-
     precision = precision or source.precision or "fp32"
     # INT8: ONNX Runtime's own static quantisation runs faster on CPUs; ModelOpt's Q/DQ suits the GPU.
     path = onnx_for(source, precision, int8_method="ort" if device == "cpu" else "modelopt")
@@ -215,8 +215,6 @@ class OrtBackend:
         returning, so the output is complete for any later work; the caller's stream is synchronised
         first when it is not the stream this session computes on, so its pending writes are visible.
         In CUDA-graph mode the caller's buffers are copied into and out of the captured ones."""
-        from nrp_deploy.runtime.cuda_mem import synchronize
-
         session = self._active()._session
         if not self.on_gpu:
             raise InputError("infer_device needs the CUDA execution provider; this session runs on the CPU")
@@ -225,7 +223,7 @@ class OrtBackend:
                 self._infer_graph_device(int(in_ptr), int(out_ptr), tuple(shape), int(stream))
             return
         if int(stream) != self.stream:
-            synchronize(int(stream))
+            cuda_mem.synchronize(int(stream))
         binding = session.io_binding()
         for bind, spec, ptr in (
             (binding.bind_input, self.input_spec, in_ptr),
@@ -288,8 +286,6 @@ class OrtBackend:
         return [(_CUDA, {**cuda, **self.extra_provider_options}), _CPU]
 
     def _trt_options(self) -> dict[str, Any]:
-        from nrp_deploy.runtime.artifacts import cache_dir
-
         cache = cache_dir() / "ort-trt"
         cache.mkdir(parents=True, exist_ok=True)
         opts: dict[str, Any] = {
@@ -363,15 +359,17 @@ class OrtBackend:
 
     def _infer_graph_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
         """CUDA-graph run from and to device buffers, through the persistent ones, ordered on ``stream``."""
-        from nrp_deploy.runtime.cuda_mem import copy_device, synchronize
-
         x_dev, y_dev, binding = self._graph_io(shape)
         count = int(np.prod(shape))
-        copy_device(x_dev.data_ptr(), in_ptr, count * np.dtype(self.input_spec.dtype).itemsize, stream)
+        cuda_mem.copy_device(
+            x_dev.data_ptr(), in_ptr, count * np.dtype(self.input_spec.dtype).itemsize, stream
+        )
         if stream != self.stream:
-            synchronize(stream)
+            cuda_mem.synchronize(stream)
         self._session.run_with_iobinding(binding)
-        copy_device(out_ptr, y_dev.data_ptr(), count * np.dtype(self.output_spec.dtype).itemsize, stream)
+        cuda_mem.copy_device(
+            out_ptr, y_dev.data_ptr(), count * np.dtype(self.output_spec.dtype).itemsize, stream
+        )
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

@@ -1,6 +1,6 @@
 """The native TensorRT backend: a strongly typed engine run on device buffers, torch-free.
 
-``open_backend`` finds or builds the engine through the engine cache (``runtime.engine_cache``): a
+``open_backend`` finds or builds the engine through the engine cache (``nrp_deploy.tensorrt.cache``): a
 checkpoint or ONNX source builds its engine once and reuses it; an engine that another TensorRT release,
 another GPU or a changed ONNX made is rebuilt, or refused with the reasons when no ONNX is at hand.
 
@@ -40,22 +40,17 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.artifacts.metadata import check_verdict, read_metadata, sidecar_path
+from nrp_deploy.artifacts.sources import ModelSource
+from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec, make_profile, outside_profile
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError, StaleArtifactError
+from nrp_deploy.kernels import cuda_api, cuda_mem
 from nrp_deploy.models.spec import ModelSpec
-from nrp_deploy.runtime.backends.base import ModelSource, ShapeProfile, TensorSpec
-from nrp_deploy.runtime.engine_cache import (
-    BuildOptions,
-    EngineMetadata,
-    ensure_engine,
-    make_profile,
-    outside_profile,
-)
-from nrp_deploy.runtime.tensorrt_support import (
-    INSTALL_HINT,
-    current_environment,
-    import_tensorrt,
-    tensorrt_logger,
-)
+from nrp_deploy.runtime.on_demand import onnx_for
+from nrp_deploy.tensorrt.builder import engine_builder
+from nrp_deploy.tensorrt.cache import ensure_engine
+from nrp_deploy.tensorrt.engine import BuildOptions, EngineMetadata
+from nrp_deploy.tensorrt.support import INSTALL_HINT, current_environment, import_tensorrt, tensorrt_logger
 
 __all__ = ["INSTALL_HINT", "TensorRTBackend", "open_backend", "unavailable_reason"]
 
@@ -81,13 +76,11 @@ ADDRESS_ALIGNMENT = 256
 
 def unavailable_reason() -> str | None:
     """None when TensorRT imports and a CUDA device is usable; otherwise why not and what to install."""
-    from nrp_deploy.kernels.cuda_api import cuda_device_count
-
     try:
         import_tensorrt()
     except BackendUnavailableError as exc:
         return str(exc)
-    if cuda_device_count() == 0:
+    if cuda_api.cuda_device_count() == 0:
         return (
             "TensorRT is installed but no CUDA device is usable here (check the NVIDIA driver, cuda-python)"
         )
@@ -138,8 +131,6 @@ def open_backend(
     unknown = set(options) - OPTIONS
     if unknown:
         raise InputError(f"unknown tensorrt backend option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
-    from nrp_deploy.export.tensorrt import engine_builder
-
     ordinal = _device_ordinal(device)
     env = current_environment(ordinal)
     build = engine_builder(device=ordinal, verbose=bool(options.get("verbose", False)))
@@ -154,8 +145,6 @@ def open_backend(
             check_onnx=partial(_check_onnx_verdict, allow_failed=source.allow_failed),
         )
     else:
-        from nrp_deploy.runtime.artifacts import onnx_for
-
         onnx = onnx_for(source, precision or source.precision or "fp32")
         choice = ensure_engine(
             env=env,
@@ -169,8 +158,6 @@ def open_backend(
         log.warning("built TensorRT engine %s (%s)", choice.path, "; ".join(choice.reasons))
     verdict = choice.metadata.verdict
     if verdict is not None:
-        from nrp_deploy.runtime.artifacts import check_verdict
-
         check_verdict(choice.path, verdict, source.allow_failed)
     if precision is not None and choice.metadata.precision != precision:
         raise InputError(
@@ -191,9 +178,6 @@ def open_backend(
 def _check_onnx_verdict(onnx: Path, allow_failed: bool) -> None:
     """Refuse to rebuild an engine from an ONNX whose export FAILed its fidelity check (the engine would
     inherit the verdict and be refused after the build)."""
-    from nrp_deploy.export.metadata import read_metadata, sidecar_path
-    from nrp_deploy.runtime.artifacts import check_verdict
-
     if sidecar_path(onnx).is_file():
         check_verdict(onnx, read_metadata(onnx).verdict, allow_failed)
 
@@ -320,10 +304,8 @@ class TensorRTBackend:
     # -- loading ---------------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        from nrp_deploy.runtime.cuda_mem import DeviceBuffer, PrimaryContext, Stream
-
         trt = import_tensorrt()
-        self._cuda = PrimaryContext(self.ordinal)
+        self._cuda = cuda_mem.PrimaryContext(self.ordinal)
         logger = tensorrt_logger()
         logger.take_errors()
         trt_runtime = self._trt_runtime = trt.Runtime(logger)
@@ -341,8 +323,8 @@ class TensorRTBackend:
                 "rebuild it with `nrp build` from its ONNX"
             )
         self._check_io(trt, engine)
-        self._scratch = DeviceBuffer(int(engine.device_memory_size_v2))
-        self._stream = Stream()
+        self._scratch = cuda_mem.DeviceBuffer(int(engine.device_memory_size_v2))
+        self._stream = cuda_mem.Stream()
         self.stream = self._stream.handle
 
     def _check_io(self, trt: Any, engine: Any) -> None:
@@ -398,8 +380,6 @@ class TensorRTBackend:
         return (n, CHANNELS, h, w)
 
     def _host_slot(self, shape: tuple[int, int, int, int]) -> _HostSlot:
-        from nrp_deploy.runtime.cuda_mem import DeviceBuffer, PinnedBuffer
-
         slot = self._slots.get(shape)
         if slot is not None:
             self._slots.move_to_end(shape)
@@ -407,10 +387,10 @@ class TensorRTBackend:
         in_dtype, out_dtype = np.dtype(self.metadata.input_dtype), np.dtype(self.metadata.output_dtype)
         count = int(np.prod(shape))
         slot = _HostSlot(
-            host_in=PinnedBuffer(shape, in_dtype),
-            host_out=PinnedBuffer(shape, out_dtype),
-            dev_in=DeviceBuffer(count * in_dtype.itemsize),
-            dev_out=DeviceBuffer(count * out_dtype.itemsize),
+            host_in=cuda_mem.PinnedBuffer(shape, in_dtype),
+            host_out=cuda_mem.PinnedBuffer(shape, out_dtype),
+            dev_in=cuda_mem.DeviceBuffer(count * in_dtype.itemsize),
+            dev_out=cuda_mem.DeviceBuffer(count * out_dtype.itemsize),
         )
         self._slots[shape] = slot
         if len(self._slots) > self.max_shapes:
@@ -464,8 +444,6 @@ class TensorRTBackend:
 
     def _enqueue(self, shape: tuple[int, int, int, int], in_ptr: int, out_ptr: int) -> None:
         """Run the engine on the given buffers, replaying the binding's CUDA graph once it has one."""
-        from nrp_deploy.runtime.cuda_mem import capture_graph
-
         binding = self._binding(shape, in_ptr, out_ptr)
         if binding.graph is not None:
             binding.graph.launch(self.stream)
@@ -474,7 +452,7 @@ class TensorRTBackend:
         self._execute(binding.context)  # a binding's first enqueue may initialise, which no graph may capture
         if self.cuda_graph and not binding.capture_tried:
             binding.capture_tried = True
-            binding.graph = capture_graph(self._stream, lambda: self._execute(binding.context))
+            binding.graph = cuda_mem.capture_graph(self._stream, lambda: self._execute(binding.context))
             if binding.graph is None:
                 log.info(
                     "TensorRT engine %s: CUDA-graph capture failed for %s; using plain enqueues",

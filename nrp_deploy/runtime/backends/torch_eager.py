@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.artifacts.sources import ModelSource
+from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError
-from nrp_deploy.runtime.backends.base import ModelSource, ShapeProfile, TensorSpec
 
 INSTALL_HINT = (
     "pip install torch (the CPU or CUDA build for your machine), then pip install 'nrp-deploy[torch]'"

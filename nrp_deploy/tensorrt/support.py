@@ -27,7 +27,7 @@ from typing import Any
 
 from nrp_deploy.errors import BackendUnavailableError, InputError
 from nrp_deploy.kernels.cuda_api import check, init_driver
-from nrp_deploy.runtime.engine_cache import BuildOptions, TargetEnvironment
+from nrp_deploy.tensorrt.engine import BuildOptions, TargetEnvironment
 
 INSTALL_HINT = (
     "install NVIDIA TensorRT 10.x or 11.x with its Python bindings (x86-64: pip install tensorrt-cu12 or "
@@ -120,15 +120,6 @@ def check_build_options(options: BuildOptions, env: TargetEnvironment) -> None:
     reasons = unsupported_build_options(options, env)
     if reasons:
         raise InputError("; ".join(reasons))
-
-
-def tensorrt_available() -> bool:
-    """Whether TensorRT imports here (``backend="auto"`` never picks it otherwise)."""
-    try:
-        import_tensorrt()
-    except BackendUnavailableError:
-        return False
-    return True
 
 
 def strongly_typed_flags(trt: ModuleType) -> int:

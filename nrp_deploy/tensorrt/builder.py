@@ -29,19 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.artifacts.metadata import read_metadata
+from nrp_deploy.artifacts.specs import profile_to_dict
 from nrp_deploy.errors import ExportError, InputError, MetadataError
 from nrp_deploy.fileutil import sha256_file, write_bytes_atomic
-from nrp_deploy.runtime.cuda_mem import current_device
-from nrp_deploy.runtime.engine_cache import (
-    ENGINE_SUFFIX,
-    BuildOptions,
-    EngineBuilder,
-    EngineMetadata,
-    profile_to_dict,
-    timing_cache_path,
-    write_engine_metadata,
-)
-from nrp_deploy.runtime.tensorrt_support import (
+from nrp_deploy.kernels.cuda_mem import current_device
+from nrp_deploy.tensorrt.cache import EngineBuilder, timing_cache_path
+from nrp_deploy.tensorrt.engine import ENGINE_SUFFIX, BuildOptions, EngineMetadata, write_engine_metadata
+from nrp_deploy.tensorrt.support import (
     check_build_options,
     current_environment,
     import_tensorrt,
@@ -69,8 +64,6 @@ def default_engine_path(onnx: Path) -> Path:
 def _onnx_source(onnx: Path) -> dict[str, Any]:
     """What the export recorded about the ONNX (checkpoint, architecture, precision, fidelity verdict), if it
     has a sidecar. The engine inherits the verdict: it computes what its ONNX computes."""
-    from nrp_deploy.export.metadata import read_metadata
-
     try:
         meta = read_metadata(onnx)
     except MetadataError:
@@ -259,7 +252,7 @@ def _save_timing_cache(config: Any, path: Path) -> None:
 
 
 def engine_builder(*, device: int = 0, verbose: bool = False) -> EngineBuilder:
-    """``build_engine`` in the shape ``engine_cache.ensure_engine`` calls its builder."""
+    """``build_engine`` in the shape ``cache.ensure_engine`` calls its builder."""
 
     def build(onnx: Path, engine: Path, options: BuildOptions) -> EngineMetadata:
         return build_engine(onnx, engine, options, device=device, verbose=verbose, overwrite=True)

@@ -1,4 +1,4 @@
-"""Writing an exported model and its metadata sidecar, the same way for every precision.
+"""The output of an export: the model and its metadata sidecar, written the same way for every precision.
 
 The model bytes are written atomically first, then the sidecar (also atomically) with the sha256 of
 exactly those bytes, so a reader never pairs a model with metadata that describes another one. An
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nrp_deploy.errors import ExportError
-from nrp_deploy.export.metadata import (
+from nrp_deploy.artifacts.metadata import (
     ArtifactMetadata,
     Fidelity,
     Verdict,
@@ -22,8 +21,12 @@ from nrp_deploy.export.metadata import (
     utc_now,
     write_metadata,
 )
+from nrp_deploy.errors import ExportError
 from nrp_deploy.fileutil import sha256_file, write_bytes_atomic
 from nrp_deploy.models import LoadedModel
+
+#: What an export starts from: a registry name, a checkpoint path, or a model already loaded.
+ModelLike = str | os.PathLike[str] | LoadedModel
 
 
 @dataclass(frozen=True)
