@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from nrp_deploy.artifacts.metadata import (
@@ -111,3 +112,14 @@ def test_reader_imports_without_torch_or_onnx():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "read_metadata"
+
+
+def test_one_psnr_serves_sidecars_metrics_and_the_benchmark():
+    from nrp_deploy.artifacts import metadata
+    from nrp_deploy.bench import harness
+    from nrp_deploy.evaluation import metrics
+
+    assert metrics.psnr is metadata.psnr and harness.psnr is metadata.psnr
+    a = np.zeros((2, 3), dtype=np.float32)
+    assert metadata.psnr(a, a) == math.inf  # uncapped for images; the sidecar caps (test_psnr)
+    assert metadata.psnr(a, a + 0.01) == pytest.approx(metadata.psnr_db(1e-4)) == pytest.approx(40.0)

@@ -114,3 +114,28 @@ def test_spec_figures_match_the_published_architectures():
         module = spec.build()
         biases = sum(m.bias.numel() for m in module.modules() if isinstance(m, torch.nn.Conv2d))
         assert spec.macs_per_pixel == params - biases
+
+
+def test_one_record_per_architecture_answers_for_the_spec():
+    from nrp_deploy.models.spec import ARCHITECTURES
+
+    for name, record in ARCHITECTURES.items():
+        spec = ModelSpec(name, {"nb": 2})
+        assert spec.record is record and spec.config == {**record.defaults, "nb": 2}
+        assert spec.num_convs == record.convs(spec.config)
+        assert spec.macs_per_pixel == record.macs(spec.config)
+        state = spec.build().state_dict()
+        assert any(key in state for key in record.markers)
+        assert detect_spec(state) == spec
+
+
+def test_one_set_of_published_defence_constants():
+    from nrp_deploy.kernels.philox import PUBLISHED_EPS, PUBLISHED_SIGMA
+    from nrp_deploy.models.eager import dynamic_input
+    from nrp_deploy.runtime import DynamicDefense
+
+    assert (
+        (DynamicDefense().sigma, DynamicDefense().eps) == (PUBLISHED_SIGMA, PUBLISHED_EPS) == (0.05, 16 / 255)
+    )
+    defaults = dynamic_input.__defaults__
+    assert defaults is not None and defaults[:2] == (PUBLISHED_SIGMA, PUBLISHED_EPS)

@@ -31,7 +31,9 @@ from tqdm import tqdm
 
 from nrp_deploy.attacks.ssp import check_budget, check_images, project
 from nrp_deploy.errors import InputError
-from nrp_deploy.models.eager import DYNAMIC_EPS, DYNAMIC_SIGMA, dynamic_input
+from nrp_deploy.kernels.philox import PUBLISHED_EPS as DYNAMIC_EPS
+from nrp_deploy.kernels.philox import PUBLISHED_SIGMA as DYNAMIC_SIGMA
+from nrp_deploy.models.eager import dynamic_input
 
 GRADIENT_MODES = ("full", "bpda", "eot")
 PGD_EPS = 16 / 255

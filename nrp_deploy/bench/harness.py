@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.artifacts.metadata import psnr
 from nrp_deploy.assets import examples_dir
 from nrp_deploy.bench import stats as bench_stats
 from nrp_deploy.bench.machine import (
@@ -38,7 +39,6 @@ from nrp_deploy.bench.runner import (
 )
 from nrp_deploy.bench.targets import build_runner
 from nrp_deploy.errors import BackendUnavailableError, InputError, NRPDeployError
-from nrp_deploy.evaluation.metrics import psnr
 
 SCHEMA = "nrp-bench/1"
 SCENARIOS = ("model", "e2e", "e2e-dynamic")

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from nrp_deploy.artifacts.metadata import PRECISIONS
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -22,9 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min", metavar="BxHxW", help="smallest input (default: 1x32x32)")
     p.add_argument("--opt", metavar="BxHxW", help="the input TensorRT tunes for (default: 1x224x224)")
     p.add_argument("--max", metavar="BxHxW", help="largest input (default: 8x448x448)")
-    p.add_argument(
-        "--precision", choices=("fp32", "fp16", "int8"), help="refuse an ONNX of another precision"
-    )
+    p.add_argument("--precision", choices=PRECISIONS, help="refuse an ONNX of another precision")
     p.add_argument("--workspace", type=int, metavar="MiB", help="workspace limit (default: 2048)")
     p.add_argument(
         "--opt-level",

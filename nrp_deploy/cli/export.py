@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from nrp_deploy.artifacts.metadata import PRECISIONS
 from nrp_deploy.cli.common import add_serving_options
 
 
@@ -93,7 +94,7 @@ def _add_export_triton(kinds: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="default", help="registry name, checkpoint or .onnx (default: default)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="REPO", help="repository folder")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="(default: fp32)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="(default: fp32)")
     p.add_argument(
         "--engine",
         default="onnxruntime",

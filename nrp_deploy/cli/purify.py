@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from nrp_deploy.artifacts.metadata import PRECISIONS
 from nrp_deploy.cli.common import finish_batch
 from nrp_deploy.errors import NRPDeployError
 
@@ -47,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision",
         default=None,
-        choices=["fp32", "fp16", "int8"],
+        choices=PRECISIONS,
         help="model precision (default: fp32 for a checkpoint, an ONNX/engine's own otherwise)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the GPU when the backend can)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nrp_deploy.artifacts.metadata import PRECISIONS
 from nrp_deploy.cli.common import add_serving_options
 
 
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "torch", "onnxruntime", "tensorrt"],
         help="inference backend (default: auto, the fastest that works here)",
     )
-    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "int8"], help="model precision")
+    p.add_argument("--precision", default=None, choices=PRECISIONS, help="model precision")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the GPU when the backend can)")
     p.add_argument("--threads", type=int, default=None, help="intra-op CPU threads per model instance")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback)")

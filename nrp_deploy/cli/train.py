@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from nrp_deploy.models.spec import ARCHITECTURES
     from nrp_deploy.training.config import TrainConfig
 
     d = TrainConfig()
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
-    p.add_argument("--architecture", default=d.architecture, choices=["NRP", "NRP_resG"])
+    p.add_argument("--architecture", default=d.architecture, choices=list(ARCHITECTURES))
     p.add_argument("--nf", type=int, default=d.model_config["nf"], help="channels")
     p.add_argument("--nb", type=int, default=d.model_config["nb"], help="blocks")
     p.add_argument("--no-identity-init", action="store_true", help="random init instead of near-identity")

@@ -8,10 +8,9 @@ averaged over the region and the channels. This matches ``skimage.metrics.struct
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from nrp_deploy.artifacts.metadata import psnr as psnr  # the package's one PSNR, handed on
 from nrp_deploy.errors import InputError
 
 SSIM_SIGMA = 1.5
@@ -25,19 +24,6 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         raise InputError(f"metrics compare two HWC images of one shape, got {a.shape} and {b.shape}")
     peak = 255.0 if a.dtype == np.uint8 else 1.0
     return a.astype(np.float64), b.astype(np.float64), peak
-
-
-def psnr(a: np.ndarray, b: np.ndarray, data_range: float | None = None) -> float:
-    """Peak signal-to-noise ratio in dB of two arrays of one shape (images, NCHW batches); ``inf`` when equal.
-
-    The peak is ``data_range`` if given, else 255 for uint8 and 1 for float arrays.
-    """
-    if a.shape != b.shape:
-        raise InputError(f"PSNR compares two arrays of one shape, got {a.shape} and {b.shape}")
-    peak = data_range if data_range is not None else (255.0 if a.dtype == np.uint8 else 1.0)
-    diff = a.astype(np.float64) - b.astype(np.float64)
-    mse = float(np.mean(diff * diff))
-    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
 
 
 def _gaussian_window() -> np.ndarray:

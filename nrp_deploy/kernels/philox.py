@@ -18,6 +18,11 @@ import numpy as np
 
 from nrp_deploy.errors import InputError
 
+#: The published dynamic defence (the authors' ``--dynamic``): Gaussian noise of sigma 0.05, the result kept
+#: within 16/255 of the input. The one definition: ``runtime.DynamicDefense`` and the eager baseline
+#: (``models.eager``) default to these.
+PUBLISHED_SIGMA = 0.05
+PUBLISHED_EPS = 16 / 255
 M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 W0, W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
 _MASK32 = np.uint64(0xFFFFFFFF)

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nrp_deploy.models.architectures import NRP, NRP_resG
-    from nrp_deploy.models.checkpoint import build_from_state, detect_spec, read_state_dict
+    from nrp_deploy.models.checkpoint import build_from_state, read_state_dict
     from nrp_deploy.models.loading import LoadedModel, load_model
-    from nrp_deploy.models.spec import ModelSpec
+    from nrp_deploy.models.spec import ModelSpec, detect_spec
 
 __all__ = [
     "NRP",
@@ -30,11 +30,11 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in ("NRP", "NRP_resG"):
         from nrp_deploy.models import architectures as module
-    elif name in ("build_from_state", "detect_spec", "read_state_dict"):
+    elif name in ("build_from_state", "read_state_dict"):
         from nrp_deploy.models import checkpoint as module
     elif name in ("LoadedModel", "load_model"):
         from nrp_deploy.models import loading as module
-    elif name == "ModelSpec":
+    elif name in ("ModelSpec", "detect_spec"):
         from nrp_deploy.models import spec as module
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

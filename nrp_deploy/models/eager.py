@@ -10,14 +10,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-DYNAMIC_SIGMA = 0.05
-DYNAMIC_EPS = 16 / 255
+from nrp_deploy.kernels.philox import PUBLISHED_EPS, PUBLISHED_SIGMA
 
 
 def dynamic_input(
     x: torch.Tensor,
-    sigma: float = DYNAMIC_SIGMA,
-    eps: float = DYNAMIC_EPS,
+    sigma: float = PUBLISHED_SIGMA,
+    eps: float = PUBLISHED_EPS,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """x' = clamp(min(max(x + sigma * N(0, 1), x - eps), x + eps), 0, 1), fresh noise per call."""

@@ -15,9 +15,7 @@ import numpy as np
 
 from nrp_deploy.errors import InputError
 from nrp_deploy.kernels import philox
-
-PUBLISHED_SIGMA = 0.05
-PUBLISHED_EPS = 16 / 255
+from nrp_deploy.kernels.philox import PUBLISHED_EPS, PUBLISHED_SIGMA
 
 
 @dataclass(frozen=True)

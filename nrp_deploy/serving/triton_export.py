@@ -28,8 +28,8 @@ from pathlib import Path
 from nrp_deploy.artifacts.sources import identify
 from nrp_deploy.artifacts.specs import make_profile
 from nrp_deploy.errors import ExportError, InputError
+from nrp_deploy.kernels.philox import PUBLISHED_EPS, PUBLISHED_SIGMA
 from nrp_deploy.runtime import prepost
-from nrp_deploy.runtime.dynamic import PUBLISHED_EPS, PUBLISHED_SIGMA
 from nrp_deploy.runtime.on_demand import onnx_for
 from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS
 from nrp_deploy.serving import protocol
