@@ -14,7 +14,7 @@ from PIL import Image
 
 from nrp_deploy.artifacts.cache import CACHE_ENV
 from nrp_deploy.artifacts.metadata import sidecar_path
-from nrp_deploy.errors import BackendUnavailableError, InputError, StaleArtifactError
+from nrp_deploy.errors import BackendUnavailableError, InputError, NRPDeployError, StaleArtifactError
 from nrp_deploy.export.onnx import export_onnx
 from nrp_deploy.fileutil import sha256_file
 from nrp_deploy.kernels import philox
@@ -22,7 +22,14 @@ from nrp_deploy.kernels.cuda_api import cuda_device_count
 from nrp_deploy.models import load_model
 from nrp_deploy.models.eager import EagerPurifier
 from nrp_deploy.models.spec import ModelSpec
-from nrp_deploy.runtime import DynamicDefense, available_backends, load_purifier
+from nrp_deploy.runtime import (
+    BackendOptions,
+    DynamicDefense,
+    TorchOptions,
+    available_backends,
+    load_purifier,
+)
+from nrp_deploy.runtime.backends import BackendNotActiveError, BaseBackend
 from nrp_deploy.runtime.prepost import float_to_uint8
 
 SPEC = ModelSpec("NRP_resG", {"nf": 8, "nb": 2})
@@ -308,6 +315,31 @@ def test_torch_backend_options_channels_last_and_half(cache, checkpoint, torch_p
     half = load_purifier(checkpoint, backend="torch", precision="fp16", threads=1)
     assert half.precision == "fp16" and half.backend.input_spec.dtype == "float16"
     assert np.abs(half.infer(x) - reference).max() < 2e-2
+
+
+def test_typed_backend_options_match_the_mapping_and_steer_auto(cache, checkpoint, torch_purifier, images):
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    typed = load_purifier(checkpoint, backend="torch", threads=1, options=TorchOptions(channels_last=True))
+    assert typed.backend.channels_last and typed.backend.threads == 1
+    assert np.abs(typed.infer(x) - torch_purifier.infer(x)).max() < 1e-5
+    # another backend's options make auto move on (TensorRT, then ONNX Runtime), to the backend they are for
+    chosen = load_purifier(checkpoint, options=TorchOptions(channels_last=True), threads=1)
+    assert chosen.backend_name == "torch-cpu" and chosen.backend.channels_last
+    with pytest.raises(BackendUnavailableError, match="options of the torch backend, not onnxruntime"):
+        load_purifier(checkpoint, backend="onnxruntime", options=TorchOptions())
+    common = load_purifier(checkpoint, backend="onnxruntime", options=BackendOptions(threads=1))
+    assert common.backend.threads == 1
+
+
+def test_a_backend_that_is_not_active_is_a_programming_error(cache, checkpoint):
+    with load_purifier(checkpoint, backend="onnxruntime", threads=1) as purifier:
+        backend = purifier.backend
+        assert isinstance(backend, BaseBackend) and backend.is_active
+    assert not backend.is_active
+    with pytest.raises(BackendNotActiveError, match="not active") as raised:
+        backend.infer(np.zeros((1, 3, 8, 8), np.float32))
+    assert not isinstance(raised.value, NRPDeployError)  # not bad input: the caller's mistake
+    backend.deactivate()  # twice is harmless
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from nrp_deploy.errors import BackendUnavailableError, InputError, NRPDeployErro
 from nrp_deploy.kernels.reference import postprocess_reference, preprocess_reference
 from nrp_deploy.runtime import DeviceBackend, DynamicDefense, Purifier, TileConfig, gpu_pipeline
 from nrp_deploy.runtime.backends import ShapeProfile, TensorSpec
+from nrp_deploy.runtime.backends.base import BackendNotActiveError
 
 
 class FakeGpuBackend:
@@ -152,7 +153,7 @@ def test_torch_backend_on_the_cpu_stays_on_the_host_path(checkpoint):
         assert "fused" not in purifier.describe()
         with pytest.raises(InputError, match="needs a CUDA device"):
             backend.infer_device(0, 0, (1, 3, 8, 8), 0)
-    with pytest.raises(InputError, match="not active"):
+    with pytest.raises(BackendNotActiveError, match="not active"):
         backend.infer_device(0, 0, (1, 3, 8, 8), 0)
     with pytest.raises(InputError, match="'cpu' or 'cuda"):
         load_purifier(checkpoint, backend="torch", device="mps")

@@ -25,6 +25,8 @@ from nrp_deploy.artifacts.specs import ShapeProfile
 from nrp_deploy.errors import BackendUnavailableError, ExportError, InputError, StaleArtifactError
 from nrp_deploy.runtime.backends import available_backends
 from nrp_deploy.runtime.backends import tensorrt as trt_backend
+from nrp_deploy.runtime.backends.base import BackendNotActiveError
+from nrp_deploy.runtime.backends.options import TensorRTOptions
 from nrp_deploy.tensorrt import builder as trt_build
 from nrp_deploy.tensorrt import cache as trt_cache
 from nrp_deploy.tensorrt import engine as trt_engine
@@ -149,16 +151,19 @@ def test_backend_options_are_checked_before_anything_is_loaded(tmp_path):
 
 
 def test_build_options_from_backend_options():
-    assert trt_backend._build_options({"cuda_graph": False}) is None  # an engine keeps its own options
-    fixed = trt_backend._build_options({"fixed_shape": (2, 128, 96)})
+    def _build_options(options):
+        return TensorRTOptions.from_mapping(options).build_options()
+
+    assert _build_options({"cuda_graph": False}) is None  # an engine keeps its own options
+    fixed = _build_options({"fixed_shape": (2, 128, 96)})
     assert fixed.profile == ShapeProfile((2, 128, 96), (2, 128, 96), (2, 128, 96))
-    given = trt_backend._build_options({"profile": {"max": (4, 512, 512)}, "optimization_level": 5})
+    given = _build_options({"profile": {"max": (4, 512, 512)}, "optimization_level": 5})
     assert given.profile.max == (4, 512, 512) and given.profile.opt == specs.DEFAULT_PROFILE.opt
     assert given.optimization_level == 5
     with pytest.raises(InputError, match="not both"):
-        trt_backend._build_options({"profile": specs.DEFAULT_PROFILE, "fixed_shape": (1, 224, 224)})
+        _build_options({"profile": specs.DEFAULT_PROFILE, "fixed_shape": (1, 224, 224)})
     with pytest.raises(InputError, match="min <= opt <= max"):
-        trt_backend._build_options({"profile": {"min": (2, 8, 8), "opt": (1, 8, 8)}})
+        _build_options({"profile": {"min": (2, 8, 8), "opt": (1, 8, 8)}})
 
 
 def test_backend_describes_its_engine_before_activation(tmp_path):
@@ -173,7 +178,7 @@ def test_backend_describes_its_engine_before_activation(tmp_path):
     assert backend.thread_safe
     assert backend.input_spec.dtype == "float16" and backend.input_spec.shape == (-1, 3, -1, -1)
     assert backend.profile == specs.DEFAULT_PROFILE
-    with pytest.raises(InputError, match="not active"):
+    with pytest.raises(BackendNotActiveError, match="not active"):
         backend.infer(np.zeros((1, 3, 224, 224), np.float32))
 
 

@@ -29,6 +29,8 @@ from nrp_deploy.kernels import cuda_mem
 from nrp_deploy.kernels.reference import postprocess_reference, preprocess_reference
 from nrp_deploy.runtime import prepost
 from nrp_deploy.runtime.backends import tensorrt as trt_backend
+from nrp_deploy.runtime.backends.base import BackendNotActiveError
+from nrp_deploy.runtime.backends.options import OrtOptions
 from nrp_deploy.runtime.dynamic import DynamicDefense
 from nrp_deploy.tensorrt import engine as trt_engine
 from nrp_deploy.tensorrt import support as tensorrt_support
@@ -476,7 +478,7 @@ def test_fp16_engine_io_is_converted_on_the_host_path(fake_trt, tmp_path):
 def test_shapes_outside_the_profile_are_refused(fake_trt, tmp_path):
     fake_trt()
     backend = _backend(tmp_path)
-    with pytest.raises(InputError, match="not active"):
+    with pytest.raises(BackendNotActiveError, match="not active"):
         backend.infer(np.zeros((1, 3, 8, 8), np.float32))
     backend.activate()
     for shape, message in [
@@ -889,7 +891,9 @@ def test_ort_cuda_graph_session_serves_host_and_device_callers_alike(cuda, tmp_p
     monkeypatch.setattr(ort_backend, "_ort", lambda: make_fake_ort(cuda))
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"stand-in")
-    backend = ort_backend.OrtBackend(onnx, device="cuda:0", cuda_graph=True, fixed_shape=(2, 8, 8))
+    backend = ort_backend.OrtBackend(
+        onnx, device="cuda:0", options=OrtOptions(cuda_graph=True, fixed_shape=(2, 8, 8))
+    )
     backend.activate()
     shape = (2, 3, 8, 8)
     src, dst = (cuda_mem.DeviceBuffer(4 * int(np.prod(shape))) for _ in range(2))
@@ -926,7 +930,9 @@ def test_tensorrt_ep_profile_names_the_models_input(tmp_path, name, channels, ex
     )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    backend = OrtBackend(path, device="cuda:0", execution_provider="tensorrt", fixed_shape=(2, 16, 24))
+    backend = OrtBackend(
+        path, device="cuda:0", options=OrtOptions(execution_provider="tensorrt", fixed_shape=(2, 16, 24))
+    )
     options = backend._trt_options()
     for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
         assert options[key] == f"{name}:2x{expected}x16x24"

@@ -19,6 +19,7 @@ import pytest
 
 from nrp_deploy.assets import examples_dir
 from nrp_deploy.runtime import prepost
+from nrp_deploy.runtime.backends.options import OrtOptions
 from nrp_deploy.runtime.dynamic import DynamicDefense
 
 pytestmark = pytest.mark.gpu
@@ -117,7 +118,9 @@ def test_ort_cuda_graph_mode_through_the_fused_path(tmp_path):
 
     OrtBackend = _ort_cuda()
     onnx = _conv_net(tmp_path / "net.onnx", fp16=True)
-    backend = OrtBackend(onnx, precision="fp16", device="cuda:0", cuda_graph=True, fixed_shape=(2, 32, 32))
+    backend = OrtBackend(
+        onnx, precision="fp16", device="cuda:0", options=OrtOptions(cuda_graph=True, fixed_shape=(2, 32, 32))
+    )
     backend.activate()
     with DevicePipeline(backend) as pipeline:
         for call in range(3):  # the first run captures, later ones replay with new data in the same buffers
@@ -134,7 +137,7 @@ def test_ort_cuda_graph_host_and_device_calls_share_the_captured_buffers(tmp_pat
 
     OrtBackend = _ort_cuda()
     onnx = _conv_net(tmp_path / "net.onnx", fp16=False)
-    backend = OrtBackend(onnx, device="cuda:0", cuda_graph=True, fixed_shape=(2, 32, 32))
+    backend = OrtBackend(onnx, device="cuda:0", options=OrtOptions(cuda_graph=True, fixed_shape=(2, 32, 32)))
     backend.activate()
     cpu = CpuBackend(onnx, device="cpu")
     cpu.activate()

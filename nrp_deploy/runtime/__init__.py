@@ -6,6 +6,7 @@ it must export a checkpoint that has no cached ONNX yet.
 """
 
 from nrp_deploy.runtime.backends import BACKENDS, Backend, DeviceBackend, available_backends
+from nrp_deploy.runtime.backends.options import BackendOptions, OrtOptions, TensorRTOptions, TorchOptions
 from nrp_deploy.runtime.dynamic import DynamicDefense
 from nrp_deploy.runtime.purifier import Purifier, load_purifier
 from nrp_deploy.runtime.tiling import TileConfig
@@ -13,10 +14,14 @@ from nrp_deploy.runtime.tiling import TileConfig
 __all__ = [
     "BACKENDS",
     "Backend",
+    "BackendOptions",
     "DeviceBackend",
     "DynamicDefense",
+    "OrtOptions",
     "Purifier",
+    "TensorRTOptions",
     "TileConfig",
+    "TorchOptions",
     "available_backends",
     "load_purifier",
 ]

@@ -32,6 +32,7 @@ from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError, N
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime import prepost
 from nrp_deploy.runtime.backends import AUTO_ORDER, BACKENDS, Backend, DeviceBackend, open_backend
+from nrp_deploy.runtime.backends.options import BackendOptions
 from nrp_deploy.runtime.dynamic import DynamicDefense
 from nrp_deploy.runtime.tiling import TileConfig, infer_tiled
 
@@ -309,7 +310,7 @@ def load_purifier(
     max_batch: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fused: bool | None = None,
-    options: Mapping[str, Any] | None = None,
+    options: BackendOptions | Mapping[str, Any] | None = None,
     allow_failed: bool = False,
 ) -> Purifier:
     """A ready Purifier for ``source`` (registry name, checkpoint, .onnx with its sidecar, TensorRT engine).
@@ -320,15 +321,18 @@ def load_purifier(
     first use. ``device``: ``cpu`` / ``cuda:N`` (None: the GPU when the backend can use one). ``tile``: tile
     side in pixels (or a TileConfig); ``overlap`` its context margin (default: ``DEFAULT_OVERLAP``).
     ``threads``: intra-op threads (ONNX Runtime, torch). ``fused``: the fused GPU path for uint8 images
-    (None: wherever it can run). ``options``: backend-specific options
-    (e.g. ``{"cuda_graph": True, "fixed_shape": (1, 224, 224)}``, ``{"channels_last": True}``).
+    (None: wherever it can run). ``options``: backend-specific options, typed (``OrtOptions(cuda_graph=True,
+    fixed_shape=(1, 224, 224))``, ``TorchOptions(channels_last=True)``, ``TensorRTOptions(...)`` from
+    ``nrp_deploy.runtime.backends.options``) or as a mapping of the same names
+    (``{"cuda_graph": True, "fixed_shape": (1, 224, 224)}``).
     ``allow_failed``: use an artifact whose fidelity check FAILed (refused otherwise, see ``identify``).
     """
     config = _tile_config(tile, overlap)
     model = identify(source, allow_failed=allow_failed)
-    backend_options = dict(options or {})
-    if threads is not None:
-        backend_options["threads"] = threads
+    if isinstance(options, BackendOptions):
+        backend_options: BackendOptions | Mapping[str, Any] = options.with_threads(threads)
+    else:
+        backend_options = {**(options or {}), **({} if threads is None else {"threads": threads})}
     opened = _open(backend, model, precision, device, backend_options)
     purifier = Purifier(opened, model, tile=config, max_batch=max_batch, max_pixels=max_pixels, fused=fused)
     log.info("purifier: %s", purifier.describe())
@@ -336,7 +340,11 @@ def load_purifier(
 
 
 def _open(
-    name: str, model: ModelSource, precision: str | None, device: str | None, options: Mapping[str, Any]
+    name: str,
+    model: ModelSource,
+    precision: str | None,
+    device: str | None,
+    options: BackendOptions | Mapping[str, Any],
 ) -> Backend:
     if name != "auto":
         if name not in BACKENDS:

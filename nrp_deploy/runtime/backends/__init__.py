@@ -4,11 +4,12 @@ Each backend lives in its own module that provides:
 
 - ``INSTALL_HINT``: what to install when it is missing;
 - ``unavailable_reason() -> str | None``: a cheap check (imports, devices) without loading any model;
-- ``open_backend(source: ModelSource, precision: str | None, device: str | None, options: Mapping)
-  -> Backend``: an inactive backend, or ``BackendUnavailableError`` saying why it cannot run this source
-  here. ``precision`` None means "not asked" (the artifact's own, fp32 for a checkpoint); ``device`` None
-  means the backend's best device here; ``options`` holds ``threads`` when the caller gave it, and any
-  backend-specific options (unknown ones are an ``InputError``).
+- ``open_backend(source: ModelSource, precision: str | None, device: str | None, options) -> Backend``:
+  an inactive backend (a ``BaseBackend``), or ``BackendUnavailableError`` saying why it cannot run this
+  source here. ``precision`` None means "not asked" (the artifact's own, fp32 for a checkpoint); ``device``
+  None means the backend's best device here; ``options`` are the backend's typed options
+  (``backends.options``: ``TensorRTOptions``, ``OrtOptions``, ``TorchOptions``, or the common
+  ``BackendOptions``), or a mapping of the same names (unknown ones are an ``InputError``).
 
 ``AUTO_ORDER`` is the preference of ``backend="auto"``: native TensorRT, then ONNX Runtime (which takes its
 CUDA provider when a GPU is usable, else the CPU), then eager torch. Importing a backend module imports
@@ -26,7 +27,8 @@ from nrp_deploy.artifacts.sources import ModelSource
 from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError
 from nrp_deploy.runtime.backends import ort, tensorrt, torch_eager
-from nrp_deploy.runtime.backends.base import Backend, DeviceBackend
+from nrp_deploy.runtime.backends.base import Backend, BackendNotActiveError, BaseBackend, DeviceBackend
+from nrp_deploy.runtime.backends.options import BackendOptions, OrtOptions, TensorRTOptions, TorchOptions
 
 _MODULES: dict[str, ModuleType] = {"tensorrt": tensorrt, "onnxruntime": ort, "torch": torch_eager}
 BACKENDS = tuple(_MODULES)
@@ -37,10 +39,16 @@ __all__ = [
     "BACKENDS",
     "PRECISIONS",
     "Backend",
+    "BackendNotActiveError",
+    "BackendOptions",
+    "BaseBackend",
     "DeviceBackend",
     "ModelSource",
+    "OrtOptions",
     "ShapeProfile",
+    "TensorRTOptions",
     "TensorSpec",
+    "TorchOptions",
     "available_backends",
     "backend_module",
     "open_backend",
@@ -66,7 +74,11 @@ def available_backends() -> dict[str, str | None]:
 
 
 def open_backend(
-    name: str, source: ModelSource, precision: str | None, device: str | None, options: Mapping[str, Any]
+    name: str,
+    source: ModelSource,
+    precision: str | None,
+    device: str | None,
+    options: BackendOptions | Mapping[str, Any] | None = None,
 ) -> Backend:
     """Open backend ``name`` (not ``auto``) for ``source``; raises BackendUnavailableError with the reason."""
     module = backend_module(name)

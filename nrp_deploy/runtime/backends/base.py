@@ -7,10 +7,17 @@ backend stays small and all backends share that one path.
 
 GPU backends also implement ``DeviceBackend.infer_device`` on device buffers, so that the fused CUDA
 pre/post-processing kernels can write the engine's input and read its output without a host round trip.
+
+``BaseBackend`` is what the backends here share (after Polygraphy's ``BaseRunner``): its public methods
+check the backend's state once, in one place, and call the subclass's ``activate_impl``,
+``deactivate_impl``, ``infer_impl`` and ``infer_device_impl``. Using a backend that is not active raises
+``BackendNotActiveError``: a mistake in the calling code, not bad input. ``Backend`` and
+``DeviceBackend`` stay protocols, so an engine wrapped elsewhere (the benchmark's OpenVINO) fits too.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -18,6 +25,7 @@ import numpy as np
 from nrp_deploy.artifacts import metadata, sources
 from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.deprecation import moved_names
+from nrp_deploy.errors import InputError
 from nrp_deploy.models.spec import ModelSpec
 
 #: ``PRECISIONS`` and ``ModelSource`` lived here; they are artifact facts now.
@@ -77,3 +85,72 @@ class DeviceBackend(Backend, Protocol):
     def infer_device(
         self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int
     ) -> None: ...
+
+
+class BackendNotActiveError(RuntimeError):
+    """A backend used before ``activate()`` or after ``deactivate()``: a programming error in the caller, not
+    bad input (hence not an ``InputError``, nor an ``NRPDeployError`` a user is expected to catch)."""
+
+
+class BaseBackend(ABC):
+    """The state every backend keeps, checked once here; subclasses implement the ``*_impl`` methods.
+
+    ``activate()`` twice, or ``deactivate()`` of an inactive backend, does nothing. ``infer`` and
+    ``infer_device`` raise ``BackendNotActiveError`` unless the backend is active. A backend without a device
+    path leaves ``infer_device_impl`` as it is (an ``InputError`` saying so).
+    """
+
+    name: str
+    device: str
+    precision: str
+    spec: ModelSpec | None
+    thread_safe: bool = True
+    #: The CUDA stream the backend enqueues on (0 when it has none).
+    stream: int = 0
+
+    def __init__(self) -> None:
+        self._active = False
+
+    @property
+    def is_active(self) -> bool:
+        return self._active
+
+    def check_active(self, why: str = "call activate() first") -> None:
+        if not self._active:
+            raise BackendNotActiveError(f"backend {self.name} is not active: {why}")
+
+    def activate(self) -> None:
+        if self._active:
+            return
+        self.activate_impl()
+        self._active = True
+
+    def deactivate(self) -> None:
+        if not self._active:
+            return
+        try:
+            self.deactivate_impl()
+        finally:
+            self._active = False
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """float32 NCHW host array in [0, 1] -> float32 NCHW host array (unclamped model output)."""
+        self.check_active()
+        return self.infer_impl(x)
+
+    def infer_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int) -> None:
+        """Run on device buffers (``DeviceBackend``); see ``infer_device_impl`` of each backend."""
+        self.check_active()
+        self.infer_device_impl(int(in_ptr), int(out_ptr), tuple(shape), int(stream))
+
+    @abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abstractmethod
+    def deactivate_impl(self) -> None: ...
+
+    @abstractmethod
+    def infer_impl(self, x: np.ndarray) -> np.ndarray: ...
+
+    def infer_device_impl(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
+        raise InputError(f"backend {self.name} runs on the host: infer_device needs a GPU backend")

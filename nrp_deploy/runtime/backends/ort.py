@@ -31,6 +31,8 @@ from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError
 from nrp_deploy.kernels import cuda_api, cuda_mem
 from nrp_deploy.models.spec import ModelSpec
+from nrp_deploy.runtime.backends.base import BaseBackend
+from nrp_deploy.runtime.backends.options import BackendOptions, OrtOptions
 from nrp_deploy.runtime.on_demand import onnx_for
 
 INSTALL_HINT = (
@@ -39,9 +41,6 @@ INSTALL_HINT = (
 )
 _CPU, _CUDA, _TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 _NUMPY_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
-OPTIONS = frozenset(
-    {"threads", "execution_provider", "cuda_graph", "fixed_shape", "stream", "provider_options"}
-)
 
 
 def _ort() -> Any:
@@ -67,16 +66,17 @@ def gpu_usable() -> bool:
 
 
 def open_backend(
-    source: ModelSource, precision: str | None, device: str | None, options: Mapping[str, Any]
+    source: ModelSource,
+    precision: str | None,
+    device: str | None,
+    options: BackendOptions | Mapping[str, Any] | None = None,
 ) -> OrtBackend:
     """An inactive ONNX Runtime backend for ``source`` (a checkpoint is exported to a cached ONNX first).
 
     ``precision=None`` means the artifact's own precision (fp32 for a checkpoint); ``device=None`` takes
     CUDA when it is usable here, else the CPU.
     """
-    unknown = set(options) - OPTIONS
-    if unknown:
-        raise InputError(f"unknown onnxruntime backend option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
+    options = OrtOptions.coerce(options)
     if source.kind == "engine":
         raise BackendUnavailableError(f"ONNX Runtime cannot run the TensorRT engine {source.path}")
     ort = _ort()
@@ -93,11 +93,11 @@ def open_backend(
     # INT8: ONNX Runtime's own static quantisation runs faster on CPUs; ModelOpt's Q/DQ suits the GPU.
     path = onnx_for(source, precision, int8_method="ort" if device == "cpu" else "modelopt")
     spec = source.spec or artifact_spec(path)
-    return OrtBackend(path, precision=precision, device=device, spec=spec, **options)
+    return OrtBackend(path, precision=precision, device=device, spec=spec, options=options)
 
 
-class OrtBackend:
-    """ONNX Runtime session for one ONNX file; see the module docstring for the options."""
+class OrtBackend(BaseBackend):
+    """ONNX Runtime session for one ONNX file; see the module docstring and ``OrtOptions``."""
 
     def __init__(
         self,
@@ -105,13 +105,12 @@ class OrtBackend:
         precision: str = "fp32",
         device: str = "cpu",
         spec: ModelSpec | None = None,
-        threads: int | None = None,
-        execution_provider: str | None = None,
-        cuda_graph: bool = False,
-        fixed_shape: tuple[int, int, int] | None = None,
-        stream: int | None = None,
-        provider_options: Mapping[str, Any] | None = None,
+        options: OrtOptions | None = None,
     ) -> None:
+        super().__init__()
+        options = options or OrtOptions()
+        threads, execution_provider = options.threads, options.execution_provider
+        cuda_graph, fixed_shape = options.cuda_graph, options.fixed_shape
         self.path = Path(onnx_path)
         self.precision = precision
         self.device = device
@@ -128,8 +127,8 @@ class OrtBackend:
             raise InputError("cuda_graph=True needs a cuda device and a fixed_shape (batch, height, width)")
         self.cuda_graph = cuda_graph
         self.fixed_shape = tuple(fixed_shape) if fixed_shape else None
-        self.stream = int(stream or 0)
-        self.extra_provider_options = dict(provider_options or {})
+        self.stream = int(options.stream or 0)
+        self.extra_provider_options = dict(options.provider_options or {})
         self.name = "onnxruntime-" + self.execution_provider
         # Session.run is thread-safe; a CUDA-graph session replays one set of buffers, so it is not.
         self.thread_safe = not cuda_graph
@@ -142,9 +141,7 @@ class OrtBackend:
 
     # -- Backend protocol ------------------------------------------------------------------------------
 
-    def activate(self) -> None:
-        if self._session is not None:
-            return
+    def activate_impl(self) -> None:
         ort = _ort()
         if not self.path.is_file():
             raise InputError(f"ONNX model {self.path} does not exist")
@@ -168,7 +165,7 @@ class OrtBackend:
         if self.on_gpu:
             self._check_provider_active()
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         self._session = None
         self._graph_buffers = None
 
@@ -186,8 +183,8 @@ class OrtBackend:
             return self._model_profile
         return ShapeProfile(self.fixed_shape, self.fixed_shape, self.fixed_shape)
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        session = self._active()._session
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        session = self._session
         x = np.ascontiguousarray(x, dtype=self.input_spec.dtype)
         if self.cuda_graph:
             with self._graph_lock:
@@ -210,40 +207,33 @@ class OrtBackend:
             ) from exc
         return y.astype(np.float32, copy=False)
 
-    def infer_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int) -> None:
+    def infer_device_impl(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
         """Run on device buffers (DeviceBackend). ONNX Runtime's Run waits for its compute stream before
         returning, so the output is complete for any later work; the caller's stream is synchronised
         first when it is not the stream this session computes on, so its pending writes are visible.
         In CUDA-graph mode the caller's buffers are copied into and out of the captured ones."""
-        session = self._active()._session
+        session = self._session
         if not self.on_gpu:
             raise InputError("infer_device needs the CUDA execution provider; this session runs on the CPU")
         if self.cuda_graph:
             with self._graph_lock:
-                self._infer_graph_device(int(in_ptr), int(out_ptr), tuple(shape), int(stream))
+                self._infer_graph_device(in_ptr, out_ptr, shape, stream)
             return
-        if int(stream) != self.stream:
-            cuda_mem.synchronize(int(stream))
+        if stream != self.stream:
+            cuda_mem.synchronize(stream)
         binding = session.io_binding()
         for bind, spec, ptr in (
             (binding.bind_input, self.input_spec, in_ptr),
             (binding.bind_output, self.output_spec, out_ptr),
         ):
-            bind(spec.name, "cuda", self.device_id, np.dtype(spec.dtype), list(shape), int(ptr))
+            bind(spec.name, "cuda", self.device_id, np.dtype(spec.dtype), list(shape), ptr)
         session.run_with_iobinding(binding)
 
     # -- internals -------------------------------------------------------------------------------------
 
-    def _active(self) -> OrtBackend:
-        if self._session is None:
-            raise InputError(f"backend {self.name} is not active: call activate() first")
-        return self
-
     def _specs(self) -> tuple[TensorSpec, TensorSpec]:
-        if self._input is None or self._output is None:
-            raise InputError(
-                f"backend {self.name} is not active: its tensor specs are known after activate()"
-            )
+        self.check_active("its tensor specs are known after activate()")
+        assert self._input is not None and self._output is not None  # set by every activation
         return self._input, self._output
 
     @staticmethod

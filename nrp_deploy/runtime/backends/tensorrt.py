@@ -42,30 +42,22 @@ import numpy as np
 
 from nrp_deploy.artifacts.metadata import check_verdict, read_metadata, sidecar_path
 from nrp_deploy.artifacts.sources import ModelSource
-from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec, make_profile, outside_profile
+from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec, outside_profile
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError, StaleArtifactError
 from nrp_deploy.kernels import cuda_api, cuda_mem
 from nrp_deploy.models.spec import ModelSpec
+from nrp_deploy.runtime.backends.base import BaseBackend
+from nrp_deploy.runtime.backends.options import BackendOptions, TensorRTOptions
 from nrp_deploy.runtime.on_demand import onnx_for
 from nrp_deploy.tensorrt.builder import engine_builder
 from nrp_deploy.tensorrt.cache import ensure_engine
-from nrp_deploy.tensorrt.engine import BuildOptions, EngineMetadata
+from nrp_deploy.tensorrt.engine import EngineMetadata
 from nrp_deploy.tensorrt.support import INSTALL_HINT, current_environment, import_tensorrt, tensorrt_logger
 
 __all__ = ["INSTALL_HINT", "TensorRTBackend", "open_backend", "unavailable_reason"]
 
 log = logging.getLogger(__name__)
 
-#: Options this backend takes (``load_purifier(..., options=...)``). ``fixed_shape`` (batch, height,
-#: width) builds a single-shape profile; ``threads`` is accepted and has no effect (TensorRT runs on the GPU).
-OPTIONS = frozenset(
-    {"engine", "cache_dir", "profile", "fixed_shape", "optimization_level", "workspace_mib", "cuda_graph"}
-    | {"threads", "verbose"}
-)
-#: Options of other backends: given to ``backend="auto"`` they make it skip TensorRT rather than fail.
-_OTHER_BACKENDS_OPTIONS = frozenset(
-    {"execution_provider", "provider_options", "stream", "channels_last", "compile"}
-)
 #: Input shapes whose host-path buffers are kept per engine (least recently used ones are freed); twice
 #: as many bindings (execution context + graph) are kept, for the host path's and device callers' buffers.
 MAX_SHAPES = 4
@@ -96,46 +88,20 @@ def _device_ordinal(device: str | None) -> int:
     return int(index or 0)
 
 
-def _build_options(options: Mapping[str, Any]) -> BuildOptions | None:
-    """BuildOptions from the backend options, or None when none was given (an engine keeps its own)."""
-    keys = {"profile", "fixed_shape", "optimization_level", "workspace_mib"}
-    if not keys & set(options):
-        return None
-    if "profile" in options and "fixed_shape" in options:
-        raise InputError("give either a profile or a fixed_shape, not both")
-    profile = options.get("profile")
-    if isinstance(profile, Mapping):
-        profile = make_profile(profile.get("min"), profile.get("opt"), profile.get("max"))
-    elif isinstance(profile, ShapeProfile):
-        profile = make_profile(profile.min, profile.opt, profile.max)
-    elif profile is None and "fixed_shape" in options:
-        shape = tuple(options["fixed_shape"])
-        profile = make_profile(shape, shape, shape)
-    elif profile is not None:
-        raise InputError(f"profile must be a ShapeProfile or a mapping with min/opt/max, not {profile!r}")
-    defaults = BuildOptions()
-    return BuildOptions(
-        profile=profile or defaults.profile,
-        optimization_level=int(options.get("optimization_level", defaults.optimization_level)),
-        workspace_mib=int(options.get("workspace_mib", defaults.workspace_mib)),
-    )
-
-
 def open_backend(
-    source: ModelSource, precision: str | None, device: str | None, options: Mapping[str, Any]
+    source: ModelSource,
+    precision: str | None,
+    device: str | None,
+    options: BackendOptions | Mapping[str, Any] | None = None,
 ) -> TensorRTBackend:
-    """An inactive backend over the engine for ``source``, built or rebuilt first when needed."""
-    foreign = set(options) & _OTHER_BACKENDS_OPTIONS
-    if foreign:
-        raise BackendUnavailableError(f"option(s) {sorted(foreign)} belong to another backend, not tensorrt")
-    unknown = set(options) - OPTIONS
-    if unknown:
-        raise InputError(f"unknown tensorrt backend option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
+    """An inactive backend over the engine for ``source``, built or rebuilt first when needed (see
+    ``TensorRTOptions``)."""
+    options = TensorRTOptions.coerce(options)
     ordinal = _device_ordinal(device)
     env = current_environment(ordinal)
-    build = engine_builder(device=ordinal, verbose=bool(options.get("verbose", False)))
-    build_options = _build_options(options)
-    cache = Path(options["cache_dir"]) if options.get("cache_dir") else None
+    build = engine_builder(device=ordinal, verbose=options.verbose)
+    build_options = options.build_options()
+    cache = Path(options.cache_dir) if options.cache_dir else None
     if source.kind == "engine":
         choice = ensure_engine(
             env=env,
@@ -150,7 +116,7 @@ def open_backend(
             env=env,
             build=build,
             onnx=onnx,
-            engine=options.get("engine"),
+            engine=options.engine,
             options=build_options,
             directory=cache,
         )
@@ -170,7 +136,7 @@ def open_backend(
         choice.path,
         choice.metadata,
         device=f"cuda:{ordinal}",
-        cuda_graph=bool(options.get("cuda_graph", True)),
+        cuda_graph=options.cuda_graph,
         spec=spec,
     )
 
@@ -211,7 +177,7 @@ class _HostSlot:
             buffer.close()
 
 
-class TensorRTBackend:
+class TensorRTBackend(BaseBackend):
     """One deserialised engine, an execution context per binding, one stream; see the module docstring."""
 
     name = "tensorrt"
@@ -227,6 +193,7 @@ class TensorRTBackend:
         spec: ModelSpec | None = None,
         max_shapes: int = MAX_SHAPES,
     ) -> None:
+        super().__init__()
         self.path = Path(engine_path)
         self.metadata = metadata
         self.device = device
@@ -260,21 +227,19 @@ class TensorRTBackend:
     def profile(self) -> ShapeProfile:
         return self._profile
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         with self._lock:
-            if self._engine is not None:
-                return
             try:
                 self._load()
             except BaseException:
                 self._release()
                 raise
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         with self._lock:
             self._release()
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
         """float32 NCHW host batch -> float32 NCHW output, through pinned buffers and the engine's stream."""
         with self._lock:
             shape = self._checked_shape(x.shape)
@@ -286,20 +251,20 @@ class TensorRTBackend:
             self._stream.synchronize()
             return slot.host_out.array.astype(np.float32)
 
-    def infer_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int) -> None:
+    def infer_device_impl(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
         """Run on device buffers (DeviceBackend): ordered after ``stream``'s pending work, and before its
         later work, through events; nothing waits on the host. Both pointers must be 256-byte aligned."""
         for role, ptr in (("input", in_ptr), ("output", out_ptr)):
-            if int(ptr) % ADDRESS_ALIGNMENT:
+            if ptr % ADDRESS_ALIGNMENT:
                 raise InputError(
-                    f"the {role} device pointer {int(ptr):#x} is not {ADDRESS_ALIGNMENT}-byte aligned, "
+                    f"the {role} device pointer {ptr:#x} is not {ADDRESS_ALIGNMENT}-byte aligned, "
                     "as TensorRT requires of I/O buffers (allocations are; offsets into them may not be)"
                 )
         with self._lock:
             checked = self._checked_shape(shape)
-            self._stream.wait_for(int(stream))
-            self._enqueue(checked, int(in_ptr), int(out_ptr))
-            self._stream.signal(int(stream))
+            self._stream.wait_for(stream)
+            self._enqueue(checked, in_ptr, out_ptr)
+            self._stream.signal(stream)
 
     # -- loading ---------------------------------------------------------------------------------------
 
@@ -367,9 +332,7 @@ class TensorRTBackend:
     # -- running ---------------------------------------------------------------------------------------
 
     def _checked_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-        """The NCHW shape, if the engine is active and the shape is within its profile; else InputError."""
-        if self._engine is None:
-            raise InputError(f"backend {self.name} is not active: call activate() first")
+        """The NCHW shape, if it is within the engine's profile; else InputError."""
         if len(shape) != 4 or shape[1] != CHANNELS:
             raise InputError(f"the engine takes (N, {CHANNELS}, H, W) batches, got shape {tuple(shape)}")
         n, _, h, w = (int(d) for d in shape)

@@ -27,11 +27,12 @@ import numpy as np
 from nrp_deploy.artifacts.sources import ModelSource
 from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError
+from nrp_deploy.runtime.backends.base import BaseBackend
+from nrp_deploy.runtime.backends.options import BackendOptions, TorchOptions
 
 INSTALL_HINT = (
     "pip install torch (the CPU or CUDA build for your machine), then pip install 'nrp-deploy[torch]'"
 )
-OPTIONS = frozenset({"threads", "channels_last", "compile"})
 _DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 
@@ -53,12 +54,13 @@ def unavailable_reason() -> str | None:
 
 
 def open_backend(
-    source: ModelSource, precision: str | None, device: str | None, options: Mapping[str, Any]
+    source: ModelSource,
+    precision: str | None,
+    device: str | None,
+    options: BackendOptions | Mapping[str, Any] | None = None,
 ) -> TorchBackend:
     """An inactive torch backend for a checkpoint source; ``device=None`` takes CUDA when torch sees one."""
-    unknown = set(options) - OPTIONS
-    if unknown:
-        raise InputError(f"unknown torch backend option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
+    options = TorchOptions.coerce(options)
     if source.kind != "checkpoint":
         raise BackendUnavailableError(
             f"the torch backend runs checkpoints (.pth / .safetensors), not the {source.kind} {source.path}"
@@ -79,7 +81,7 @@ def open_backend(
         device = str(torch.device(device)) if ":" in device else f"cuda:{torch.cuda.current_device()}"
     elif device != "cpu":
         raise InputError(f"the torch backend runs on 'cpu' or 'cuda[:N]', not {device!r}")
-    return TorchBackend(source, precision=precision, device=device, **options)
+    return TorchBackend(source, precision=precision, device=device, options=options)
 
 
 class _CudaArray:
@@ -99,7 +101,7 @@ class _CudaArray:
         }
 
 
-class TorchBackend:
+class TorchBackend(BaseBackend):
     """An eval-mode torch module for one checkpoint; see the module docstring."""
 
     def __init__(
@@ -107,19 +109,19 @@ class TorchBackend:
         source: ModelSource,
         precision: str = "fp32",
         device: str = "cpu",
-        threads: int | None = None,
-        channels_last: bool = False,
-        compile: bool = False,
+        options: TorchOptions | None = None,
     ) -> None:
+        super().__init__()
+        options = options or TorchOptions()
         self.source = source
         self.spec = source.spec
         self.precision = precision
         self.device = device
-        self.threads = threads
-        self.channels_last = channels_last
-        self.compile = compile
+        self.threads = options.threads
+        self.channels_last = options.channels_last
+        self.compile = options.compile
         self.name = f"torch-{device.partition(':')[0]}"
-        self.thread_safe = not compile
+        self.thread_safe = not options.compile
         dtype = _DTYPES[precision]
         self._specs = (
             TensorSpec("input", dtype, (-1, 3, -1, -1)),
@@ -142,9 +144,7 @@ class TorchBackend:
     def profile(self) -> ShapeProfile | None:
         return None
 
-    def activate(self) -> None:
-        if self._module is not None:
-            return
+    def activate_impl(self) -> None:
         torch = _torch()
         from nrp_deploy.models import load_model
 
@@ -162,34 +162,30 @@ class TorchBackend:
             self._stream = torch.cuda.Stream(device=self.device)
             self.stream = int(self._stream.cuda_stream)
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         if self._stream is not None:
             self._stream.synchronize()
             self._stream, self.stream = None, 0
         self._module = None
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        if self._module is None:
-            raise InputError(f"backend {self.name} is not active: call activate() first")
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
         if self.thread_safe:
             return self._forward(x)
         with self._lock:
             return self._forward(x)
 
-    def infer_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int) -> None:
+    def infer_device_impl(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
         """Run on device buffers (DeviceBackend): the module on this backend's stream, after everything
         enqueued so far on ``stream``, and ``stream``'s later work after it; nothing waits on the host."""
-        if self._module is None:
-            raise InputError(f"backend {self.name} is not active: call activate() first")
         if self._stream is None:
             raise InputError(f"infer_device needs a CUDA device; this torch backend runs on {self.device}")
         if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
             raise InputError(f"infer_device takes an (N, 3, H, W) shape, got {tuple(shape)}")
         if self.thread_safe:
-            self._forward_device(int(in_ptr), int(out_ptr), tuple(shape), int(stream))
+            self._forward_device(in_ptr, out_ptr, shape, stream)
             return
         with self._lock:
-            self._forward_device(int(in_ptr), int(out_ptr), tuple(shape), int(stream))
+            self._forward_device(in_ptr, out_ptr, shape, stream)
 
     def _forward_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
         torch = _torch()
