@@ -134,37 +134,47 @@ def _run_export(args: argparse.Namespace) -> int:
     def given(**options: object) -> dict[str, object]:  # options left out keep the API's defaults
         return {k: v for k, v in options.items() if v is not None}
 
-    common = given(opset=args.opset, min_psnr_db=args.min_psnr, overwrite=args.overwrite)
+    common = given(opset=args.opset, min_psnr_db=args.min_psnr)
     if args.export == "onnx":
         from nrp_deploy.export.onnx import export_onnx
 
-        result = export_onnx(args.model, args.output, simplify=not args.no_simplify, **common)
-    else:
-        common |= given(
-            calibration=args.calibration,
-            validation=args.validation,
-            crop_size=args.crop_size,
-            count=args.count,
-            holdout_size=args.holdout_size,
-            holdout_count=args.holdout_count,
-            seed=args.seed,
-            progress=not args.no_progress,
+        result = export_onnx(
+            args.model, args.output, simplify=not args.no_simplify, overwrite=args.overwrite, **common
         )
+    else:
+        from nrp_deploy.export.calibration import CalibrationOptions
+
+        calibration = CalibrationOptions(
+            **given(
+                images=args.calibration,
+                validation=args.validation,
+                crop_size=args.crop_size,
+                count=args.count,
+                holdout_size=args.holdout_size,
+                holdout_count=args.holdout_count,
+                seed=args.seed,
+            )
+        )
+        run = {"overwrite": args.overwrite, "progress": not args.no_progress}
         if args.export == "fp16":
-            from nrp_deploy.export.fp16 import export_fp16
+            from nrp_deploy.export.fp16 import Fp16Options, export_fp16
 
-            options = given(keep_io_types=not args.fp16_io, data_max=args.data_max)
-            result = export_fp16(args.model, args.output, **common, **options)
+            options = Fp16Options(
+                calibration, **given(keep_io_types=not args.fp16_io, data_max=args.data_max), **common
+            )
+            result = export_fp16(args.model, args.output, options=options, **run)
         else:
-            from nrp_deploy.export.int8 import export_int8
+            from nrp_deploy.export.int8 import Int8Options, export_int8
 
-            options = given(
+            int8 = given(
                 method=args.method,
                 calibration_method=args.calibration_method,
                 high_precision=args.high_precision,
                 target_cpu=args.target_cpu,
             )
-            result = export_int8(args.model, args.output, **common, **options)
+            result = export_int8(
+                args.model, args.output, options=Int8Options(calibration=calibration, **int8, **common), **run
+            )
     print(f"wrote {result.path} and {result.metadata_path}", file=sys.stderr)
     print(result.verdict.line)
     return 0 if result.verdict.passed else 1

@@ -14,15 +14,17 @@ purifier takes them. Torch-free: numpy and Pillow only.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from nrp_deploy.assets import examples_dir
 from nrp_deploy.errors import ExportError
 from nrp_deploy.images import collect_images, read_image
+
+Options = TypeVar("Options")
 
 DEFAULT_FOLDER = examples_dir()
 DEFAULT_CROP_SIZE = 224
@@ -160,3 +162,48 @@ def calibration_and_holdout(
     calib = random_crops(calib_pictures, crop_size, count, seed)
     held = random_crops(held_pictures, holdout_size or crop_size, holdout_count, seed + 1)
     return calib, held
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """The images FP16 and INT8 conversion calibrate on and are judged on.
+
+    ``images``: folder, ``.npz`` or NCHW array (default: the example photos); ``count`` seeded random
+    ``crop_size`` crops are taken from it, and every 4th picture is held out for the fidelity check
+    (``holdout_count`` crops of ``holdout_size``, default ``crop_size``) unless ``validation`` is given.
+    """
+
+    images: PictureSource | None = None
+    validation: PictureSource | None = None
+    crop_size: int = DEFAULT_CROP_SIZE
+    count: int = DEFAULT_COUNT
+    holdout_size: int | None = None
+    holdout_count: int = DEFAULT_HOLDOUT_COUNT
+    seed: int = 0
+
+    def crops(self) -> tuple[CropSet, CropSet]:
+        """The calibration crops and the held-out crops."""
+        return calibration_and_holdout(
+            self.images,
+            self.validation,
+            self.crop_size,
+            self.count,
+            self.holdout_size,
+            self.holdout_count,
+            self.seed,
+        )
+
+
+def options_from_keywords(
+    options_type: type[Options], options: Options | None, calibration: PictureSource | None, keywords: dict
+) -> Options:
+    """An export's options as given, or made from their names as keywords (``calibration=..., crop_size=...,
+    keep_io_types=...``): the calibration names go to ``CalibrationOptions``, the rest to ``options_type``
+    (an unknown name is a ``TypeError``, as for any call). Both forms at once are refused."""
+    if options is not None:
+        if calibration is not None or keywords:
+            raise ExportError("give the export options, or their names as keywords, not both")
+        return options
+    names = {f.name for f in fields(CalibrationOptions)} - {"images"}
+    images = CalibrationOptions(calibration, **{k: keywords.pop(k) for k in list(keywords) if k in names})
+    return options_type(calibration=images, **keywords)

@@ -25,20 +25,16 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
 from nrp_deploy.artifacts.metadata import DEFAULT_MIN_PSNR_DB, DEFAULT_OPSET
 from nrp_deploy.errors import ExportError
-from nrp_deploy.export.calibration import (
-    DEFAULT_COUNT,
-    DEFAULT_CROP_SIZE,
-    DEFAULT_HOLDOUT_COUNT,
-    PictureSource,
-    calibration_and_holdout,
-)
+from nrp_deploy.export.calibration import CalibrationOptions, PictureSource, options_from_keywords
 from nrp_deploy.export.fidelity import measure_fidelity
 from nrp_deploy.export.onnx import opset_of
 from nrp_deploy.export.output import ExportResult, ModelLike, check_output, write_artifact
@@ -94,39 +90,43 @@ def quiet_modelopt() -> Iterator[None]:
             lg.setLevel(level)
 
 
+@dataclass(frozen=True)
+class Fp16Options:
+    """How ``export_fp16`` converts: the ``calibration`` images (and held-out ones), ``keep_io_types``
+    (float32 input/output with casts inside the graph; False makes them float16), ``data_max`` (nodes whose
+    activations exceed it stay FP32), ``init_max`` (AutoCast's limit for initializers), the verdict's
+    ``min_psnr_db`` and the ``opset`` of the FP32 export."""
+
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    keep_io_types: bool = True
+    data_max: float = DEFAULT_DATA_MAX
+    init_max: float = DEFAULT_INIT_MAX
+    min_psnr_db: float = DEFAULT_MIN_PSNR_DB["fp16"]
+    opset: int = DEFAULT_OPSET
+
+
 def export_fp16(
     source: ModelLike,
     output: str | os.PathLike[str],
     calibration: PictureSource | None = None,
     *,
-    validation: PictureSource | None = None,
-    keep_io_types: bool = True,
-    crop_size: int = DEFAULT_CROP_SIZE,
-    count: int = DEFAULT_COUNT,
-    holdout_size: int | None = None,
-    holdout_count: int = DEFAULT_HOLDOUT_COUNT,
-    seed: int = 0,
-    data_max: float = DEFAULT_DATA_MAX,
-    init_max: float = DEFAULT_INIT_MAX,
-    min_psnr_db: float = DEFAULT_MIN_PSNR_DB["fp16"],
-    opset: int = DEFAULT_OPSET,
+    options: Fp16Options | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **keywords: Any,
 ) -> ExportResult:
     """Write a calibrated mixed-precision FP16 ONNX of ``source`` to ``output`` (+ its metadata sidecar).
 
     ``source``: registry name, checkpoint, ``LoadedModel`` or an FP32 ONNX artifact from ``export_onnx``.
-    ``calibration``: folder of images, ``.npz`` or NCHW array (default: the example photos); ``count``
-    seeded random ``crop_size`` crops are taken from it, and every 4th picture is held out for the fidelity
-    check (``holdout_count`` crops of ``holdout_size``, default ``crop_size``) unless ``validation`` is
-    given. ``keep_io_types``: float32 input/output (casts inside the graph); False makes them float16.
+    ``options``: an ``Fp16Options``; or its field names (and ``CalibrationOptions``', with ``calibration``
+    for the images) as keywords, e.g. ``export_fp16(model, out, "photos/", crop_size=512)``.
     """
+    options = options_from_keywords(Fp16Options, options, calibration, keywords)
+    data_max, init_max, keep_io_types = options.data_max, options.init_max, options.keep_io_types
     out = check_output(output, overwrite)
-    calib, held = calibration_and_holdout(
-        calibration, validation, crop_size, count, holdout_size, holdout_count, seed
-    )
+    calib, held = options.calibration.crops()
     with tempfile.TemporaryDirectory(prefix="nrp-fp16-") as tmp:
-        base = fp32_source(source, Path(tmp), opset)
+        base = fp32_source(source, Path(tmp), options.opset)
         fp32_model = onnx.load(base.onnx_path)
         crops = (calib.batch[i : i + 1] for i in range(len(calib.batch)))
         absmax = collect_absmax(fp32_model, crops, progress=progress, total=len(calib.batch))
@@ -179,7 +179,7 @@ def export_fp16(
             loaded=base.loaded,
             fidelity=fidelity,
             fidelity_images={"description": held.describe(), **held.summary()},
-            min_psnr_db=min_psnr_db,
+            min_psnr_db=options.min_psnr_db,
             calibration=calibration_summary,
             derived_from=base.derived_from,
         )

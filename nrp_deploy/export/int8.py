@@ -35,6 +35,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,7 @@ from nrp_deploy import cpu_features
 from nrp_deploy.artifacts.metadata import DEFAULT_MIN_PSNR_DB, DEFAULT_OPSET
 from nrp_deploy.cpu_features import resolve_int8_target
 from nrp_deploy.errors import ExportError, InputError
-from nrp_deploy.export.calibration import (
-    DEFAULT_COUNT,
-    DEFAULT_CROP_SIZE,
-    DEFAULT_HOLDOUT_COUNT,
-    CropSet,
-    PictureSource,
-    calibration_and_holdout,
-)
+from nrp_deploy.export.calibration import CalibrationOptions, CropSet, PictureSource, options_from_keywords
 from nrp_deploy.export.fidelity import measure_fidelity
 from nrp_deploy.export.onnx import opset_of
 from nrp_deploy.export.ort_quant import ORT_CALIBRATION_METHODS, quantize_ort_qdq
@@ -103,34 +97,45 @@ def _ort_target_summary(cpu_target: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Int8Options:
+    """How ``export_int8`` quantises: ``method`` (``modelopt`` for TensorRT, ``ort`` for ONNX Runtime on
+    CPUs; see the module docstring), the ``calibration`` images (and held-out ones), ``calibration_method``
+    (modelopt ``entropy`` (default) / ``max``; ort ``minmax`` (default) / ``entropy`` / ``percentile``),
+    ``high_precision`` (``fp16`` or ``fp32`` for what ModelOpt leaves unquantised), ``target_cpu`` (ort:
+    ``auto``, ``vnni`` or ``any``), the verdict's ``min_psnr_db`` and the ``opset`` of the FP32 export."""
+
+    method: str = "modelopt"
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    calibration_method: str | None = None
+    high_precision: str = "fp16"
+    target_cpu: str = "any"
+    min_psnr_db: float = DEFAULT_MIN_PSNR_DB["int8"]
+    opset: int = DEFAULT_OPSET
+
+
 def export_int8(
     source: ModelLike,
     output: str | os.PathLike[str],
-    method: str = "modelopt",
+    method: str | None = None,
     calibration: PictureSource | None = None,
     *,
-    validation: PictureSource | None = None,
-    calibration_method: str | None = None,
-    high_precision: str = "fp16",
-    target_cpu: str = "any",
-    crop_size: int = DEFAULT_CROP_SIZE,
-    count: int = DEFAULT_COUNT,
-    holdout_size: int | None = None,
-    holdout_count: int = DEFAULT_HOLDOUT_COUNT,
-    seed: int = 0,
-    min_psnr_db: float = DEFAULT_MIN_PSNR_DB["int8"],
-    opset: int = DEFAULT_OPSET,
+    options: Int8Options | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **keywords: Any,
 ) -> ExportResult:
     """Write an INT8 Q/DQ ONNX of ``source`` to ``output`` (+ its metadata sidecar).
 
-    ``method``: ``"modelopt"`` (for TensorRT) or ``"ort"`` (for ONNX Runtime on CPUs); see the module
-    docstring. ``calibration_method``: modelopt ``entropy`` (default) / ``max``; ort ``minmax`` (default) /
-    ``entropy`` / ``percentile``. ``high_precision``: ``fp16`` or ``fp32`` for what ModelOpt leaves
-    unquantised. ``target_cpu`` (ort only): ``auto``, ``vnni`` or ``any``, see the module docstring.
-    Sources, calibration and held-out images as for ``export_fp16``.
+    ``options``: an ``Int8Options``; or its field names (and ``CalibrationOptions``', with ``calibration``
+    for the images) as keywords, e.g. ``export_int8(model, out, "ort", crop_size=128)``. Sources as for
+    ``export_fp16``.
     """
+    if method is not None:
+        keywords["method"] = method
+    options = options_from_keywords(Int8Options, options, calibration, keywords)
+    method, target_cpu, high_precision = options.method, options.target_cpu, options.high_precision
+    calibration_method = options.calibration_method
     if method not in METHODS:
         raise ExportError(f"INT8 method must be one of {', '.join(METHODS)}, not {method!r}")
     try:
@@ -146,11 +151,9 @@ def export_int8(
     if high_precision not in ("fp16", "fp32"):
         raise ExportError(f"high_precision must be fp16 or fp32, not {high_precision!r}")
     out = check_output(output, overwrite)
-    calib, held = calibration_and_holdout(
-        calibration, validation, crop_size, count, holdout_size, holdout_count, seed
-    )
+    calib, held = options.calibration.crops()
     with tempfile.TemporaryDirectory(prefix="nrp-int8-") as tmp:
-        base = fp32_source(source, Path(tmp), opset)
+        base = fp32_source(source, Path(tmp), options.opset)
         # Both quantisers write scratch files beside their input: keep them out of the user's folder.
         fp32 = Path(tmp) / "fp32.onnx"
         if base.onnx_path != fp32:
@@ -201,7 +204,7 @@ def export_int8(
         loaded=base.loaded,
         fidelity=fidelity,
         fidelity_images={"description": held.describe(), **held.summary()},
-        min_psnr_db=min_psnr_db,
+        min_psnr_db=options.min_psnr_db,
         calibration=calibration_summary,
         derived_from=base.derived_from,
     )

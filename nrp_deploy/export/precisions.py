@@ -11,8 +11,8 @@ import os
 
 from nrp_deploy.artifacts.metadata import DEFAULT_OPSET, PRECISIONS
 from nrp_deploy.errors import ExportError
-from nrp_deploy.export.fp16 import export_fp16
-from nrp_deploy.export.int8 import export_int8
+from nrp_deploy.export.fp16 import Fp16Options, export_fp16
+from nrp_deploy.export.int8 import Int8Options, export_int8
 from nrp_deploy.export.onnx import export_onnx
 from nrp_deploy.export.output import ExportResult, ModelLike
 
@@ -30,7 +30,8 @@ def export_at_precision(
     if precision == "fp32":
         return export_onnx(source, output, opset=opset, overwrite=overwrite)
     if precision == "fp16":
-        return export_fp16(source, output, opset=opset, overwrite=overwrite)
+        return export_fp16(source, output, options=Fp16Options(opset=opset), overwrite=overwrite)
     if precision == "int8":
-        return export_int8(source, output, method=int8_method, opset=opset, overwrite=overwrite)
+        options = Int8Options(method=int8_method, opset=opset)
+        return export_int8(source, output, options=options, overwrite=overwrite)
     raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
