@@ -31,7 +31,7 @@ from nrp_deploy.bench.machine import machine_info
 from nrp_deploy.bench.stats import summarise
 from nrp_deploy.runtime import load_purifier
 from nrp_deploy.serving import PurifierClient
-from nrp_deploy.serving.server import free_ports
+from nrp_deploy.serving.triton_server import free_ports
 
 TARGETS = ("in-process", "http", "grpc")
 

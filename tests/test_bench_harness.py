@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from nrp_deploy.bench import harness, report
-from nrp_deploy.bench.runner import BASELINE, Runner
+from nrp_deploy.bench.catalogue import BASELINE
+from nrp_deploy.bench.runner import Runner
 from nrp_deploy.cli import main
 from nrp_deploy.cpu_features import host_isa
 from nrp_deploy.errors import InputError

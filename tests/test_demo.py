@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from nrp_deploy.cli import main
-from nrp_deploy.demo import EXAMPLES_DIR, run_demo
 from nrp_deploy.errors import InputError
+from nrp_deploy.evaluation.demo import EXAMPLES_DIR, run_demo
 from nrp_deploy.images import write_png
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.training import save_weights

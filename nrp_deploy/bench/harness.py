@@ -22,6 +22,7 @@ import numpy as np
 from nrp_deploy.artifacts.metadata import psnr
 from nrp_deploy.assets import examples_dir
 from nrp_deploy.bench import stats as bench_stats
+from nrp_deploy.bench.catalogue import BASELINE, CATALOGUE, default_backends, is_eager
 from nrp_deploy.bench.machine import (
     HostMemory,
     Peak,
@@ -29,14 +30,7 @@ from nrp_deploy.bench.machine import (
     gpu_peak,
     machine_info,
 )
-from nrp_deploy.bench.runner import (
-    BASELINE,
-    CATALOGUE,
-    BenchModel,
-    Runner,
-    TargetContext,
-    default_backends,
-)
+from nrp_deploy.bench.runner import BenchModel, Runner, TargetContext
 from nrp_deploy.bench.targets import build_runner
 from nrp_deploy.errors import BackendUnavailableError, InputError, NRPDeployError
 
@@ -237,7 +231,7 @@ def _case_results(
     baseline = slots.get(BASELINE)
     base_ok = baseline is not None and baseline.error is None and baseline.rounds
     timed = {name: slot for name, slot in slots.items() if slot.error is None and slot.rounds}
-    torch_variants = [name for name in timed if name.startswith("torch-")]
+    torch_variants = [name for name in timed if is_eager(name)]
     # the strongest torch configuration here (FP16, channels_last, compile): what a deployment must beat
     best_torch = min(torch_variants, key=lambda n: np.median(timed[n].rounds), default=None)
     results = []
@@ -260,7 +254,7 @@ def _case_results(
                     "best_torch": best_torch,
                     **bench_stats.paired_speedup(timed[best_torch].rounds, slot.rounds).to_dict(),
                 }
-                if best_torch and not name.startswith("torch-")
+                if best_torch and not is_eager(name)
                 else None
             ),
             fidelity=_fidelity(baseline.output if base_ok else None, slot.output, scenario),

@@ -1,4 +1,5 @@
-"""What every benchmark backend shares: the catalogue of backends, the model under test, the ``Runner``.
+"""What every benchmark backend shares: the model under test and the ``Runner`` (the backends themselves are
+listed in ``catalogue``).
 
 A runner offers two timed paths: ``infer`` (model only: the input already where and how the engine wants
 it, the output left there) and ``purify`` (end to end: uint8 NHWC host images in, uint8 NHWC host images
@@ -15,50 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-# name -> (precision, devices it runs on, what it is)
-CATALOGUE: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "torch-fp32": ("fp32", ("cpu", "cuda"), "eager PyTorch FP32, NCHW: the published baseline"),
-    "torch-fp32-cl": ("fp32", ("cpu", "cuda"), "eager PyTorch FP32, channels_last"),
-    "torch-fp16-cl": ("fp16", ("cuda",), "eager PyTorch FP16, channels_last"),
-    "torch-compile-fp32": ("fp32", ("cpu", "cuda"), "torch.compile (inductor) FP32"),
-    "torch-compile-fp16-cl": ("fp16", ("cuda",), "torch.compile (inductor) FP16, channels_last"),
-    "torch-compile-graphs-fp16-cl": (
-        "fp16",
-        ("cuda",),
-        "torch.compile (inductor, mode reduce-overhead: CUDA graphs) FP16, channels_last",
-    ),
-    "fused-torch-fp32": (
-        "fp32",
-        ("cuda",),
-        "the runtime's torch backend on CUDA, FP32, fused uint8/noise kernels",
-    ),
-    "fused-torch-fp16-cl": (
-        "fp16",
-        ("cuda",),
-        "the runtime's torch backend on CUDA, FP16 channels_last, fused uint8/noise kernels",
-    ),
-    "onnxruntime-cpu-fp32": ("fp32", ("cpu",), "ONNX Runtime, CPU execution provider, FP32 ONNX"),
-    "onnxruntime-cpu-int8": ("int8", ("cpu",), "ONNX Runtime, CPU execution provider, INT8 Q/DQ ONNX"),
-    "openvino-cpu-fp32": (
-        "fp32",
-        ("cpu",),
-        "OpenVINO CPU plugin, FP32 ONNX (optional: pip install openvino)",
-    ),
-    "openvino-cpu-bf16": ("bf16", ("cpu",), "OpenVINO CPU plugin, FP32 ONNX run in BF16 (AVX512-BF16/AMX)"),
-    "openvino-cpu-int8": (
-        "int8",
-        ("cpu",),
-        "OpenVINO CPU plugin, the INT8 Q/DQ ONNX of onnxruntime-cpu-int8",
-    ),
-    "onnxruntime-cuda-fp32": ("fp32", ("cuda",), "ONNX Runtime, CUDA execution provider, FP32 ONNX"),
-    "onnxruntime-cuda-fp16": ("fp16", ("cuda",), "ONNX Runtime, CUDA execution provider, FP16 ONNX"),
-    "onnxruntime-trtep-fp16": ("fp16", ("cuda",), "ONNX Runtime, TensorRT execution provider, FP16 ONNX"),
-    "tensorrt-fp32": ("fp32", ("cuda",), "native TensorRT engine, FP32"),
-    "tensorrt-fp16": ("fp16", ("cuda",), "native TensorRT engine, FP16 (mixed-precision ONNX)"),
-    "tensorrt-int8": ("int8", ("cuda",), "native TensorRT engine, INT8 Q/DQ"),
-}
-BASELINE = "torch-fp32"
 
 
 @dataclass(frozen=True)
@@ -126,8 +83,3 @@ class Runner:
 
 
 Factory = Callable[[BenchModel, TargetContext], Runner]
-
-
-def default_backends(device: str) -> list[str]:
-    """Every catalogued backend that runs on ``device``, the baseline first."""
-    return [name for name, (_, devices, _) in CATALOGUE.items() if device in devices]

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from nrp_deploy.artifacts.metadata import read_metadata
-from nrp_deploy.bench.runner import CATALOGUE, BenchModel, Runner, TargetContext
+from nrp_deploy.bench.catalogue import CATALOGUE, BenchBackend, Family
+from nrp_deploy.bench.runner import BenchModel, Runner, TargetContext
 from nrp_deploy.errors import BackendUnavailableError
 
 
@@ -21,41 +22,27 @@ def build_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
     """Prepare backend ``name`` for ``model``; ``BackendUnavailableError`` says why it cannot run here."""
     if name not in CATALOGUE:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(CATALOGUE)}")
-    _, devices, _ = CATALOGUE[name]
-    if ctx.device not in devices:
-        raise BackendUnavailableError(f"{name} runs on {' or '.join(devices)}, not on {ctx.device}")
-    if name.startswith("torch-"):
+    entry = CATALOGUE[name]
+    if ctx.device not in entry.devices:
+        raise BackendUnavailableError(f"{name} runs on {' or '.join(entry.devices)}, not on {ctx.device}")
+    if entry.family is Family.EAGER:
         try:
             from nrp_deploy.bench.torch_configs import torch_runner
         except ImportError as exc:
             raise BackendUnavailableError(f"{name} needs torch (pip install torch): {exc}") from exc
         return torch_runner(name, model, ctx)
-    return _runtime_runner(name, model, ctx)
+    return _runtime_runner(name, entry, model, ctx)
 
 
 # --- runtime backends (ONNX Runtime, TensorRT, the runtime's torch backend) ----------------------------
 
-# benchmark name -> (runtime backend, options for load_purifier)
-_RUNTIME: dict[str, tuple[str, dict[str, Any]]] = {
-    "onnxruntime-cpu-fp32": ("onnxruntime", {}),
-    "onnxruntime-cpu-int8": ("onnxruntime", {}),
-    "onnxruntime-cuda-fp32": ("onnxruntime", {}),
-    "onnxruntime-cuda-fp16": ("onnxruntime", {}),
-    "onnxruntime-trtep-fp16": ("onnxruntime", {"execution_provider": "tensorrt"}),
-    "fused-torch-fp32": ("torch", {}),
-    "fused-torch-fp16-cl": ("torch", {"channels_last": True}),
-    "tensorrt-fp32": ("tensorrt", {}),
-    "tensorrt-fp16": ("tensorrt", {}),
-    "tensorrt-int8": ("tensorrt", {}),
-}
 
-
-def _runtime_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
+def _runtime_runner(name: str, entry: BenchBackend, model: BenchModel, ctx: TargetContext) -> Runner:
     """A runner over the runtime's Purifier: ``infer`` for model only, the call itself end to end."""
     from nrp_deploy.runtime import DynamicDefense
 
-    precision, _, description = CATALOGUE[name]
-    purifier, details = _open_purifier(name, precision, model, ctx)
+    precision = entry.precision
+    purifier, details = _open_purifier(name, entry, model, ctx)
     if purifier.precision != precision:
         purifier.close()
         raise BackendUnavailableError(
@@ -70,7 +57,7 @@ def _runtime_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
         name,
         precision,
         ctx.device,
-        description,
+        entry.description,
         put=np.ascontiguousarray,
         infer=purifier.infer,
         fetch=np.asarray,
@@ -83,18 +70,19 @@ def _runtime_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
     return runner
 
 
-def _open_purifier(name: str, precision: str, model: BenchModel, ctx: TargetContext) -> tuple[Any, dict]:
+def _open_purifier(name: str, entry: BenchBackend, model: BenchModel, ctx: TargetContext) -> tuple[Any, dict]:
     """The runtime's Purifier for a benchmark backend, and what the INT8 artifact's sidecar says of it."""
     from nrp_deploy.artifacts.sources import identify
     from nrp_deploy.runtime import Purifier, load_purifier
     from nrp_deploy.runtime.on_demand import onnx_for
 
+    precision = entry.precision
     details: dict[str, Any] = {}
     if ctx.device == "cpu" and precision == "int8":
         # the runtime's artifact cache makes CPU INT8 with ONNX Runtime's static Q/DQ quantisation
         int8 = onnx_for(identify(model.checkpoint), "int8", int8_method="ort")
         details["int8_artifact"] = {"path": str(int8), "verdict": read_metadata(int8).verdict.line}
-    if name.startswith("openvino-"):  # not a runtime backend: wrapped here, driven by the same Purifier
+    if entry.family is Family.OPENVINO:  # not a runtime backend: wrapped here, driven by the same Purifier
         from nrp_deploy.bench.openvino_backend import openvino_backend
 
         path = (
@@ -103,15 +91,14 @@ def _open_purifier(name: str, precision: str, model: BenchModel, ctx: TargetCont
             else Path(details["int8_artifact"]["path"])
         )
         return Purifier(openvino_backend(path, precision, ctx.threads, model.spec)), details
-    backend, options = _RUNTIME[name]
     device = "cuda:0" if ctx.device == "cuda" else "cpu"
     purifier = load_purifier(
         model.checkpoint,
-        backend=backend,
+        backend=entry.runtime_backend or "auto",
         precision=precision,
         device=device,
         threads=ctx.threads,
-        options=options or None,
+        options=entry.options,
     )
     return purifier, details
 

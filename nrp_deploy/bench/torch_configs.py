@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from nrp_deploy.bench.runner import CATALOGUE, BenchModel, Runner, TargetContext
+from nrp_deploy.bench.catalogue import BASELINE, CATALOGUE
+from nrp_deploy.bench.runner import BenchModel, Runner, TargetContext
 from nrp_deploy.errors import BackendUnavailableError, ModelNotFoundError
 from nrp_deploy.models import ModelSpec, load_model
 from nrp_deploy.models.eager import EagerPurifier
@@ -37,22 +38,23 @@ class AsFloat32(torch.nn.Module):
 
 
 def torch_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
-    """Build the torch variant ``name`` (a ``torch-*`` key of ``CATALOGUE``) on ``ctx.device``."""
+    """Build the eager torch variant ``name`` (an ``EAGER`` entry of ``CATALOGUE``) on ``ctx.device``."""
+    entry = CATALOGUE[name]
     if ctx.device == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError(f"{name}: torch {torch.__version__} sees no CUDA device")
-    if "compile" in name and ctx.device == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
+    if entry.compiled and ctx.device == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
         raise BackendUnavailableError(f"{name}: torch.compile on CPU needs a C++ compiler (none found)")
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
-    precision, _, description = CATALOGUE[name]
+    precision, description = entry.precision, entry.description
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    memory_format = torch.channels_last if name.endswith("-cl") else torch.contiguous_format
+    memory_format = torch.channels_last if entry.channels_last else torch.contiguous_format
     device = torch.device(ctx.device)
 
     module = load_model(model.checkpoint, device=device).module.to(dtype=dtype, memory_format=memory_format)
-    if "compile" in name:
-        module = torch.compile(module, mode="reduce-overhead" if "graphs" in name else None)
-    e2e = EagerPurifier(module if name == "torch-fp32" else AsFloat32(module, dtype, memory_format), device)
+    if entry.compiled:
+        module = torch.compile(module, mode="reduce-overhead" if entry.cuda_graphs else None)
+    e2e = EagerPurifier(module if name == BASELINE else AsFloat32(module, dtype, memory_format), device)
 
     def put(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(device=device, dtype=dtype).contiguous(memory_format=memory_format)

@@ -45,13 +45,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    from nrp_deploy.bench.catalogue import CATALOGUE
     from nrp_deploy.bench.harness import QUICK, BenchConfig, run_benchmark, with_overrides
     from nrp_deploy.bench.report import console_table, read_result, write_report
-    from nrp_deploy.bench.runner import CATALOGUE
 
     if args.list:
-        for name, (precision, devices, what) in CATALOGUE.items():
-            print(f"{name:24} {precision:5} {'/'.join(devices):9} {what}")
+        for name, entry in CATALOGUE.items():
+            print(f"{name:24} {entry.precision:5} {'/'.join(entry.devices):9} {entry.description}")
         return 0
     if args.render:
         doc = read_result(args.render)

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from nrp_deploy.demo import DEFAULT_OUT, DEMO_ATTACKS, DEMO_ITERATIONS, EXAMPLES_DIR, run_demo
+    from nrp_deploy.evaluation.demo import DEFAULT_OUT, DEMO_ATTACKS, DEMO_ITERATIONS, EXAMPLES_DIR, run_demo
 
     attacks = (*DEMO_ATTACKS, "pgd-bpda") if args.with_pgd else DEMO_ATTACKS
     run_demo(

@@ -94,10 +94,6 @@ def load_manifest() -> dict[str, ManifestEntry]:
     return entries
 
 
-def registry_names() -> list[str]:
-    return sorted(load_manifest())
-
-
 @dataclass(frozen=True)
 class ResolvedSource:
     """A model source turned into a file on disk, with its registry entry if it came from one."""

@@ -9,7 +9,7 @@ Importing this package needs neither Triton nor tritonclient; each piece imports
 from nrp_deploy.serving.client import PurifierClient
 from nrp_deploy.serving.protocol import INPUT, MODEL_NAME, OUTPUT
 from nrp_deploy.serving.serve import ServeSettings, serve, write_serve_repository
-from nrp_deploy.serving.server import Endpoints, ServerError, TritonServer
+from nrp_deploy.serving.triton_server import Endpoints, ServerError, TritonServer
 
 __all__ = [
     "INPUT",

@@ -18,7 +18,7 @@ import numpy as np
 from nrp_deploy.batch import continuing_index
 from nrp_deploy.errors import BackendUnavailableError, InputError
 from nrp_deploy.serving import protocol
-from nrp_deploy.serving.server import ServerError
+from nrp_deploy.serving.triton_server import ServerError
 
 
 def _tritonclient(protocol_name: str) -> Any:

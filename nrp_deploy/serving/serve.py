@@ -25,7 +25,7 @@ from nrp_deploy.runtime.on_demand import onnx_for
 from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS
 from nrp_deploy.serving import protocol
 from nrp_deploy.serving.model_config import Batching, TensorSpec, model_config
-from nrp_deploy.serving.server import Endpoints, ServerError, TritonServer
+from nrp_deploy.serving.triton_server import Endpoints, ServerError, TritonServer
 
 log = logging.getLogger(__name__)
 

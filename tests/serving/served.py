@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nrp_deploy.serving.server import Endpoints, free_ports
+from nrp_deploy.serving.triton_server import Endpoints, free_ports
 
 READY_TIMEOUT_S = 180
 

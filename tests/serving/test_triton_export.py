@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2
 
 from nrp_deploy.runtime import DynamicDefense
 from nrp_deploy.serving import Endpoints, PurifierClient, ServeSettings, TritonServer, write_serve_repository
-from nrp_deploy.serving.server import free_ports
+from nrp_deploy.serving.triton_server import free_ports
 
 pytestmark = pytest.mark.timeout(300)
 MODELS = {"nrp_purifier", "nrp_preprocess", "nrp_model", "nrp_postprocess"}
