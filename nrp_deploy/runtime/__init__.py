@@ -1,8 +1,9 @@
 """The slim, torch-free runtime: ``load_purifier`` and the ``Purifier`` it returns.
 
 Embed this in a production stack: it needs numpy and one inference engine (ONNX Runtime, TensorRT, or
-torch for the eager baseline); torch is imported only by the torch backend, and by the artifact cache when
-it must export a checkpoint that has no cached ONNX yet.
+torch for the eager baseline); torch is imported only by the torch backend, and by ``on_demand`` when it
+must export a checkpoint that has no cached ONNX yet. Typed backend options (``OrtOptions``,
+``TorchOptions``, ``TensorRTOptions``) are handed on from ``backends.options``.
 """
 
 from nrp_deploy.runtime.backends import BACKENDS, Backend, DeviceBackend, available_backends
