@@ -196,6 +196,78 @@ def test_pgd_crops_follow_the_clean_ones_and_move_the_classifier_within_the_budg
     assert pgd.min() > 0 and pgd.mean() > ssp.mean()  # aimed at the logits, PGD moves them most
 
 
+def test_noisy_clean_crops_carry_the_dynamic_defence_input_and_train_back_to_clean(photo_dir):
+    from nrp_deploy.runtime.dynamic import PUBLISHED_EPS
+    from nrp_deploy.training.loop import _Trainer
+
+    torch.set_num_threads(1)
+    config = tiny_config(
+        photo_dir, batch_size=8, clean_fraction=0.5, clean_noise_fraction=0.5, noise_fraction=0.0
+    )
+    trainer = _Trainer(config, TinyFeatures(), [])
+    clean = trainer.sampler.sample(8)
+    inputs = trainer._inputs(clean, None)
+    # 4 clean crops: the first 2 untouched, the next 2 with the published noise inside its eps-ball
+    torch.testing.assert_close(inputs[:2], clean[:2], rtol=0, atol=0)
+    change = (inputs[2:4] - clean[2:4]).abs()
+    assert change.amax() <= PUBLISHED_EPS + 1e-6
+    assert change.mean((1, 2, 3)).min() > 0.01
+    with pytest.raises(InputError, match="clean_noise_fraction"):
+        tiny_config(photo_dir, clean_noise_fraction=1.5).validate()
+
+
+def test_transfer_adversaries_come_from_the_ensemble_within_the_budget(photo_dir):
+    from nrp_deploy.training.config import TRANSFER_ATTACKS
+    from nrp_deploy.training.loop import _Trainer
+    from nrp_deploy.training.transfer import LogitEnsemble, transfer_attack
+
+    torch.set_num_threads(1)
+    config = tiny_config(
+        photo_dir,
+        batch_size=8,
+        classifiers=["tiny", "tiny"],
+        pgd_fraction=0.5,
+        transfer_fraction=1.0,
+        transfer_iterations=4,
+        noise_fraction=0.0,
+    )
+    members = [TinyClassifier(), TinyClassifier()]
+    trainer = _Trainer(config, TinyFeatures(), members)
+    clean = trainer.sampler.sample(8)
+    inputs = trainer._inputs(clean, members[0])
+    n_clean = round(config.clean_fraction * 8)
+    torch.testing.assert_close(inputs[:n_clean], clean[:n_clean], rtol=0, atol=0)
+    assert (inputs - clean).abs().amax() <= config.eps + 1e-6
+    assert (inputs[n_clean:] - clean[n_clean:]).abs().amax((1, 2, 3)).min() > config.eps / 4
+    ensemble = LogitEnsemble(members)
+    ensemble.train()
+    assert not ensemble.training and not members[0].training  # attack libraries cannot unpin eval mode
+    x = clean[n_clean : n_clean + 3]
+    with torch.no_grad():
+        labels = ensemble(x).argmax(1)
+    for attack in TRANSFER_ATTACKS:
+        adversarial = transfer_attack(x, ensemble, attack, eps=config.eps, iterations=5, seed=3)
+        assert (adversarial - x).abs().amax() <= config.eps + 1e-6
+        with torch.no_grad():
+            margin_clean = ensemble(x).gather(1, labels[:, None])
+            margin_adv = ensemble(adversarial).gather(1, labels[:, None])
+        assert (margin_adv < margin_clean).all(), attack  # each lowers the ensemble's score of its label
+        again = transfer_attack(x, ensemble, attack, eps=config.eps, iterations=5, seed=3)
+        torch.testing.assert_close(adversarial, again, rtol=0, atol=0)  # seeded: reproducible
+    with pytest.raises(InputError, match="unknown transfer attack"):
+        transfer_attack(x, ensemble, "fgsm", eps=config.eps, iterations=1, seed=0)
+    with pytest.raises(InputError, match="--classifiers"):
+        tiny_config(photo_dir, transfer_fraction=0.5).validate()
+
+
+def test_snapshots_keep_intermediate_weights(photo_dir, tmp_path):
+    result = _run(tiny_config(photo_dir, steps=4, snapshot_every=2), tmp_path / "run")
+    names = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert names == ["step_000002.safetensors", "step_000004.safetensors"]
+    assert sha256_file(tmp_path / "run" / "snapshots" / names[-1]) == sha256_file(result.weights)
+    load_model(tmp_path / "run" / "snapshots" / names[0])
+
+
 def test_pgd_and_the_logit_term_need_a_classifier(photo_dir, tmp_path):
     with pytest.raises(InputError, match="--classifiers"):
         _run(tiny_config(photo_dir, pgd_fraction=0.5), tmp_path / "a")

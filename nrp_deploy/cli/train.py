@@ -46,6 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ssp-step", type=float, default=d.ssp_step)
     p.add_argument("--clean-fraction", type=float, default=d.clean_fraction, help="crops left clean")
     p.add_argument(
+        "--clean-noise-fraction",
+        type=float,
+        default=d.clean_noise_fraction,
+        help="share of the clean crops given the dynamic defence's noise and trained back to clean",
+    )
+    p.add_argument(
         "--noise-fraction", type=float, default=d.noise_fraction, help="adversaries + dynamic noise"
     )
     p.add_argument("--feature-weight", type=float, default=d.feature_weight)
@@ -67,6 +73,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pgd-fraction", type=float, default=d.pgd_fraction, help="share of adversaries made by PGD, not SSP"
     )
+    p.add_argument(
+        "--transfer-fraction",
+        type=float,
+        default=d.transfer_fraction,
+        help="share of the steps whose classifier adversaries are MI-FGSM, DI-FGSM or TI-DIM on the "
+        "classifiers' ensemble instead of PGD (needs torchattacks)",
+    )
+    p.add_argument("--transfer-iterations", type=int, default=d.transfer_iterations)
     p.add_argument("--pgd-iterations", type=int, default=d.pgd_iterations)
     p.add_argument("--pgd-step", type=float, default=d.pgd_step)
     p.add_argument(
@@ -79,6 +93,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=d.snapshot_every,
+        help="keep the weights every N steps in OUT/snapshots/ for selection (0: off)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--publish",
@@ -124,6 +144,7 @@ def _run_train(args: argparse.Namespace) -> int:
         ssp_iterations=args.ssp_iterations,
         ssp_step=args.ssp_step,
         clean_fraction=args.clean_fraction,
+        clean_noise_fraction=args.clean_noise_fraction,
         noise_fraction=args.noise_fraction,
         feature_weight=args.feature_weight,
         pixel_weight=args.pixel_weight,
@@ -134,6 +155,8 @@ def _run_train(args: argparse.Namespace) -> int:
         classifiers=[name for name in args.classifiers.split(",") if name],
         pgd_fraction=args.pgd_fraction,
         pgd_iterations=args.pgd_iterations,
+        transfer_fraction=args.transfer_fraction,
+        transfer_iterations=args.transfer_iterations,
         pgd_step=args.pgd_step,
         logit_weight=args.logit_weight,
         max_zoom=args.max_zoom,
@@ -142,6 +165,7 @@ def _run_train(args: argparse.Namespace) -> int:
         device=args.device,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
+        snapshot_every=args.snapshot_every,
     )
     result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items())
