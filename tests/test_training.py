@@ -436,6 +436,32 @@ def test_publish_names_the_pgd_adversaries_and_the_logit_term(photo_dir, tmp_pat
     assert "--classifiers tiny" in entry["training"]["command"]
 
 
+def test_publish_a_chosen_snapshot_names_its_step_and_the_new_training_inputs(photo_dir, tmp_path):
+    config = tiny_config(
+        photo_dir,
+        steps=4,
+        snapshot_every=2,
+        clean_fraction=0.5,
+        clean_noise_fraction=0.5,
+        classifiers=["tiny"],
+        pgd_fraction=0.5,
+        transfer_fraction=0.5,
+        transfer_iterations=2,
+    )
+    run = _run(config, tmp_path / "run")
+    snapshot = run.run_dir / "snapshots" / "step_000002.safetensors"
+    target = publish_model(run.run_dir, "tiny", directory=tmp_path / "models", snapshot=snapshot)
+    entry = json.loads((tmp_path / "models" / "manifest.json").read_text())["models"][0]
+    assert entry["sha256"] == sha256_file(snapshot) == sha256_file(target) != sha256_file(run.weights)
+    assert entry["training"]["steps"] == 2 and entry["training"]["run_steps"] == 4
+    assert "2 steps, a snapshot of a 4-step run," in entry["provenance"]
+    assert "MI-FGSM / DI-FGSM / TI-DIM on their logit ensemble" in entry["provenance"]
+    assert "dynamic defence's noise trained back to clean" in entry["provenance"]
+    for foreign in (run.weights, tmp_path / "run" / "snapshots" / "step_000009.safetensors"):
+        with pytest.raises(InputError, match="not a snapshot"):
+            publish_model(run.run_dir, "tiny", directory=tmp_path / "models", snapshot=foreign)
+
+
 def test_publish_refuses_an_unfinished_run_and_foreign_metrics(photo_dir, tmp_path):
     with pytest.raises(InputError, match="not finished"):
         publish_model(tmp_path, "x", directory=tmp_path)

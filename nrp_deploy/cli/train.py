@@ -114,6 +114,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="LABEL=REPORT",
         help="with --publish: `nrp eval` report.json files to record, each labelled (e.g. examples=out/report.json)",
     )
+    p.add_argument(
+        "--snapshot",
+        type=Path,
+        default=None,
+        help="with --publish: publish this snapshot of the run (OUT/snapshots/step_N.safetensors) instead of "
+        "its final weights",
+    )
     p.set_defaults(handler=_run_train)
 
 
@@ -188,6 +195,6 @@ def _publish_run(args: argparse.Namespace) -> int:
             metrics[label] = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"--metrics {item}: cannot read JSON ({exc})") from exc
-    target = publish_model(args.out, args.publish, metrics=metrics)
+    target = publish_model(args.out, args.publish, metrics=metrics, snapshot=args.snapshot)
     print(f"published {args.out} as {args.publish!r}: {target}", file=sys.stderr)
     return 0
