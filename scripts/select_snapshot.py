@@ -76,9 +76,7 @@ def attacked_inputs(clean: torch.Tensor) -> dict[str, torch.Tensor]:
     return {
         "clean": clean,
         "ssp": on_grid(ssp, clean),
-        "ti-dim": on_grid(
-            transfer_attack(clean, source, "ti-dim", EPS, ITERATIONS, seed=0, ti_kernel=15), clean
-        ),
+        "ti-dim": on_grid(transfer_attack(clean, source, "ti-dim", EPS, ITERATIONS, seed=0), clean),
         "mi-fgsm": on_grid(transfer_attack(clean, source, "mi-fgsm", EPS, ITERATIONS, seed=0), clean),
     }
 

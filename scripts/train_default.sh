@@ -44,7 +44,7 @@ V3="$RUN_DIR/default_v3.safetensors"
 echo "$V3_SHA256  $V3" | sha256sum --check --quiet
 
 # 1. Fine-tune: STEPS steps of 8 crops of 64x64 px: 3 clean (2 of them with the dynamic defence's noise),
-#    3 classifier adversaries (on half the steps a transfer attack on the Lite0 + Lite1 ensemble, otherwise
+#    3 classifier adversaries (on 60% of the steps a transfer attack on the Lite0 + Lite1 ensemble, otherwise
 #    PGD on one of the two), 2 SSP on Lite0 features; half the adversaries get the dynamic noise too.
 #    Weights are kept every 400 steps for selection. Re-running resumes.
 STEPS="${STEPS:-2400}"
@@ -58,6 +58,6 @@ RESUME=()
     --clean-fraction 0.375 --clean-noise-fraction 0.67 --noise-fraction 0.5 \
     --feature-weight 1 --pixel-weight 5 --identity-weight 10 --lowfreq-weight 20 --lowfreq-kernel 8 \
     --classifiers efficientnet_lite0,efficientnet_lite1 --pgd-fraction 0.6 --pgd-iterations 5 --pgd-step 0.02 \
-    --transfer-fraction 0.5 --transfer-iterations 8 --logit-weight 1 \
+    --transfer-fraction 0.6 --transfer-iterations 8 --logit-weight 1 \
     --seed 0 --threads "${THREADS:-1}" --checkpoint-every 50 --snapshot-every 400 --log-every 10 --no-progress
 [[ "${STAGE:-all}" == train ]] && exit 0

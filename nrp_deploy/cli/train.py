@@ -81,6 +81,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "classifiers' ensemble instead of PGD (needs torchattacks)",
     )
     p.add_argument("--transfer-iterations", type=int, default=d.transfer_iterations)
+    p.add_argument(
+        "--transfer-ti-kernel",
+        type=int,
+        default=d.transfer_ti_kernel,
+        help="TI-DIM's smoothing kernel, pixels",
+    )
     p.add_argument("--pgd-iterations", type=int, default=d.pgd_iterations)
     p.add_argument("--pgd-step", type=float, default=d.pgd_step)
     p.add_argument(
@@ -164,6 +170,7 @@ def _run_train(args: argparse.Namespace) -> int:
         pgd_iterations=args.pgd_iterations,
         transfer_fraction=args.transfer_fraction,
         transfer_iterations=args.transfer_iterations,
+        transfer_ti_kernel=args.transfer_ti_kernel,
         pgd_step=args.pgd_step,
         logit_weight=args.logit_weight,
         max_zoom=args.max_zoom,

@@ -59,6 +59,7 @@ class TrainConfig:
     # drawn per step) on the ensemble of all the classifiers instead of PGD on the drawn one.
     transfer_fraction: float = 0.0
     transfer_iterations: int = 10
+    transfer_ti_kernel: int = 15  # TI-DIM's gradient-smoothing kernel, pixels
     max_zoom: float = 2.0
     jitter: float = 0.1
     seed: int = 0
@@ -86,8 +87,11 @@ class TrainConfig:
             raise InputError("PGD needs at least one iteration and a positive step")
         if self.transfer_fraction > 0 and not self.classifiers:
             raise InputError("transfer adversaries need at least one classifier (--classifiers)")
-        if self.transfer_iterations < 1 or self.snapshot_every < 0:
-            raise InputError("transfer attacks need at least one iteration; --snapshot-every must be >= 0")
+        if self.transfer_iterations < 1 or self.transfer_ti_kernel < 1 or self.snapshot_every < 0:
+            raise InputError(
+                "transfer attacks need at least one iteration and a TI kernel of at least 1 px; "
+                "--snapshot-every must be >= 0"
+            )
         if self.clean_noise_fraction > 0 and round(self.clean_fraction * self.batch_size) < 1:
             raise InputError("noisy clean crops need clean crops: raise clean_fraction or batch_size")
         for name in (

@@ -173,7 +173,7 @@ class _Trainer:
             ]
             seed = int(torch.randint(2**31 - 1, (), generator=self.data_generator))
             inputs[pgd] = transfer_attack(
-                clean[pgd], self.ensemble, attack, eps, cfg.transfer_iterations, seed
+                clean[pgd], self.ensemble, attack, eps, cfg.transfer_iterations, seed, cfg.transfer_ti_kernel
             )
         elif n_pgd:
             pgd = slice(n_clean, n_clean + n_pgd)

@@ -46,14 +46,15 @@ def transfer_attack(
     eps: float,
     iterations: int,
     seed: int,
-    ti_kernel: int = 7,
+    ti_kernel: int = 15,
 ) -> torch.Tensor:
     """Untargeted ``attack`` (one of TRANSFER_ATTACKS) on ``ensemble``, labels from its clean prediction.
 
     The step is eps / iterations (the attacks' usual choice, so the budget is reachable); the random
     resizing of DI and TI-DIM is drawn from torch's global generator, seeded here from ``seed`` and restored
-    afterwards, so a training run stays reproducible. ``ti_kernel`` is TI's smoothing kernel: 7 px suits the
-    64 px training crops; TI's usual 15 px is sized for 224-299 px inputs.
+    afterwards, so a training run stays reproducible. ``ti_kernel`` is TI's gradient-smoothing kernel in
+    pixels; the purifier is fully convolutional and sees training crops at (or near) the photos' own
+    resolution, so the kernel an attacker uses on full-size images (TI's usual 15 px) applies to crops too.
     """
     try:
         import torchattacks
