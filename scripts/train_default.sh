@@ -22,7 +22,7 @@ PY="${PY:-.venv/bin/python}"
 V3_COMMIT=dba5eee96ed9cb33fa166d7fd41e47ec3232aa18  # the commit that shipped v3
 V3_SHA256=d45288f5cffe5b471c173406be16d8a3dc4a0e1f43696f248f6eaf8ade632a00
 DEEP_SKY_MAX="${DEEP_SKY_MAX:-8}"
-VAL_COUNT="${VAL_COUNT:-6}"
+VAL_COUNT="${VAL_COUNT:-12}"
 mkdir -p "$RUN_DIR"
 
 # 0. Data and start weights: the photo corpus (apt-get and pip downloads, then cached), the training /
