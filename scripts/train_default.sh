@@ -39,6 +39,19 @@ if [[ ! -d "$DATA/train" ]]; then
   cp $(printf '%s\n' $sky | head -n "$DEEP_SKY_MAX") "$DATA.tmp/train/"
   mv "$DATA.tmp" "$DATA"
 fi
+# The corpus manifest with this split's roles (train / validation / unused), which publishing records.
+[[ -f "$DATA/manifest.json" ]] || "$PY" - "$DATA" <<'PYEOF'
+import json, sys
+from pathlib import Path
+
+data = Path(sys.argv[1])
+manifest = json.loads(Path("corpus/manifest.json").read_text(encoding="utf-8"))
+roles = {p.stem: role for role in ("train", "val") for p in (data / role).glob("*.png")}
+for photo in manifest["photos"]:
+    if photo["split"] == "train":
+        photo["split"] = {"train": "train", "val": "validation"}.get(roles.get(photo["id"]), "unused")
+(data / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+PYEOF
 V3="$RUN_DIR/default_v3.safetensors"
 [[ -f "$V3" ]] || git show "$V3_COMMIT:nrp_deploy/assets/models/default.safetensors" > "$V3"
 echo "$V3_SHA256  $V3" | sha256sum --check --quiet
@@ -46,8 +59,8 @@ echo "$V3_SHA256  $V3" | sha256sum --check --quiet
 # 1. Fine-tune: STEPS steps of 8 crops of 64x64 px: 3 clean (2 of them with the dynamic defence's noise),
 #    3 classifier adversaries (on 60% of the steps a transfer attack on the Lite0 + Lite1 ensemble, otherwise
 #    PGD on one of the two), 2 SSP on Lite0 features; half the adversaries get the dynamic noise too.
-#    Weights are kept every 400 steps for selection. Re-running resumes.
-STEPS="${STEPS:-2400}"
+#    Weights are kept every 450 steps for selection. Re-running resumes.
+STEPS="${STEPS:-1800}"
 RESUME=()
 [[ -f "$RUN_DIR/train/checkpoint.pt" ]] && RESUME=(--resume)
 "$NRP" train --data "$DATA/train" --out "$RUN_DIR/train" "${RESUME[@]}" \
@@ -59,5 +72,32 @@ RESUME=()
     --feature-weight 1 --pixel-weight 5 --identity-weight 10 --lowfreq-weight 20 --lowfreq-kernel 8 \
     --classifiers efficientnet_lite0,efficientnet_lite1 --pgd-fraction 0.6 --pgd-iterations 5 --pgd-step 0.02 \
     --transfer-fraction 0.6 --transfer-iterations 8 --logit-weight 1 \
-    --seed 0 --threads "${THREADS:-1}" --checkpoint-every 50 --snapshot-every 400 --log-every 10 --no-progress
+    --seed 0 --threads "${THREADS:-1}" --checkpoint-every 50 --snapshot-every 450 --log-every 10 --no-progress
 [[ "${STAGE:-all}" == train ]] && exit 0
+
+# 2. Select: every snapshot and the final weights, scored on the validation photos by the fixed rule of
+#    scripts/select_snapshot.py (EfficientNet-Lite1 judged, black-box attacks crafted on Lite0), beside v3.
+SELECTION="$RUN_DIR/selection.json"
+[[ -f "$SELECTION" ]] || "$PY" scripts/select_snapshot.py "$DATA/val" "$SELECTION" \
+    "$V3" "$RUN_DIR"/train/snapshots/step_*.safetensors "$RUN_DIR/train/purifier.safetensors"
+CHOSEN=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["chosen"])' "$SELECTION")
+[[ "$CHOSEN" != "$V3" ]] || { echo "no candidate beats v3 on the validation photos: nothing to ship"; exit 1; }
+SNAPSHOT=()
+[[ "$CHOSEN" == */snapshots/* ]] && SNAPSHOT=(--snapshot "$CHOSEN")
+
+# 3. Measure the chosen weights on the held-out photos with the held-out classifier (EfficientNet-Lite2,
+#    never used for training or selection): the 224x224 crops under the paper's three threat models
+#    (black-box transfers crafted on Lite0 + Lite1, gray-box through a local copy, white-box through the
+#    purifier with and without the dynamic defence), with the blur and JPEG baselines, and the photos at
+#    their own size (clean).
+"$NRP" eval corpus/heldout/crops224 --model "$CHOSEN" --classifier efficientnet_lite2 \
+    --source efficientnet_lite0,efficientnet_lite1 --protocol paper --iterations "${EVAL_ITERATIONS:-10}" \
+    --eot-samples 2 --baselines blur,jpeg --seed 0 --out "$RUN_DIR/eval_heldout_crops" --no-progress
+"$NRP" eval corpus/heldout/full --model "$CHOSEN" --classifier efficientnet_lite2 --attacks none \
+    --baselines blur,jpeg --seed 0 --out "$RUN_DIR/eval_heldout_full" --no-progress
+
+# 4. Ship: the chosen weights + their manifest entry (provenance and the figures above), into the package
+#    (nrp_deploy/assets/models/, where the registry's shipped files live).
+NRP_DEPLOY_MODELS_DIR=nrp_deploy/assets/models "$NRP" train --out "$RUN_DIR/train" --publish default \
+    "${SNAPSHOT[@]}" --metrics heldout_crops="$RUN_DIR/eval_heldout_crops/report.json" \
+    heldout_full="$RUN_DIR/eval_heldout_full/report.json"

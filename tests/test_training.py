@@ -412,13 +412,14 @@ def test_publish_describes_a_photo_corpus_from_its_manifest(photo_dir, tmp_path)
         {"id": "p0", "split": "train"},
         {"id": "h1", "split": "heldout"},
         {"id": "p1", "split": "train"},
+        {"id": "v0", "split": "validation"},
     ]
     (corpus / "manifest.json").write_text(json.dumps({"format": 1, "photos": photos}))
     run = _run(tiny_config(corpus / "train", steps=1), tmp_path / "run")
     publish_model(run.run_dir, "tiny", directory=tmp_path / "models")
     entry = json.loads((tmp_path / "models" / "manifest.json").read_text())["models"][0]
     data = entry["training"]["data"]
-    assert data["train"] == ["p0", "p1"] and data["held_out"] == ["h1"]
+    assert data["train"] == ["p0", "p1"] and data["held_out"] == ["h1"] and data["validation"] == ["v0"]
     assert data["manifest_sha256"] == sha256_file(corpus / "manifest.json")
     assert entry["training"]["init_weights_sha256"] is None
 

@@ -50,12 +50,19 @@ def _corpus_description(data: str) -> dict[str, Any] | None:
     photos = manifest.get("photos", []) if isinstance(manifest, dict) else []
     if not photos:
         return None
-    return {
+
+    def ids(split: str) -> list[str]:
+        return sorted(p["id"] for p in photos if p.get("split") == split)
+
+    description = {
         "source": f"{data}: the photo corpus of scripts/build_photo_corpus.py (corpus/manifest.json)",
         "manifest_sha256": sha256_file(manifest_path),
-        "train": sorted(p["id"] for p in photos if p.get("split") == "train"),
-        "held_out": sorted(p["id"] for p in photos if p.get("split") == "heldout"),
+        "train": ids("train"),
+        "held_out": ids("heldout"),
     }
+    if ids("validation"):  # a run's own split of the training photos (scripts/train_default.sh)
+        description["validation"] = ids("validation")
+    return description
 
 
 def _loss_terms(config: dict[str, Any]) -> str:
