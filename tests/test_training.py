@@ -196,6 +196,78 @@ def test_pgd_crops_follow_the_clean_ones_and_move_the_classifier_within_the_budg
     assert pgd.min() > 0 and pgd.mean() > ssp.mean()  # aimed at the logits, PGD moves them most
 
 
+def test_noisy_clean_crops_carry_the_dynamic_defence_input_and_train_back_to_clean(photo_dir):
+    from nrp_deploy.runtime.dynamic import PUBLISHED_EPS
+    from nrp_deploy.training.loop import _Trainer
+
+    torch.set_num_threads(1)
+    config = tiny_config(
+        photo_dir, batch_size=8, clean_fraction=0.5, clean_noise_fraction=0.5, noise_fraction=0.0
+    )
+    trainer = _Trainer(config, TinyFeatures(), [])
+    clean = trainer.sampler.sample(8)
+    inputs = trainer._inputs(clean, None)
+    # 4 clean crops: the first 2 untouched, the next 2 with the published noise inside its eps-ball
+    torch.testing.assert_close(inputs[:2], clean[:2], rtol=0, atol=0)
+    change = (inputs[2:4] - clean[2:4]).abs()
+    assert change.amax() <= PUBLISHED_EPS + 1e-6
+    assert change.mean((1, 2, 3)).min() > 0.01
+    with pytest.raises(InputError, match="clean_noise_fraction"):
+        tiny_config(photo_dir, clean_noise_fraction=1.5).validate()
+
+
+def test_transfer_adversaries_come_from_the_ensemble_within_the_budget(photo_dir):
+    from nrp_deploy.training.config import TRANSFER_ATTACKS
+    from nrp_deploy.training.loop import _Trainer
+    from nrp_deploy.training.transfer import LogitEnsemble, transfer_attack
+
+    torch.set_num_threads(1)
+    config = tiny_config(
+        photo_dir,
+        batch_size=8,
+        classifiers=["tiny", "tiny"],
+        pgd_fraction=0.5,
+        transfer_fraction=1.0,
+        transfer_iterations=4,
+        noise_fraction=0.0,
+    )
+    members = [TinyClassifier(), TinyClassifier()]
+    trainer = _Trainer(config, TinyFeatures(), members)
+    clean = trainer.sampler.sample(8)
+    inputs = trainer._inputs(clean, members[0])
+    n_clean = round(config.clean_fraction * 8)
+    torch.testing.assert_close(inputs[:n_clean], clean[:n_clean], rtol=0, atol=0)
+    assert (inputs - clean).abs().amax() <= config.eps + 1e-6
+    assert (inputs[n_clean:] - clean[n_clean:]).abs().amax((1, 2, 3)).min() > config.eps / 4
+    ensemble = LogitEnsemble(members)
+    ensemble.train()
+    assert not ensemble.training and not members[0].training  # attack libraries cannot unpin eval mode
+    x = clean[n_clean : n_clean + 3]
+    with torch.no_grad():
+        labels = ensemble(x).argmax(1)
+    for attack in TRANSFER_ATTACKS:
+        adversarial = transfer_attack(x, ensemble, attack, eps=config.eps, iterations=5, seed=3)
+        assert (adversarial - x).abs().amax() <= config.eps + 1e-6
+        with torch.no_grad():
+            margin_clean = ensemble(x).gather(1, labels[:, None])
+            margin_adv = ensemble(adversarial).gather(1, labels[:, None])
+        assert (margin_adv < margin_clean).all(), attack  # each lowers the ensemble's score of its label
+        again = transfer_attack(x, ensemble, attack, eps=config.eps, iterations=5, seed=3)
+        torch.testing.assert_close(adversarial, again, rtol=0, atol=0)  # seeded: reproducible
+    with pytest.raises(InputError, match="unknown transfer attack"):
+        transfer_attack(x, ensemble, "fgsm", eps=config.eps, iterations=1, seed=0)
+    with pytest.raises(InputError, match="--classifiers"):
+        tiny_config(photo_dir, transfer_fraction=0.5).validate()
+
+
+def test_snapshots_keep_intermediate_weights(photo_dir, tmp_path):
+    result = _run(tiny_config(photo_dir, steps=4, snapshot_every=2), tmp_path / "run")
+    names = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert names == ["step_000002.safetensors", "step_000004.safetensors"]
+    assert sha256_file(tmp_path / "run" / "snapshots" / names[-1]) == sha256_file(result.weights)
+    load_model(tmp_path / "run" / "snapshots" / names[0])
+
+
 def test_pgd_and_the_logit_term_need_a_classifier(photo_dir, tmp_path):
     with pytest.raises(InputError, match="--classifiers"):
         _run(tiny_config(photo_dir, pgd_fraction=0.5), tmp_path / "a")
@@ -340,13 +412,14 @@ def test_publish_describes_a_photo_corpus_from_its_manifest(photo_dir, tmp_path)
         {"id": "p0", "split": "train"},
         {"id": "h1", "split": "heldout"},
         {"id": "p1", "split": "train"},
+        {"id": "v0", "split": "validation"},
     ]
     (corpus / "manifest.json").write_text(json.dumps({"format": 1, "photos": photos}))
     run = _run(tiny_config(corpus / "train", steps=1), tmp_path / "run")
     publish_model(run.run_dir, "tiny", directory=tmp_path / "models")
     entry = json.loads((tmp_path / "models" / "manifest.json").read_text())["models"][0]
     data = entry["training"]["data"]
-    assert data["train"] == ["p0", "p1"] and data["held_out"] == ["h1"]
+    assert data["train"] == ["p0", "p1"] and data["held_out"] == ["h1"] and data["validation"] == ["v0"]
     assert data["manifest_sha256"] == sha256_file(corpus / "manifest.json")
     assert entry["training"]["init_weights_sha256"] is None
 
@@ -362,6 +435,32 @@ def test_publish_names_the_pgd_adversaries_and_the_logit_term(photo_dir, tmp_pat
     )
     assert "feature + pixel + logit loss" in entry["provenance"]
     assert "--classifiers tiny" in entry["training"]["command"]
+
+
+def test_publish_a_chosen_snapshot_names_its_step_and_the_new_training_inputs(photo_dir, tmp_path):
+    config = tiny_config(
+        photo_dir,
+        steps=4,
+        snapshot_every=2,
+        clean_fraction=0.5,
+        clean_noise_fraction=0.5,
+        classifiers=["tiny"],
+        pgd_fraction=0.5,
+        transfer_fraction=0.5,
+        transfer_iterations=2,
+    )
+    run = _run(config, tmp_path / "run")
+    snapshot = run.run_dir / "snapshots" / "step_000002.safetensors"
+    target = publish_model(run.run_dir, "tiny", directory=tmp_path / "models", snapshot=snapshot)
+    entry = json.loads((tmp_path / "models" / "manifest.json").read_text())["models"][0]
+    assert entry["sha256"] == sha256_file(snapshot) == sha256_file(target) != sha256_file(run.weights)
+    assert entry["training"]["steps"] == 2 and entry["training"]["run_steps"] == 4
+    assert "2 steps, a snapshot of a 4-step run," in entry["provenance"]
+    assert "MI-FGSM / DI-FGSM / TI-DIM on their logit ensemble" in entry["provenance"]
+    assert "dynamic defence's noise trained back to clean" in entry["provenance"]
+    for foreign in (run.weights, tmp_path / "run" / "snapshots" / "step_000009.safetensors"):
+        with pytest.raises(InputError, match="not a snapshot"):
+            publish_model(run.run_dir, "tiny", directory=tmp_path / "models", snapshot=foreign)
 
 
 def test_publish_refuses_an_unfinished_run_and_foreign_metrics(photo_dir, tmp_path):

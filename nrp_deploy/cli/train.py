@@ -47,6 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ssp-step", type=float, default=d.ssp_step)
     p.add_argument("--clean-fraction", type=float, default=d.clean_fraction, help="crops left clean")
     p.add_argument(
+        "--clean-noise-fraction",
+        type=float,
+        default=d.clean_noise_fraction,
+        help="share of the clean crops given the dynamic defence's noise and trained back to clean",
+    )
+    p.add_argument(
         "--noise-fraction", type=float, default=d.noise_fraction, help="adversaries + dynamic noise"
     )
     p.add_argument("--feature-weight", type=float, default=d.feature_weight)
@@ -68,6 +74,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pgd-fraction", type=float, default=d.pgd_fraction, help="share of adversaries made by PGD, not SSP"
     )
+    p.add_argument(
+        "--transfer-fraction",
+        type=float,
+        default=d.transfer_fraction,
+        help="share of the steps whose classifier adversaries are MI-FGSM, DI-FGSM or TI-DIM on the "
+        "classifiers' ensemble instead of PGD (needs torchattacks)",
+    )
+    p.add_argument("--transfer-iterations", type=int, default=d.transfer_iterations)
+    p.add_argument(
+        "--transfer-ti-kernel",
+        type=int,
+        default=d.transfer_ti_kernel,
+        help="TI-DIM's smoothing kernel, pixels",
+    )
     p.add_argument("--pgd-iterations", type=int, default=d.pgd_iterations)
     p.add_argument("--pgd-step", type=float, default=d.pgd_step)
     p.add_argument(
@@ -80,6 +100,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=d.snapshot_every,
+        help="keep the weights every N steps in OUT/snapshots/ for selection (0: off)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--publish",
@@ -94,6 +120,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="LABEL=REPORT",
         help="with --publish: `nrp eval` report.json files to record, each labelled (e.g. examples=out/report.json)",
+    )
+    p.add_argument(
+        "--snapshot",
+        type=Path,
+        default=None,
+        help="with --publish: publish this snapshot of the run (OUT/snapshots/step_N.safetensors) instead of "
+        "its final weights",
     )
     p.set_defaults(handler=_run_train)
 
@@ -125,6 +158,7 @@ def _run_train(args: argparse.Namespace) -> int:
         ssp_iterations=args.ssp_iterations,
         ssp_step=args.ssp_step,
         clean_fraction=args.clean_fraction,
+        clean_noise_fraction=args.clean_noise_fraction,
         noise_fraction=args.noise_fraction,
         feature_weight=args.feature_weight,
         pixel_weight=args.pixel_weight,
@@ -135,6 +169,9 @@ def _run_train(args: argparse.Namespace) -> int:
         classifiers=[name for name in args.classifiers.split(",") if name],
         pgd_fraction=args.pgd_fraction,
         pgd_iterations=args.pgd_iterations,
+        transfer_fraction=args.transfer_fraction,
+        transfer_iterations=args.transfer_iterations,
+        transfer_ti_kernel=args.transfer_ti_kernel,
         pgd_step=args.pgd_step,
         logit_weight=args.logit_weight,
         max_zoom=args.max_zoom,
@@ -143,6 +180,7 @@ def _run_train(args: argparse.Namespace) -> int:
         device=args.device,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
+        snapshot_every=args.snapshot_every,
     )
     result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items())
@@ -165,6 +203,6 @@ def _publish_run(args: argparse.Namespace) -> int:
             metrics[label] = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"--metrics {item}: cannot read JSON ({exc})") from exc
-    target = publish_model(args.out, args.publish, metrics=metrics)
+    target = publish_model(args.out, args.publish, metrics=metrics, snapshot=args.snapshot)
     print(f"published {args.out} as {args.publish!r}: {target}", file=sys.stderr)
     return 0

@@ -14,7 +14,9 @@ WEIGHTS_NAME = "purifier.safetensors"
 RUN_SUMMARY = "run.json"
 # Settings that may change when a run is resumed: they do not alter what has been trained so far. Changing
 # ``steps`` stretches or shortens the rest of the cosine learning-rate schedule.
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "log_every", "device"})
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "log_every", "device", "snapshot_every"})
+SNAPSHOT_DIR = "snapshots"  # step_NNNNNN.safetensors: intermediate weights kept for selection
+TRANSFER_ATTACKS = ("mi-fgsm", "di-fgsm", "ti-dim")
 
 
 @dataclass
@@ -36,6 +38,9 @@ class TrainConfig:
     ssp_iterations: int = 4
     ssp_step: float = 0.02
     clean_fraction: float = 0.2
+    # Share of the clean crops given the dynamic defence's input (published noise and projection) and trained
+    # back to the clean crop, so that the purifier removes the noise the dynamic defence adds.
+    clean_noise_fraction: float = 0.0
     noise_fraction: float = 0.25
     feature_weight: float = 1.0
     pixel_weight: float = 5.0
@@ -50,12 +55,18 @@ class TrainConfig:
     pgd_iterations: int = 5
     pgd_step: float = 0.02
     logit_weight: float = 0.0  # relative L1 of the classifier's logits, purified vs clean
+    # Share of the steps whose classifier adversaries are transfer attacks (MI-FGSM, DI-FGSM or TI-DIM, one
+    # drawn per step) on the ensemble of all the classifiers instead of PGD on the drawn one.
+    transfer_fraction: float = 0.0
+    transfer_iterations: int = 10
+    transfer_ti_kernel: int = 15  # TI-DIM's gradient-smoothing kernel, pixels
     max_zoom: float = 2.0
     jitter: float = 0.1
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 50
     log_every: int = 10
+    snapshot_every: int = 0  # keep the weights every N steps in snapshots/ (0: only the final weights)
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.ssp_iterations < 1:
@@ -74,7 +85,22 @@ class TrainConfig:
             )
         if self.pgd_iterations < 1 or not self.pgd_step > 0:
             raise InputError("PGD needs at least one iteration and a positive step")
-        for name in ("clean_fraction", "noise_fraction", "pgd_fraction"):
+        if self.transfer_fraction > 0 and not self.classifiers:
+            raise InputError("transfer adversaries need at least one classifier (--classifiers)")
+        if self.transfer_iterations < 1 or self.transfer_ti_kernel < 1 or self.snapshot_every < 0:
+            raise InputError(
+                "transfer attacks need at least one iteration and a TI kernel of at least 1 px; "
+                "--snapshot-every must be >= 0"
+            )
+        if self.clean_noise_fraction > 0 and round(self.clean_fraction * self.batch_size) < 1:
+            raise InputError("noisy clean crops need clean crops: raise clean_fraction or batch_size")
+        for name in (
+            "clean_fraction",
+            "clean_noise_fraction",
+            "noise_fraction",
+            "pgd_fraction",
+            "transfer_fraction",
+        ):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.init_weights is not None and self.identity_init:
@@ -93,7 +119,7 @@ class TrainConfig:
         """The ``nrp train`` command line that trains this configuration into ``out`` (for provenance)."""
         parts = ["nrp train", f"--out {out}"]
         for name, value in self.__dict__.items():
-            if name in ("checkpoint_every", "log_every", "device") or value is None:
+            if name in ("checkpoint_every", "log_every", "device", "snapshot_every") or value is None:
                 continue
             if name == "classifiers":
                 parts += [f"--classifiers {','.join(value)}"] if value else []

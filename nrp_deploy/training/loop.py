@@ -8,12 +8,16 @@ defence's noise to some (so the purifier also cleans what the dynamic defence fe
 purified crop to the clean crop's features, and its pixels to the clean pixels.
 
 Optionally some adversaries are PGD on an ImageNet classifier's logits instead (labels from its own clean
-prediction, so still no ground truth), and a logit term asks the classifier to read the purified crop as it
-reads the clean one. SSP perturbations are generic; an attacker aiming at a classifier's decision makes
-different ones, and a purifier that has never seen that kind does not remove them.
+prediction, so still no ground truth), or transfer attacks (MI-FGSM, DI-FGSM, TI-DIM) on the ensemble of
+the classifiers, and a logit term asks the classifier to read the purified crop as it reads the clean one.
+SSP perturbations are generic; an attacker aiming at a classifier's decision makes different ones, and a
+purifier that has never seen that kind does not remove them. Some clean crops may get the dynamic
+defence's noise and be trained back to the clean crop: the dynamic defence relies on the purifier removing
+the noise it adds, and a purifier trained to be the identity on clean inputs passes it through.
 
 A run lives in one directory: ``checkpoint.pt`` (everything needed to resume exactly), ``log.jsonl`` (the
-losses), and at the end ``purifier.safetensors`` (the weights alone, loadable by ``load_model``) and
+losses), ``snapshots/`` (the weights every ``snapshot_every`` steps, for selection on validation photos),
+and at the end ``purifier.safetensors`` (the weights alone, loadable by ``load_model``) and
 ``run.json`` (configuration and final losses).
 """
 
@@ -40,6 +44,8 @@ from nrp_deploy.training.config import (
     CHECKPOINT_NAME,
     RESUMABLE_CHANGES,
     RUN_SUMMARY,
+    SNAPSHOT_DIR,
+    TRANSFER_ATTACKS,
     WEIGHTS_NAME,
     TrainConfig,
 )
@@ -52,6 +58,7 @@ from nrp_deploy.training.objective import (
     pixel_loss,
     relativistic_losses,
 )
+from nrp_deploy.training.transfer import LogitEnsemble, transfer_attack
 
 
 @dataclass
@@ -75,6 +82,7 @@ class _Trainer:
             self.model.load_state_dict(_init_state(config.init_weights, self.spec))
         self.features = features.to(self.device).eval().requires_grad_(False)
         self.classifiers = [c.to(self.device).eval().requires_grad_(False) for c in classifiers]
+        self.ensemble = LogitEnsemble(self.classifiers) if config.transfer_fraction > 0 else None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.99))
         total, floor = config.steps, config.lr_min / config.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -143,8 +151,11 @@ class _Trainer:
     def _inputs(self, clean: torch.Tensor, classifier: nn.Module | None) -> torch.Tensor:
         """Adversarial, noisy and clean purifier inputs for one batch of clean crops.
 
-        After the clean crops come the PGD adversaries (untargeted or towards a random class, half the
-        steps each, labels from the classifier's own clean prediction), then the SSP adversaries.
+        First the clean crops (the last ``clean_noise_fraction`` of them with the dynamic defence's noise),
+        then the classifier adversaries: on ``transfer_fraction`` of the steps a transfer attack drawn from
+        TRANSFER_ATTACKS on the classifiers' ensemble, otherwise PGD on the step's classifier (untargeted or
+        towards a random class, half the steps each, labels from the classifier's own clean prediction),
+        then the SSP adversaries.
         """
         from nrp_deploy.attacks.pgd import pgd_attack
         from nrp_deploy.attacks.ssp import ssp_attack
@@ -154,7 +165,17 @@ class _Trainer:
         n_pgd = round(cfg.pgd_fraction * (len(clean) - n_clean)) if classifier is not None else 0
         eps = cfg.eps * (cfg.eps_min_fraction + (1 - cfg.eps_min_fraction) * self._uniform())
         inputs = clean.clone()
-        if n_pgd:
+        transfer = self.ensemble is not None and self._uniform() < cfg.transfer_fraction
+        if n_pgd and transfer:
+            pgd = slice(n_clean, n_clean + n_pgd)
+            attack = TRANSFER_ATTACKS[
+                int(torch.randint(len(TRANSFER_ATTACKS), (), generator=self.data_generator))
+            ]
+            seed = int(torch.randint(2**31 - 1, (), generator=self.data_generator))
+            inputs[pgd] = transfer_attack(
+                clean[pgd], self.ensemble, attack, eps, cfg.transfer_iterations, seed, cfg.transfer_ti_kernel
+            )
+        elif n_pgd:
             pgd = slice(n_clean, n_clean + n_pgd)
             inputs[pgd] = pgd_attack(
                 clean[pgd],
@@ -176,7 +197,9 @@ class _Trainer:
                 generator=self.attack_generator,
             )
         noisy = torch.rand(len(clean), generator=self.data_generator) < cfg.noise_fraction
-        noisy[:n_clean] = False
+        n_clean_noisy = round(cfg.clean_noise_fraction * n_clean)
+        noisy[: n_clean - n_clean_noisy] = False
+        noisy[n_clean - n_clean_noisy : n_clean] = True
         if noisy.any():
             mask = noisy.to(self.device).view(-1, 1, 1, 1)
             inputs = torch.where(mask, dynamic_input(inputs, generator=self.attack_generator), inputs)
@@ -312,6 +335,8 @@ def train(
                 if on_log is not None:
                     on_log(record)
                 window.clear()
+            if config.snapshot_every and trainer.step % config.snapshot_every == 0:
+                save_weights(trainer.model, run_dir / SNAPSHOT_DIR / f"step_{trainer.step:06d}.safetensors")
             if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
                 save_checkpoint(ckpt_path, trainer.state())
     weights = run_dir / WEIGHTS_NAME

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from nrp_deploy.errors import InputError
 from nrp_deploy.fileutil import atomic_output, sha256_file, write_json_atomic
 from nrp_deploy.models.registry import models_dir
-from nrp_deploy.training.config import RUN_SUMMARY, SKIMAGE, WEIGHTS_NAME, TrainConfig
+from nrp_deploy.training.config import RUN_SUMMARY, SKIMAGE, SNAPSHOT_DIR, WEIGHTS_NAME, TrainConfig
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -49,12 +50,19 @@ def _corpus_description(data: str) -> dict[str, Any] | None:
     photos = manifest.get("photos", []) if isinstance(manifest, dict) else []
     if not photos:
         return None
-    return {
+
+    def ids(split: str) -> list[str]:
+        return sorted(p["id"] for p in photos if p.get("split") == split)
+
+    description = {
         "source": f"{data}: the photo corpus of scripts/build_photo_corpus.py (corpus/manifest.json)",
         "manifest_sha256": sha256_file(manifest_path),
-        "train": sorted(p["id"] for p in photos if p.get("split") == "train"),
-        "held_out": sorted(p["id"] for p in photos if p.get("split") == "heldout"),
+        "train": ids("train"),
+        "held_out": ids("heldout"),
     }
+    if ids("validation"):  # a run's own split of the training photos (scripts/train_default.sh)
+        description["validation"] = ids("validation")
+    return description
 
 
 def _loss_terms(config: dict[str, Any]) -> str:
@@ -71,16 +79,37 @@ def _loss_terms(config: dict[str, Any]) -> str:
 
 
 def _adversaries(config: dict[str, Any]) -> str:
-    ssp = f"SSP adversaries on {config['feature_model']} features"
+    text = f"SSP adversaries on {config['feature_model']} features"
     if config.get("pgd_fraction", 0) > 0 and config.get("classifiers"):
         share = round(100 * config["pgd_fraction"])
-        return f"{ssp} and PGD ({share}% of the adversaries) on {' / '.join(config['classifiers'])} logits"
-    return ssp
+        text += f" and PGD ({share}% of the adversaries) on {' / '.join(config['classifiers'])} logits"
+        if config.get("transfer_fraction", 0) > 0:
+            steps = round(100 * config["transfer_fraction"])
+            text += (
+                f", replaced on {steps}% of the steps by MI-FGSM / DI-FGSM / TI-DIM on their logit ensemble"
+            )
+    if config.get("clean_noise_fraction", 0) > 0:
+        text += "; clean crops with the dynamic defence's noise trained back to clean"
+    return text
 
 
 def _start(summary: dict[str, Any]) -> str:
     init = summary.get("init_weights_sha256")
     return f", fine-tuned from the weights with sha256 {init}" if init else ""
+
+
+def _snapshot(run_dir: Path, path: Path) -> tuple[Path, int]:
+    """A snapshot of this run (``snapshots/step_NNNNNN.safetensors``) and its step, refused otherwise."""
+    match = re.fullmatch(r"step_(\d+)\.safetensors", path.name)
+    if match is None or path.resolve().parent != (run_dir / SNAPSHOT_DIR).resolve() or not path.is_file():
+        raise InputError(
+            f"--snapshot {path}: not a snapshot of {run_dir} ({run_dir / SNAPSHOT_DIR}/step_N.safetensors)"
+        )
+    return path, int(match.group(1))
+
+
+def _steps(steps: int, run_steps: int) -> str:
+    return f"{steps} steps" if steps == run_steps else f"{steps} steps, a snapshot of a {run_steps}-step run,"
 
 
 def condense_eval_report(report: dict[str, Any]) -> dict[str, Any]:
@@ -108,11 +137,13 @@ def publish_model(
     name: str,
     metrics: dict[str, dict[str, Any]] | None = None,
     directory: str | os.PathLike[str] | None = None,
+    snapshot: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Copy the run's weights to ``<directory>/<name>.safetensors`` and write its manifest entry.
 
     ``metrics`` maps a label (which images) to an ``nrp eval`` report.json's content; each is condensed
-    to its settings and per-attack figures.
+    to its settings and per-attack figures. ``snapshot`` publishes one of the run's ``snapshots/`` (chosen
+    on validation photos) instead of its final weights; the entry names its step.
 
     ``directory`` defaults to the user's models folder (``registry.models_dir()``).
     Returns the path of the copied weights.
@@ -122,6 +153,9 @@ def publish_model(
     weights = run_dir / WEIGHTS_NAME
     if not weights.is_file() or sha256_file(weights) != summary["weights_sha256"]:
         raise InputError(f"{weights} is missing or differs from the weights recorded in {RUN_SUMMARY}")
+    steps = summary["steps"]
+    if snapshot is not None:
+        weights, steps = _snapshot(run_dir, Path(snapshot))
     target_dir = Path(directory) if directory is not None else models_dir()
     target = target_dir / f"{name}.safetensors"
     with atomic_output(target) as fh, open(weights, "rb") as src:
@@ -135,7 +169,7 @@ def publish_model(
         "config": summary["spec"]["config"],
         "sha256": sha256_file(target),
         "provenance": (
-            f"Trained by this project with `nrp train` ({summary['steps']} steps of the self-supervised NRP "
+            f"Trained by this project with `nrp train` ({_steps(steps, summary['steps'])} of the self-supervised NRP "
             f"objective: {_adversaries(config)}, {_loss_terms(config)}) on "
             f"{config['data']!r} data{_start(summary)}. Final training losses (mean of the last "
             f"{config['log_every']} steps): {losses}."
@@ -144,7 +178,8 @@ def publish_model(
         "training": {
             "data": _data_description(config["data"]),
             "init_weights_sha256": summary.get("init_weights_sha256"),
-            "steps": summary["steps"],
+            "steps": steps,
+            "run_steps": summary["steps"],
             "final_losses": summary["final_losses"],
             "config": config,
             "command": TrainConfig(**config).command(out=str(run_dir)),
