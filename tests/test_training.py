@@ -197,7 +197,7 @@ def test_pgd_crops_follow_the_clean_ones_and_move_the_classifier_within_the_budg
 
 
 def test_noisy_clean_crops_carry_the_dynamic_defence_input_and_train_back_to_clean(photo_dir):
-    from nrp_deploy.runtime.dynamic import PUBLISHED_EPS
+    from nrp_deploy.kernels.philox import PUBLISHED_EPS
     from nrp_deploy.training.loop import _Trainer
 
     torch.set_num_threads(1)
