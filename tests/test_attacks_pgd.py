@@ -192,3 +192,142 @@ def test_attacks_run_on_cuda_tensors_with_a_cuda_generator():
     for out in (result.adversarial, adv):
         assert out.is_cuda and (out - x).abs().max() <= EPS + 1e-6
     assert result.labels.is_cuda
+
+
+def test_bpda_eot_gradient_is_the_mean_straight_through_gradient_over_noise_draws():
+    classifier, purifier = _models()
+    x = _images()
+    labels = torch.tensor([3, 3, 7, 1])
+    got = attack_gradient(
+        x,
+        labels,
+        classifier,
+        purifier,
+        mode="bpda-eot",
+        eot_samples=3,
+        generator=torch.Generator().manual_seed(5),
+    )
+    gen = torch.Generator().manual_seed(5)
+    draws = []
+    for _ in range(3):
+        z = purifier(dynamic_input(x, generator=gen)).clamp(0, 1).detach().requires_grad_(True)
+        draws.append(torch.autograd.grad(F.cross_entropy(classifier(z), labels, reduction="sum"), z)[0])
+    assert torch.allclose(got, torch.stack(draws).mean(0), atol=1e-6)
+
+
+def test_random_start_uses_the_seed_and_reaches_eps_when_steps_alone_cannot():
+    classifier, _ = _models()
+    x = _images()
+    eps, step = 8 / 255, 1 / 255  # 2 steps of 1/255 from the clean image reach at most 2/255
+    plain = pgd_attack(x, classifier, nn.Identity(), targeted=False, eps=eps, step=step, iterations=2)
+    assert (plain.adversarial - x).abs().max() <= 2 / 255 + 1e-6
+    runs = [
+        pgd_attack(
+            x,
+            classifier,
+            nn.Identity(),
+            targeted=False,
+            eps=eps,
+            step=step,
+            iterations=2,
+            random_start=True,
+            generator=torch.Generator().manual_seed(seed),
+        ).adversarial
+        for seed in (0, 0, 1)
+    ]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])  # the seed matters now
+    assert (runs[0] - x).abs().max() > 2 / 255 and (runs[0] - x).abs().max() <= eps + 1e-6
+
+
+def _sensitive_classifier() -> nn.Module:
+    """Logits from every pixel (no pooling): random images get varied classes that a small eps can flip."""
+    torch.manual_seed(2)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16 * 16, NUM_CLASSES)
+    )
+    return net.eval().requires_grad_(False)
+
+
+def test_restarts_keep_per_image_the_best_adversary():
+    classifier = _sensitive_classifier()
+    x = _images(8)
+    eps, step = 4 / 255, 1 / 255
+    with torch.no_grad():
+        labels = classifier(x).argmax(1)
+
+    def loss(adv):
+        with torch.no_grad():
+            return F.cross_entropy(classifier(adv), labels, reduction="none")
+
+    gen = torch.Generator().manual_seed(0)
+    best = pgd_attack(
+        x,
+        classifier,
+        nn.Identity(),
+        targeted=False,
+        eps=eps,
+        step=step,
+        iterations=2,
+        restarts=3,
+        generator=gen,
+    ).adversarial
+    gen = torch.Generator().manual_seed(0)
+    singles = [
+        pgd_attack(
+            x,
+            classifier,
+            nn.Identity(),
+            targeted=False,
+            eps=eps,
+            step=step,
+            iterations=2,
+            random_start=True,
+            generator=gen,
+        ).adversarial
+        for _ in range(3)
+    ]
+    with torch.no_grad():
+        fooled = [classifier(a).argmax(1) != labels for a in singles]
+    best_fooled = classifier(best).argmax(1) != labels
+    assert torch.equal(best_fooled, torch.stack(fooled).any(0))  # an image fooled by any restart stays fooled
+    never = ~torch.stack(fooled).any(0)
+    top = torch.stack([loss(a) for a in singles]).max(0).values
+    assert torch.allclose(loss(best)[never], top[never])  # else the highest loss
+    with pytest.raises(InputError, match="restarts"):
+        pgd_attack(x, classifier, nn.Identity(), restarts=0)
+
+
+def test_our_pgd_matches_torchattacks_pgd_on_the_same_model_budget_and_seed():
+    torchattacks = pytest.importorskip("torchattacks")
+    classifier = _sensitive_classifier()
+    x = torch.rand(48, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        labels = classifier(x).argmax(1)
+    eps, step, iterations = 2 / 255, 0.5 / 255, 4
+    ours = pgd_attack(x, classifier, nn.Identity(), targeted=False, eps=eps, step=step, iterations=iterations)
+    theirs = torchattacks.PGD(classifier, eps=eps, alpha=step, steps=iterations, random_start=False)(
+        x, labels
+    )
+    assert (ours.adversarial - theirs).abs().max() < 1e-6  # the same signed steps and projection
+
+    def success(adv):
+        with torch.no_grad():
+            return (classifier(adv).argmax(1) != labels).float().mean().item()
+
+    torch.manual_seed(0)  # torchattacks draws its random start from the global generator
+    theirs_rs = torchattacks.PGD(classifier, eps=eps, alpha=step, steps=iterations, random_start=True)(
+        x, labels
+    )
+    ours_rs = pgd_attack(
+        x,
+        classifier,
+        nn.Identity(),
+        targeted=False,
+        eps=eps,
+        step=step,
+        iterations=iterations,
+        random_start=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert 0.1 < success(ours.adversarial) < 1.0  # a budget where success is not a foregone conclusion
+    assert abs(success(ours_rs.adversarial) - success(theirs_rs)) <= 0.1

@@ -1,4 +1,4 @@
-"""PGD against a classifier placed behind the purifier, with three ways through the purifier's gradient.
+"""PGD against a classifier placed behind the purifier, with four ways through the purifier's gradient.
 
 The attacked pipeline is ``classifier(clamp(purifier(x'), 0, 1))`` as in the published ``bypass_nrp.py``,
 where ``x' = x`` for a static defence and ``x' = dynamic_input(x)`` (noise, projection, clamp) for the
@@ -8,16 +8,24 @@ dynamic one. Gradient modes:
 - ``bpda``: Backward Pass Differentiable Approximation (Athalye et al., 2018) with the identity, i.e. the
   straight-through estimator: the forward pass runs the purifier, the backward pass treats
   ``clamp(purifier(.))`` as the identity, so the step follows the classifier's input gradient taken at the
-  purified image;
+  purified image. The purifier is only run forward, so it may be anything that maps tensors to tensors
+  (``DeployedPurifier`` runs the deployed ONNX / TensorRT artifact);
 - ``eot``: Expectation over Transformation against the dynamic defence: the gradient is the mean of the
   full gradients through N independent draws of the defence's noise (``nrp_deploy.models.eager``'s
-  ``dynamic_input``), which is what an attacker who knows the defence is randomised does.
+  ``dynamic_input``), which is what an attacker who knows the defence is randomised does;
+- ``bpda-eot``: both at once, for a randomised defence whose purifier gives no gradient: the mean over N
+  noise draws of the straight-through gradient at the purified noisy image.
 
 Defaults as published: targeted (a random target different from the clean prediction), eps 16/255,
 step 2/255, 10 iterations, signed-gradient descent on the cross-entropy, projection and clamp each step,
-starting from the clean image. The labels are the classifier's own clean predictions (no ground truth
-needed). Gradients are taken with ``torch.autograd.grad`` with respect to the images only, so no ``.grad``
-is left on the classifier or the purifier.
+starting from the clean image. ``random_start`` starts from a uniform draw in the eps-ball instead (Madry
+et al.; then the seed matters for an untargeted attack too, and the attack can reach eps even when
+iterations x step < eps), and ``restarts`` runs the attack that many times from fresh random starts and
+keeps, per image, the adversary the pipeline scores best (an untargeted one that changes the prediction,
+then the highest loss; a targeted one that hits the target, then the lowest loss), as adaptive evaluations
+do. The labels are the classifier's own clean predictions (no ground truth needed). Gradients are taken
+with ``torch.autograd.grad`` with respect to the images only, so no ``.grad`` is left on the classifier or
+the purifier.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from nrp_deploy.kernels.philox import PUBLISHED_EPS as DYNAMIC_EPS
 from nrp_deploy.kernels.philox import PUBLISHED_SIGMA as DYNAMIC_SIGMA
 from nrp_deploy.models.eager import dynamic_input
 
-GRADIENT_MODES = ("full", "bpda", "eot")
+GRADIENT_MODES = ("full", "bpda", "eot", "bpda-eot")
 PGD_EPS = 16 / 255
 PGD_STEP = 2 / 255
 PGD_ITERATIONS = 10
@@ -51,16 +59,20 @@ class PGDResult:
     targeted: bool
 
 
-def check_pgd_options(mode: str, eps: float, step: float, iterations: int, eot_samples: int) -> None:
-    """Raise ``InputError`` for a gradient mode or budget PGD cannot run with."""
+def check_pgd_options(
+    mode: str, eps: float, step: float, iterations: int, eot_samples: int, restarts: int = 1
+) -> None:
+    """Raise ``InputError`` for a gradient mode, budget or restart count PGD cannot run with."""
     _check_mode(mode, eot_samples)
     check_budget(eps, step, iterations)
+    if not isinstance(restarts, int) or restarts < 1:
+        raise InputError(f"restarts must be an integer >= 1, got {restarts!r}")
 
 
 def _check_mode(mode: str, eot_samples: int) -> None:
     if mode not in GRADIENT_MODES:
         raise InputError(f"unknown gradient mode {mode!r}; choose one of {', '.join(GRADIENT_MODES)}")
-    if mode == "eot" and eot_samples < 1:
+    if mode in ("eot", "bpda-eot") and eot_samples < 1:
         raise InputError(f"EOT needs at least one noise sample, got {eot_samples}")
 
 
@@ -101,7 +113,12 @@ def attack_gradient(
         total = torch.zeros_like(x)
         for _ in range(eot_samples):
             noisy = dynamic_input(x, sigma=sigma, eps=dynamic_eps, generator=generator)
-            total += _grad(classifier(purifier(noisy).clamp(0.0, 1.0)), labels, x)
+            if mode == "eot":
+                total += _grad(classifier(purifier(noisy).clamp(0.0, 1.0)), labels, x)
+                continue
+            with torch.no_grad():
+                purified = purifier(noisy.detach()).clamp(0.0, 1.0)
+            total += _grad(classifier(x + (purified - x).detach()), labels, x)
         return total / eot_samples
 
 
@@ -123,13 +140,17 @@ def pgd_attack(
     eot_samples: int = EOT_SAMPLES,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    random_start: bool = False,
+    restarts: int = 1,
 ) -> PGDResult:
     """Targeted or untargeted L-inf PGD on ``classifier(clamp(purifier(x)))`` with ``mode`` gradients.
 
     ``labels`` default to random targets != the clean prediction (targeted) or to the clean prediction
-    (untargeted). ``generator`` draws the targets and the EOT noise, so a seeded one makes a run replayable.
+    (untargeted). ``generator`` draws the targets, the random starts and the EOT noise, so a seeded one
+    makes a run replayable. ``random_start`` / ``restarts``: see the module docstring (``restarts`` > 1
+    implies random starts).
     """
-    check_pgd_options(mode, eps, step, iterations, eot_samples)
+    check_pgd_options(mode, eps, step, iterations, eot_samples, restarts)
     check_images(images)
     clean = images.detach().clone()
     if labels is None:
@@ -139,8 +160,58 @@ def pgd_attack(
         labels = random_targets(predicted, logits.shape[1], generator) if targeted else predicted
     elif labels.shape != (clean.shape[0],):
         raise InputError(f"labels must have shape ({clean.shape[0]},), got {tuple(labels.shape)}")
+    random_start = random_start or restarts > 1
+    best: torch.Tensor | None = None
+    best_score: torch.Tensor | None = None
+    for run in range(restarts):
+        adversarial = _one_run(
+            clean,
+            labels,
+            classifier,
+            purifier,
+            mode,
+            targeted,
+            eps,
+            step,
+            iterations,
+            eot_samples,
+            generator,
+            progress and run == 0,
+            random_start,
+        )
+        if restarts == 1:
+            return PGDResult(adversarial=adversarial, labels=labels, targeted=targeted)
+        score = _score(adversarial, labels, classifier, purifier, mode, targeted, eot_samples, generator)
+        if best is None or best_score is None:
+            best, best_score = adversarial, score
+            continue
+        better = score > best_score
+        best = torch.where(better.view(-1, 1, 1, 1), adversarial, best)
+        best_score = torch.where(better, score, best_score)
+    assert best is not None
+    return PGDResult(adversarial=best, labels=labels, targeted=targeted)
+
+
+def _one_run(
+    clean: torch.Tensor,
+    labels: torch.Tensor,
+    classifier: torch.nn.Module,
+    purifier: torch.nn.Module,
+    mode: str,
+    targeted: bool,
+    eps: float,
+    step: float,
+    iterations: int,
+    eot_samples: int,
+    generator: torch.Generator | None,
+    progress: bool,
+    random_start: bool,
+) -> torch.Tensor:
     direction = -1.0 if targeted else 1.0  # towards the target / away from the clean label
     adversarial = clean.clone()
+    if random_start:
+        noise = torch.rand(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+        adversarial = project(clean + (2.0 * noise - 1.0) * eps, clean, eps)
     bar = tqdm(
         range(iterations), desc=f"PGD-{mode}", unit="it", disable=not progress, file=sys.stderr, leave=False
     )
@@ -149,4 +220,33 @@ def pgd_attack(
             adversarial, labels, classifier, purifier, mode, eot_samples=eot_samples, generator=generator
         )
         adversarial = project(adversarial + direction * step * grad.sign(), clean, eps)
-    return PGDResult(adversarial=adversarial, labels=labels, targeted=targeted)
+    return adversarial
+
+
+def _score(
+    adversarial: torch.Tensor,
+    labels: torch.Tensor,
+    classifier: torch.nn.Module,
+    purifier: torch.nn.Module,
+    mode: str,
+    targeted: bool,
+    eot_samples: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Per image, how good an adversary is for the attacker: success first (+1e6), then the loss (its
+    negative for a targeted attack); the noise of a randomised defence is averaged over ``eot_samples``."""
+    draws = eot_samples if mode in ("eot", "bpda-eot") else 1
+    loss = torch.zeros(len(adversarial), device=adversarial.device)
+    hits = torch.zeros(len(adversarial), device=adversarial.device)
+    with torch.no_grad():
+        for _ in range(draws):
+            x = adversarial
+            if draws > 1:
+                x = dynamic_input(x, generator=generator)
+            logits = classifier(purifier(x).clamp(0.0, 1.0))
+            loss += F.cross_entropy(logits, labels, reduction="none")
+            hits += (logits.argmax(1) == labels).float()
+    loss, hits = loss / draws, hits / draws
+    if targeted:
+        return 1e6 * hits - loss
+    return 1e6 * (1.0 - hits) + loss

@@ -8,7 +8,7 @@ from pathlib import Path
 from nrp_deploy.cli.common import finish_batch
 
 
-def _budget(text: str) -> float:
+def parse_budget(text: str) -> float:
     """A perturbation size as a decimal or a fraction of 255 levels: ``0.01``, ``16/255``."""
     try:
         if "/" in text:
@@ -22,8 +22,12 @@ def _budget(text: str) -> float:
 def _add_attack_common(p: argparse.ArgumentParser, eps: str, step: str, iterations: int) -> None:
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="output folder (PNG)")
-    p.add_argument("--eps", type=_budget, default=_budget(eps), help=f"L-inf budget (default: {eps})")
-    p.add_argument("--step", type=_budget, default=_budget(step), help=f"step size (default: {step})")
+    p.add_argument(
+        "--eps", type=parse_budget, default=parse_budget(eps), help=f"L-inf budget (default: {eps})"
+    )
+    p.add_argument(
+        "--step", type=parse_budget, default=parse_budget(step), help=f"step size (default: {step})"
+    )
     p.add_argument("--iterations", type=int, default=iterations, help=f"steps (default: {iterations})")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--batch-size", type=int, default=4, help="images of equal size per batch (default: 4)")
@@ -76,7 +80,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="purifier: registry name (default, NRP, NRP_resG) or checkpoint path",
     )
     pgd.add_argument(
-        "--mode", default="full", choices=("full", "bpda", "eot"), help="gradient (default: full)"
+        "--classifier",
+        default="efficientnet_lite0",
+        metavar="SPEC",
+        help="classifier attacked: a registry name, file.py:callable, package.module:callable, a TorchScript "
+        "file, timm:NAME / torchvision:NAME with ?weights=PATH (default: efficientnet_lite0)",
+    )
+    pgd.add_argument(
+        "--mode",
+        default="full",
+        choices=("full", "bpda", "eot", "bpda-eot"),
+        help="gradient (default: full)",
+    )
+    pgd.add_argument(
+        "--random-start",
+        action="store_true",
+        help="start from a uniform draw in the eps-ball (default: clean)",
+    )
+    pgd.add_argument(
+        "--restarts", type=int, default=1, help="random restarts, best adversary per image kept (default: 1)"
     )
     goal = pgd.add_mutually_exclusive_group()
     goal.add_argument("--targeted", dest="targeted", action="store_true", default=True, help="(default)")
@@ -115,6 +137,7 @@ def _run_attack_pgd(args: argparse.Namespace) -> int:
         args.inputs,
         args.output,
         model=args.model,
+        classifier=args.classifier,
         mode=args.mode,
         targeted=args.targeted,
         eps=args.eps,
@@ -126,5 +149,7 @@ def _run_attack_pgd(args: argparse.Namespace) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        random_start=args.random_start,
+        restarts=args.restarts,
     )
     return finish_batch(report)

@@ -70,21 +70,17 @@ def run_demo(
         raise InputError(f"{images}: not a folder with images in it")
     started = time.perf_counter()
     _say("loading the attacks, the classifier and torch ...")
+    from nrp_deploy.evaluation.options import EvalOptions
     from nrp_deploy.evaluation.report import format_predictions, format_table, write_report
     from nrp_deploy.evaluation.robustness import evaluate
 
     _say(f"purifier {os.fspath(model)!r} through backend {backend} (a first run exports it to ONNX, once)")
     _say(f"attacks on {images}: {', '.join(attacks)} ({iterations} iterations) ...")
     with _runtime_log_shown():
-        report = evaluate(
-            [images],
-            model=model,
-            attacks=attacks,
-            backend=backend,
-            iterations=iterations,
-            seed=seed,
-            progress=progress,
+        options = EvalOptions(
+            model=model, attacks=tuple(attacks), backend=backend, iterations=iterations, seed=seed
         )
+        report = evaluate([images], options, progress=progress)
     written = write_report(report, out_dir)
     print(format_table(report))
     print()

@@ -1,9 +1,11 @@
 """Evaluation outputs: the terminal / Markdown tables, the JSON report and one picture grid per attack.
 
-Two tables read the same records two ways: per attack (agreement behind the purifier and the dynamic
-defence, with the purified adversary's fidelity) and per defence (what each defence costs on clean images
-and how much agreement it keeps under each attack), the second also covering the baselines. A third lists
-each image's class per attack and defence.
+The main table has one row per defence (none, the purifier, the dynamic defence with fixed and with fresh
+noise, the baselines): its clean agreement and PSNR, then each threat model's attacks and its worst case,
+with the points of agreement the defence recovers over no defence and the share of the lost agreement
+that is. Three more read the same records other ways: per attack (agreement behind each defence, target
+hits, the purified adversary's fidelity), each defence's fidelity on clean images, and each image's class
+per attack and defence.
 
 Classes are shown as their ImageNet name and index, ``tabby cat (281)`` (``nrp_deploy.assets.class_label``).
 The grid shows, per image, clean | adversarial | purified | amplified difference (adversarial - clean,
@@ -21,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from nrp_deploy.assets import class_label
 from nrp_deploy.evaluation.robustness import DEFENCES, AttackResult, EvalReport
+from nrp_deploy.evaluation.threats import CATALOGUE
 from nrp_deploy.fileutil import atomic_output, write_bytes_atomic, write_json_atomic
 
 _TILE = 224  # pictures are scaled to this height in the grid
@@ -31,16 +34,19 @@ _HEADER = 44
 
 
 def format_table(report: EvalReport) -> str:
-    """A Markdown table (readable as plain text): agreement with the clean prediction per defence."""
+    """A Markdown table (readable as plain text), one row per attack: agreement with the clean prediction
+    behind each defence, target hits of a targeted PGD, the purified adversary's fidelity, the time."""
+    defences = report.defences
     targeted = any(r.target_hits("undefended") is not None for r in report.results)
-    head = ["attack", *(f"agree {d}" for d in DEFENCES)]
+    head = ["attack", "threat model", *(f"agree {d}" for d in defences)]
     if targeted:
         head += [f"target hit {d}" for d in DEFENCES]
     head += ["PSNR purified", "SSIM purified", "PSNR adv", "time"]
     rows = [head, ["---"] * len(head)]
     for result in report.results:
         n = len(result.records)
-        row = [result.name, *(_fraction(result.agreement(d), n) for d in DEFENCES)]
+        row = [result.name, CATALOGUE[result.name].threat_model or "clean"]
+        row += [_fraction(result.agreement(d), n) for d in defences]
         if targeted:
             hits = [result.target_hits(d) for d in DEFENCES]
             row += ["-" if h is None else _fraction(h, n) for h in hits]
@@ -53,52 +59,101 @@ def format_table(report: EvalReport) -> str:
         rows.append(row)
     s = report.settings
     title = (
-        f"{s['images']} images; defence: {s['defence']}; attacks differentiate {s['attack_model']}; "
-        f"classifier {s['classifier']}; PGD {s['pgd']}; iterations {s['iterations'] or 'as published'}"
+        f"per attack: {s['images']} images; defence: {s['defence']}; target {s['classifier']}; "
+        f"local copy {s['attack_model']}; PGD {s['pgd']}; eps {_levels(s['eps'])}; iterations "
+        f"{s['iterations'] or 'as published'}"
     )
     failed = [f"failed: {f}: {e}" for f, e in report.failed]
     return "\n".join([title, "", *_markdown_rows(rows), *failed])
 
 
 def format_defence_table(report: EvalReport) -> str:
-    """One row per defence: clean agreement and fidelity (from the ``none`` attack), then agreement per attack.
-
-    Fidelity compares each defence's output on the clean image with the clean image: PSNR, SSIM, mean
-    CIEDE2000 (about 1 is just noticeable) and the mean shift per R, G, B channel in 0..255 units.
-    Targeted attacks also show how often the target was hit.
-    """
+    """The report's main table: one row per defence; its clean agreement and PSNR (from the ``none``
+    attack), then per threat model each attack's agreement, the worst case (an image counts only if it
+    keeps its class under every attack of the threat model) and what the defence recovers of it over no
+    defence: points of agreement, and the share of the agreement the attacks took."""
     if not report.results:
         return ""
     clean = next((r for r in report.results if r.name == "none"), None)
-    attacks = [r for r in report.results if r.name != "none"]
+    summaries = {t.name: t for t in report.threat_models()}
+    groups: list[tuple[str | None, list[AttackResult]]] = []
+    for result in report.results:
+        if result.name == "none":
+            continue
+        model = CATALOGUE[result.name].threat_model
+        if groups and groups[-1][0] == model:
+            groups[-1][1].append(result)
+        else:
+            groups.append((model, [result]))
     head = ["defence"]
     if clean is not None:
-        head += ["clean agree", "PSNR", "SSIM", "CIEDE2000", "RGB shift"]
-    head += [f"agree {r.name}" for r in attacks]
+        head += ["clean agree", "PSNR"]
+    for model, results in groups:
+        head += [r.name for r in results]
+        if model in summaries:
+            head += [f"{model} worst", "recovered"]
     rows = [head, ["---"] * len(head)]
-    for defence in report.results[0].defences:
+    for defence in report.defences:
         row = [defence]
         if clean is not None:
-            n = len(clean.records)
-            shift = clean.mean_shift(defence)
             row += [
+                _fraction(clean.agreement(defence), len(clean.records)),
+                _number(clean.mean(f"psnr_{defence}"), "{:.2f} dB"),
+            ]
+        for model, results in groups:
+            for result in results:
+                cell = _fraction(result.agreement(defence), len(result.records), short=True)
+                hits = result.target_hits(defence)
+                row.append(cell if hits is None else f"{cell}, hit {round(hits * len(result.records))}")
+            if model in summaries:
+                summary = summaries[model]
+                row.append(_fraction(summary.worst[defence], summary.images))
+                row.append(_recovered(summary, defence))
+        rows.append(row)
+    s = report.settings
+    sources = ", ".join(s.get("sources") or []) or "-"
+    title = (
+        f"{s['images']} images; target {s['classifier']}; sources {sources}; SSP on {s.get('ssp_features')}; "
+        f"PGD {s['pgd']}; eps {_levels(s['eps'])}; iterations {s['iterations'] or 'as published'}; "
+        f"EOT {s['eot_samples']} draws"
+    )
+    return "\n".join([title, "", *_markdown_rows(rows)])
+
+
+def format_fidelity_table(report: EvalReport) -> str:
+    """One row per defence: what it does to clean images (PSNR, SSIM, mean CIEDE2000, about 1 being just
+    noticeable, and the mean shift per R, G, B channel in 0..255 units). Empty without the ``none`` attack."""
+    clean = next((r for r in report.results if r.name == "none"), None)
+    if clean is None:
+        return ""
+    head = ["defence", "clean agree", "PSNR", "SSIM", "CIEDE2000", "RGB shift"]
+    rows = [head, ["---"] * len(head)]
+    n = len(clean.records)
+    for defence in clean.defences:
+        shift = clean.mean_shift(defence)
+        rows.append(
+            [
+                defence,
                 _fraction(clean.agreement(defence), n),
                 _number(clean.mean(f"psnr_{defence}"), "{:.2f} dB"),
                 _number(clean.mean(f"ssim_{defence}"), "{:.4f}"),
                 _number(clean.mean(f"delta_e_{defence}"), "{:.2f}"),
                 "-" if shift is None else " ".join(f"{v:+.1f}" for v in shift),
             ]
-        for result in attacks:
-            cell = _fraction(result.agreement(defence), len(result.records))
-            hits = result.target_hits(defence)
-            row.append(cell if hits is None else f"{cell}, hit {round(hits * len(result.records))}")
-        rows.append(row)
-    s = report.settings
-    title = (
-        f"per defence: {s['images']} images; classifier {s['classifier']}; SSP on {s.get('ssp_features')}; "
-        f"white-box PGD {s['pgd']}; iterations {s['iterations'] or 'as published'}"
-    )
-    return "\n".join([title, "", *_markdown_rows(rows)])
+        )
+    return "\n".join(["fidelity on the clean images:", "", *_markdown_rows(rows)])
+
+
+def _recovered(summary, defence: str) -> str:
+    if defence == "undefended":
+        return "-"
+    points, share = summary.recovered(defence)
+    return f"{points:+.0f} pt" + ("" if share is None else f", {100 * share:.0f}%")
+
+
+def _levels(eps: float) -> str:
+    levels = eps * 255
+    return f"{levels:.0f}/255" if abs(levels - round(levels)) < 1e-6 else f"{eps:.4g}"
 
 
 def _markdown_rows(rows: list[list[str]]) -> list[str]:
@@ -124,7 +179,9 @@ def format_predictions(report: EvalReport) -> str:
     return "\n\n".join(sections)
 
 
-def _fraction(value: float, n: int) -> str:
+def _fraction(value: float, n: int, short: bool = False) -> str:
+    if short:
+        return f"{round(value * n)}/{n}"
     return f"{round(value * n)}/{n} ({100 * value:.0f}%)"
 
 
@@ -133,13 +190,20 @@ def _number(value: float | None, fmt: str) -> str:
 
 
 def write_report(report: EvalReport, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``report.json``, ``report.md`` and ``grid_<attack>.png`` into ``out_dir``; return the paths."""
+    """Write ``report.json``, ``report.md`` (every table) and ``grid_<attack>.png`` into ``out_dir``;
+    return the paths."""
     out = Path(out_dir)
     json_path, table_path = out / "report.json", out / "report.md"
     write_json_atomic(json_path, report.to_dict())
-    tables = (
-        f"{format_table(report)}\n\n{format_defence_table(report)}\n\n"
-        f"## Classes per image\n\n{format_predictions(report)}\n"
+    tables = "\n\n".join(
+        t
+        for t in (
+            format_defence_table(report),
+            format_table(report),
+            format_fidelity_table(report),
+            f"## Classes per image\n\n{format_predictions(report)}\n",
+        )
+        if t
     )
     write_bytes_atomic(table_path, tables.encode("utf-8"))
     written = [json_path, table_path]

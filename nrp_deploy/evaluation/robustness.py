@@ -1,25 +1,26 @@
 """Robustness evaluation: does the deployed purifier still defend the classifier, attack by attack?
 
-No labels are needed: the classifier's prediction on the clean image is the reference. For every attack
-the adversarial images are crafted in torch, written to uint8 as a saved adversary would be, and then
-classified behind each defence: undefended, after the purifier, after the dynamic defence (noise, then the
-purifier), and after any training-free baselines asked for (blur, JPEG). Attacks:
+No labels are needed: the judged classifier's (the *target's*) prediction on the clean image is the
+reference. For every attack the adversarial images are crafted in torch, written to uint8 as a saved
+adversary would be (kept inside the budget), and then classified behind each defence: undefended, after the
+purifier, after the dynamic defence (noise, then the purifier) with the noise seed fixed (``dynamic``:
+replayable) and with fresh noise per call (``dynamic-fresh``: what a deployment does, and what an attacker
+faces), and after any training-free baselines asked for (blur, JPEG).
 
-- ``none``: the clean image (what each defence costs on clean photos);
-- ``ssp``: the self-supervised perturbation on a feature network's features (``ssp_features``);
-- ``pgd-transfer`` / ``pgd-transfer-targeted``: PGD on the classifier alone, untargeted / targeted, i.e.
-  an attacker who does not know a defence is there (the adversary transfers through it);
-- ``pgd-full`` / ``pgd-bpda`` / ``pgd-eot``: white-box PGD on the classifier behind the purifier, with full,
-  straight-through or expectation-over-noise gradients (targeted unless ``targeted=False``).
-
-The report gives each defence's agreement with the clean prediction, the hit rate of a targeted PGD, and the
-fidelity of each defence's output against the clean image: PSNR, SSIM, mean CIEDE2000 and the mean shift
-per RGB channel (the last two catch colour casts, which PSNR barely registers).
+The attacks and the paper's three threat models that group them are in ``nrp_deploy.evaluation.threats``:
+black-box transfer from the attacker's own ``sources``, gray-box through a local copy of the defence,
+white-box through the deployed defence itself. Each threat model gets a worst-case row: an image keeps its
+class only if it keeps it under every attack of that threat model. The report gives each defence's
+agreement with the clean prediction, how many points of it the defence recovers over no defence and which
+share of the agreement the attacks took it wins back, the hit rate of a targeted PGD, and the fidelity of
+each defence's output against the clean image: PSNR, SSIM, mean CIEDE2000 and the mean shift per RGB
+channel (the last two catch colour casts, which PSNR barely registers).
 
 The defended predictions go through a ``purify(images, dynamic) -> images`` callable on float32 NCHW
-[0, 1] numpy arrays, by default the runtime's ``load_purifier`` (any backend, any precision), so every
-deployed artifact is evaluated by one code path; the attacker differentiates the torch checkpoint it came
-from (``attack_model``).
+[0, 1] numpy arrays, where ``dynamic`` is None (the purifier alone) or the ``DynamicDefense`` to apply, by
+default the runtime's ``load_purifier`` (any backend, any precision), so every deployed artifact is
+evaluated by one code path; the gray-box attacker differentiates the torch checkpoint it came from
+(``attack_model``) and the white-box attacker runs the deployed purifier itself.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,23 +38,20 @@ import torch
 from tqdm import tqdm
 
 from nrp_deploy.assets import imagenet_class_names
-from nrp_deploy.attacks.classifiers import load_classifier
-from nrp_deploy.attacks.features import build_feature_extractor
 from nrp_deploy.attacks.files import images_to_tensor, tensor_to_images
-from nrp_deploy.attacks.pgd import EOT_SAMPLES, PGD_EPS, PGD_ITERATIONS, pgd_attack
-from nrp_deploy.attacks.ssp import SSP_EPS, SSP_ITERATIONS, ssp_attack
 from nrp_deploy.errors import InputError, NRPDeployError
 from nrp_deploy.evaluation.baselines import baseline_defences
 from nrp_deploy.evaluation.metrics import channel_shift, mean_ciede2000, psnr, ssim
+from nrp_deploy.evaluation.options import EvalOptions, label
+from nrp_deploy.evaluation.suite import AttackSuite
+from nrp_deploy.evaluation.threats import ALIASES, ATTACKS, CATALOGUE, THREAT_MODELS
 from nrp_deploy.images import collect_images, read_image
-from nrp_deploy.models import load_model
+from nrp_deploy.runtime import DynamicDefense
 
-ATTACKS = ("none", "ssp", "pgd-transfer", "pgd-transfer-targeted", "pgd-full", "pgd-bpda", "pgd-eot")
-DEFENCES = ("undefended", "purified", "dynamic")
-PurifyFn = Callable[[np.ndarray, bool], np.ndarray]
-_EPS = {attack: PGD_EPS for attack in ATTACKS} | {"none": 0.0, "ssp": SSP_EPS}
-# PGD on the classifier alone: the attacker's pipeline has no purifier in it.
-_TRANSFER = {"pgd-transfer": False, "pgd-transfer-targeted": True}
+__all__ = ["ATTACKS", "DEFENCES", "AttackResult", "EvalOptions", "EvalReport", "ThreatSummary", "evaluate"]
+
+DEFENCES = ("undefended", "purified", "dynamic", "dynamic-fresh")
+PurifyFn = Callable[[np.ndarray, DynamicDefense | None], np.ndarray]
 
 
 @dataclass
@@ -101,6 +99,7 @@ class AttackResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "attack": self.name,
+            "threat_model": CATALOGUE[self.name].threat_model,
             "eps": self.eps,
             "images": len(self.records),
             "agreement": {d: self.agreement(d) for d in self.defences},
@@ -126,15 +125,66 @@ class AttackResult:
 
 
 @dataclass
+class ThreatSummary:
+    """One threat model over one run: per defence, the worst case over its attacks."""
+
+    name: str
+    attacks: list[str]
+    images: int
+    worst: dict[str, float]  # per image: keeps its class under every attack of the threat model
+    minimum: dict[str, float]  # the lowest agreement of any one attack
+
+    def recovered(self, defence: str) -> tuple[float, float | None]:
+        """Worst-case agreement ``defence`` wins back over no defence: (points, share of the agreement the
+        attacks took, None when they took none)."""
+        gained = self.worst[defence] - self.worst["undefended"]
+        lost = 1.0 - self.worst["undefended"]
+        return 100.0 * gained, (gained / lost if lost > 0 else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        recovered = {d: self.recovered(d) for d in self.worst}
+        return {
+            "attacks": self.attacks,
+            "images": self.images,
+            "worst_case": self.worst,
+            "min_over_attacks": self.minimum,
+            "recovered_points": {d: r[0] for d, r in recovered.items()},
+            "recovered_share": {d: r[1] for d, r in recovered.items()},
+        }
+
+
+@dataclass
 class EvalReport:
     settings: dict[str, Any]
     results: list[AttackResult]
     failed: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def defences(self) -> tuple[str, ...]:
+        return self.results[0].defences if self.results else DEFENCES
+
+    def threat_models(self) -> list[ThreatSummary]:
+        """The worst case of each threat model that has attacks in this run, in the paper's order."""
+        summaries = []
+        for model in THREAT_MODELS:
+            results = [r for r in self.results if CATALOGUE[r.name].threat_model == model]
+            if not results or not results[0].records:
+                continue
+            files = [rec["file"] for rec in results[0].records]
+            by_file = [{rec["file"]: rec for rec in r.records} for r in results]
+            worst = {
+                d: float(np.mean([all(r[f][d] == r[f]["clean"] for r in by_file) for f in files]))
+                for d in self.defences
+            }
+            minimum = {d: min(r.agreement(d) for r in results) for d in self.defences}
+            summaries.append(ThreatSummary(model, [r.name for r in results], len(files), worst, minimum))
+        return summaries
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "settings": self.settings,
             "attacks": [r.to_dict() for r in self.results],
+            "threat_models": {t.name: t.to_dict() for t in self.threat_models()},
             "failed": [{"file": f, "error": e} for f, e in self.failed],
             "class_names": self.class_names(),
         }
@@ -152,148 +202,77 @@ class EvalReport:
         return {str(i): names[i] for i in sorted(seen) if 0 <= i < len(names)}
 
 
-@dataclass
-class _Attackers:
-    """What the attacks need, loaded once: the classifier, the torch purifier, the SSP features."""
-
-    classifier: torch.nn.Module
-    purifier: torch.nn.Module | None
-    features: torch.nn.Module | None
-    iterations: int | None
-    eot_samples: int
-    targeted: bool
-    seed: int
-    generators: dict[str, torch.Generator] = field(default_factory=dict)
-
-    def run(self, attack: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Adversarial batch and PGD targets (None unless a targeted PGD)."""
-        if attack == "none":
-            return x, None
-        if attack not in self.generators:
-            self.generators[attack] = torch.Generator(device=x.device).manual_seed(self.seed)
-        generator = self.generators[attack]
-        if attack == "ssp":
-            iterations = SSP_ITERATIONS if self.iterations is None else self.iterations
-            return ssp_attack(x, self.features, iterations=iterations, generator=generator), None
-        transfer = attack in _TRANSFER
-        targeted = _TRANSFER[attack] if transfer else self.targeted
-        result = pgd_attack(
-            x,
-            self.classifier,
-            torch.nn.Identity() if transfer else self.purifier,
-            mode="full" if transfer else attack.removeprefix("pgd-"),
-            targeted=targeted,
-            iterations=PGD_ITERATIONS if self.iterations is None else self.iterations,
-            eot_samples=self.eot_samples,
-            generator=generator,
-        )
-        return result.adversarial, result.labels if targeted else None
-
-
 def runtime_purify_fn(
     model: str | os.PathLike[str],
     backend: str = "auto",
     precision: str | None = None,
     device: str | None = None,
-    seed: int = 0,
 ) -> tuple[PurifyFn, str]:
     """A ``purify(images, dynamic)`` over the runtime, and its one-line description.
 
-    The dynamic defence uses the published sigma and eps with a fixed seed, and the images of successive
-    calls take successive noise indices, so a whole evaluation is replayable.
+    A ``DynamicDefense`` with a fixed seed gives successive calls successive noise indices, so a whole
+    evaluation is replayable; one without a seed draws fresh noise for every call.
     """
-    from nrp_deploy.runtime import DynamicDefense, load_purifier
+    from nrp_deploy.runtime import load_purifier
 
     purifier = load_purifier(model, backend=backend, precision=precision, device=device)
-    defence = DynamicDefense(seed=seed)
-    offset = 0
+    offsets: dict[DynamicDefense, int] = {}
 
-    def purify(images: np.ndarray, dynamic: bool) -> np.ndarray:
-        nonlocal offset
-        if not dynamic:
+    def purify(images: np.ndarray, dynamic: DynamicDefense | None) -> np.ndarray:
+        if dynamic is None:
             return purifier(images)
-        out = purifier(images, dynamic=defence, start_index=offset)
-        offset += len(images)
-        return out
+        if dynamic.seed is None:
+            return purifier(images, dynamic=dynamic)
+        offset = offsets.get(dynamic, 0)
+        offsets[dynamic] = offset + len(images)
+        return purifier(images, dynamic=dynamic, start_index=offset)
 
     return purify, purifier.describe()
 
 
 def evaluate(
     inputs: Iterable[str | os.PathLike[str]],
-    model: str | os.PathLike[str] = "default",
-    attacks: Sequence[str] = ATTACKS,
+    options: EvalOptions | None = None,
     *,
-    attack_model: str | os.PathLike[str] | None = None,
     purify: PurifyFn | None = None,
-    backend: str = "auto",
-    precision: str | None = None,
-    classifier: str = "efficientnet_lite0",
-    ssp_features: str = "efficientnet_lite0",
-    feature_layer: str | None = None,
-    baselines: Sequence[str] = (),
-    iterations: int | None = None,
-    eot_samples: int = EOT_SAMPLES,
-    targeted: bool = True,
-    device: str = "cpu",
-    batch_size: int = 4,
-    seed: int = 0,
-    grid_images: int = 4,
     progress: bool = True,
 ) -> EvalReport:
-    """Attack every image under ``inputs`` with each of ``attacks`` and classify it three ways.
+    """Attack every image under ``inputs`` with each attack ``options`` chooses and classify it behind
+    each defence (``EvalOptions`` says what is run and how).
 
-    ``model`` is what the defence runs (registry name, checkpoint, or an ONNX / TensorRT artifact through
-    ``backend`` / ``precision``); ``attack_model`` is the torch checkpoint the attacks differentiate
-    (default: ``model``). ``purify`` replaces the runtime as the defence (then ``backend`` and ``precision``
-    are unused). ``iterations`` overrides the published counts (SSP 100, PGD 10). ``ssp_features`` names
-    the network whose features SSP attacks (``feature_layer`` its layer); ``baselines`` adds training-free
-    defences (``blur``, ``jpeg``) to the comparison.
+    ``purify`` replaces the runtime as the defence (then ``backend`` and ``precision`` are unused): a
+    ``purify(images, dynamic)`` on float32 NCHW [0, 1] arrays, ``dynamic`` None or a ``DynamicDefense``.
     """
-    attacks = list(attacks)
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown or not attacks:
-        raise InputError(
-            f"unknown attack(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ATTACKS)}"
-        )
-    if batch_size < 1 or eot_samples < 1 or (iterations is not None and iterations < 0) or grid_images < 0:
-        raise InputError("batch_size and eot_samples must be >= 1, iterations and grid_images >= 0")
-    extra_defences = baseline_defences(tuple(baselines))
+    options = options or EvalOptions()
+    extra_defences = baseline_defences(options.baselines)
     tasks = collect_images(inputs)
     if not tasks:
         raise InputError("no images found in the inputs")
-    description = "custom purify function"
-    if purify is None:
-        purify, description = runtime_purify_fn(model, backend, precision, device, seed)
-    attackers = _Attackers(
-        classifier=load_classifier(classifier, device),
-        purifier=_attack_purifier(attack_model or model, device)
-        if any(a.startswith("pgd-") and a not in _TRANSFER for a in attacks)
-        else None,
-        features=build_feature_extractor(ssp_features, layer=feature_layer).to(device)
-        if "ssp" in attacks
-        else None,
-        iterations=iterations,
-        eot_samples=eot_samples,
-        targeted=targeted,
-        seed=seed,
-    )
-    defences = (*DEFENCES, *extra_defences)
-    results = {a: AttackResult(a, _EPS[a], defences) for a in attacks}
     failed: list[tuple[str, str]] = []
-    batches = _batches(tasks, batch_size, failed)
+    batches = _batches(tasks, options.batch_size, failed)
     if not batches:
         raise InputError("no readable images: " + "; ".join(f"{path}: {error}" for path, error in failed))
+    description = "custom purify function"
+    if purify is None:
+        purify, description = runtime_purify_fn(
+            options.model, options.backend, options.precision, options.device
+        )
+    suite = AttackSuite(options, deployed=lambda x: purify(x, None))
+    noise = {"dynamic": DynamicDefense(seed=options.seed), "dynamic-fresh": DynamicDefense(seed=None)}
+    attacks = options.resolved
+    defences = (*DEFENCES, *extra_defences)
+    results = {a: AttackResult(a, 0.0 if a == "none" else options.eps, defences) for a in attacks}
+    started = time.perf_counter()
     bar = tqdm(total=len(batches) * len(attacks), unit="attack-batch", disable=not progress, file=sys.stderr)
     for names, images in batches:
-        x = images_to_tensor(images, device)
+        x = images_to_tensor(images, options.device)
         with torch.no_grad():
-            clean_pred = attackers.classifier(x).argmax(1).tolist()
+            clean_pred = suite.target(x).argmax(1).tolist()
         for attack in attacks:
             bar.set_description(attack)
             start = time.perf_counter()
-            adv, targets = attackers.run(attack, x)
-            adv_images = tensor_to_images(adv)
+            adv, targets = suite.run(attack, x)
+            adv_images = tensor_to_images(adv, images, options.eps) if attack != "none" else images
             _score(
                 results[attack],
                 names,
@@ -301,42 +280,56 @@ def evaluate(
                 adv_images,
                 clean_pred,
                 targets,
-                attackers.classifier,
+                suite.target,
                 purify,
+                noise,
                 extra_defences,
-                device,
-                grid_images,
+                options.device,
+                options.grid_images,
             )
             results[attack].seconds += time.perf_counter() - start
             bar.update(1)
     bar.close()
-    settings = {
-        "model": os.fspath(model),
+    return EvalReport(
+        _settings(options, suite, description, batches, time.perf_counter() - started),
+        [results[a] for a in attacks],
+        failed,
+    )
+
+
+def _settings(
+    options: EvalOptions, suite: AttackSuite, description: str, batches, seconds: float
+) -> dict[str, Any]:
+    used_aliases = {a: ALIASES[a] for a in options.attacks if a.strip() in ALIASES}
+    return {
+        "model": os.fspath(options.model),
         "defence": description,
-        "attack_model": os.fspath(attack_model or model),
-        "classifier": classifier,
-        "ssp_features": f"{attackers.features.name}/{attackers.features.layer}"
-        if attackers.features is not None
+        "attack_model": os.fspath(options.attack_model or options.model),
+        "classifier": suite.target.describe(),
+        "sources": suite.describe_sources(),
+        "ssp_features": f"{suite.features.name}/{suite.features.layer}"
+        if suite.features is not None
         else None,
-        "baselines": list(extra_defences),
-        "iterations": iterations,
-        "eot_samples": eot_samples,
-        "pgd": "targeted" if targeted else "untargeted",
-        "seed": seed,
-        "device": device,
+        "threat_models": {
+            t: [a for a in options.resolved if CATALOGUE[a].threat_model == t]
+            for t in THREAT_MODELS
+            if any(CATALOGUE[a].threat_model == t for a in options.resolved)
+        },
+        "aliases": used_aliases,
+        "baselines": list(options.baselines),
+        "eps": options.eps,
+        "iterations": options.iterations,
+        "eot_samples": options.eot_samples,
+        "pgd": "targeted" if options.targeted else "untargeted",
+        "random_start": options.random_start,
+        "restarts": options.restarts,
+        "seed": options.seed,
+        "dynamic": {"seed": options.seed, "fresh": "a new OS-drawn seed per call (not replayable)"},
+        "device": options.device,
         "images": sum(len(n) for n, _ in batches),
+        "seconds": round(seconds, 1),
+        "classifier_name": label(options.classifier),
     }
-    return EvalReport(settings, [results[a] for a in attacks], failed)
-
-
-def _attack_purifier(model: str | os.PathLike[str], device: str) -> torch.nn.Module:
-    try:
-        return load_model(model, device=device).module.eval()
-    except NRPDeployError as exc:
-        raise NRPDeployError(
-            f"the PGD attacks differentiate a torch checkpoint and cannot use {os.fspath(model)}: {exc} "
-            "(pass the checkpoint it was made from as attack_model / --attack-model)"
-        ) from exc
 
 
 def _batches(tasks, batch_size: int, failed: list[tuple[str, str]]) -> list[tuple[list[str], np.ndarray]]:
@@ -379,6 +372,7 @@ def _score(
     targets: torch.Tensor | None,
     classifier: torch.nn.Module,
     purify: PurifyFn,
+    noise: dict[str, DynamicDefense],
     extra_defences: dict[str, Callable[[np.ndarray], np.ndarray]],
     device: str,
     grid_images: int,
@@ -386,8 +380,8 @@ def _score(
     adv_float = _to_float(adversarial)
     outputs = {
         "undefended": adversarial,
-        "purified": _to_uint8(purify(adv_float, False)),
-        "dynamic": _to_uint8(purify(adv_float, True)),
+        "purified": _to_uint8(purify(adv_float, None)),
+        **{d: _to_uint8(purify(adv_float, dynamic)) for d, dynamic in noise.items()},
         **{name: defend(adversarial) for name, defend in extra_defences.items()},
     }
     predictions = {d: _classify(classifier, images, device) for d, images in outputs.items()}
