@@ -29,12 +29,12 @@ import torch
 from nrp_deploy.attacks.classifiers import load_classifier
 from nrp_deploy.attacks.features import build_feature_extractor
 from nrp_deploy.attacks.ssp import ssp_attack
+from nrp_deploy.attacks.transfer import transfer_attack
 from nrp_deploy.evaluation.metrics import psnr
 from nrp_deploy.fileutil import write_json_atomic
 from nrp_deploy.images import read_image
 from nrp_deploy.models import load_model
 from nrp_deploy.models.eager import dynamic_input
-from nrp_deploy.training.transfer import LogitEnsemble, transfer_attack
 
 RESIZE, CROP = 256, 224
 EPS, ITERATIONS = 16 / 255, 10
@@ -70,14 +70,19 @@ def on_grid(adversarial: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 def attacked_inputs(clean: torch.Tensor) -> dict[str, torch.Tensor]:
     features = build_feature_extractor(SOURCE, layer="stage3")
-    source = LogitEnsemble([load_classifier(SOURCE)])
+    source = [load_classifier(SOURCE)]
     generator = torch.Generator().manual_seed(0)
     ssp = ssp_attack(clean, features, eps=EPS, step=2 / 255, iterations=ITERATIONS, generator=generator)
     return {
         "clean": clean,
         "ssp": on_grid(ssp, clean),
-        "ti-dim": on_grid(transfer_attack(clean, source, "ti-dim", EPS, ITERATIONS, seed=0), clean),
-        "mi-fgsm": on_grid(transfer_attack(clean, source, "mi-fgsm", EPS, ITERATIONS, seed=0), clean),
+        **{
+            name: on_grid(
+                transfer_attack(name, clean, source, eps=EPS, iterations=ITERATIONS, generator=generator),
+                clean,
+            )
+            for name in ("ti-dim", "mi-fgsm")
+        },
     }
 
 

@@ -108,17 +108,20 @@ def transfer_attack(
     step: float | None = None,
     targeted: bool = False,
     generator: torch.Generator | None = None,
+    ti_kernel: int = TI_KERNEL,
 ) -> torch.Tensor:
     """Adversaries of ``images`` (float NCHW in [0, 1]) crafted by torchattacks' ``name`` on ``sources``.
 
     ``labels``: untargeted, the classes to move away from (default: the sources' consensus); targeted,
     the targets (required). ``step`` defaults to eps / iterations. ``generator`` seeds torchattacks'
-    random draws (diverse inputs).
+    random draws (diverse inputs). ``ti_kernel``: TI-DIM's gradient-smoothing kernel in pixels.
     """
     if name not in TRANSFER_ATTACKS:
         raise InputError(f"unknown transfer attack {name!r}; choose one of {', '.join(TRANSFER_ATTACKS)}")
     if iterations < 1:
         raise InputError(f"a transfer attack needs iterations >= 1, got {iterations}")
+    if ti_kernel < 1:
+        raise InputError(f"TI-DIM's kernel must be at least 1 px, got {ti_kernel}")
     step = eps / iterations if step is None else step
     check_budget(eps, step, iterations)
     check_images(images)
@@ -141,7 +144,7 @@ def transfer_attack(
             model,
             decay=MOMENTUM_DECAY,
             kernel_name="gaussian",
-            len_kernel=TI_KERNEL,
+            len_kernel=ti_kernel,
             nsig=TI_NSIG,
             resize_rate=DI_RESIZE_RATE,
             diversity_prob=TI_DIM_PROBABILITY,

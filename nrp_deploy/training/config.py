@@ -16,7 +16,6 @@ RUN_SUMMARY = "run.json"
 # ``steps`` stretches or shortens the rest of the cosine learning-rate schedule.
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "log_every", "device", "snapshot_every"})
 SNAPSHOT_DIR = "snapshots"  # step_NNNNNN.safetensors: intermediate weights kept for selection
-TRANSFER_ATTACKS = ("mi-fgsm", "di-fgsm", "ti-dim")
 
 
 @dataclass

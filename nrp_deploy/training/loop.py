@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nrp_deploy.attacks.transfer import TRANSFER_ATTACKS, LossEnsemble, transfer_attack
 from nrp_deploy.errors import CheckpointError, InputError
 from nrp_deploy.fileutil import sha256_file, write_bytes_atomic, write_json_atomic
 from nrp_deploy.models.eager import dynamic_input
@@ -45,7 +46,6 @@ from nrp_deploy.training.config import (
     RESUMABLE_CHANGES,
     RUN_SUMMARY,
     SNAPSHOT_DIR,
-    TRANSFER_ATTACKS,
     WEIGHTS_NAME,
     TrainConfig,
 )
@@ -58,7 +58,6 @@ from nrp_deploy.training.objective import (
     pixel_loss,
     relativistic_losses,
 )
-from nrp_deploy.training.transfer import LogitEnsemble, transfer_attack
 
 
 @dataclass
@@ -82,7 +81,7 @@ class _Trainer:
             self.model.load_state_dict(_init_state(config.init_weights, self.spec))
         self.features = features.to(self.device).eval().requires_grad_(False)
         self.classifiers = [c.to(self.device).eval().requires_grad_(False) for c in classifiers]
-        self.ensemble = LogitEnsemble(self.classifiers) if config.transfer_fraction > 0 else None
+        self.transfer_sources = LossEnsemble(self.classifiers) if self.classifiers else None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.99))
         total, floor = config.steps, config.lr_min / config.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -165,15 +164,21 @@ class _Trainer:
         n_pgd = round(cfg.pgd_fraction * (len(clean) - n_clean)) if classifier is not None else 0
         eps = cfg.eps * (cfg.eps_min_fraction + (1 - cfg.eps_min_fraction) * self._uniform())
         inputs = clean.clone()
-        transfer = self.ensemble is not None and self._uniform() < cfg.transfer_fraction
+        transfer = self.transfer_sources is not None and cfg.transfer_fraction > 0
+        transfer = transfer and self._uniform() < cfg.transfer_fraction
         if n_pgd and transfer:
             pgd = slice(n_clean, n_clean + n_pgd)
             attack = TRANSFER_ATTACKS[
                 int(torch.randint(len(TRANSFER_ATTACKS), (), generator=self.data_generator))
             ]
-            seed = int(torch.randint(2**31 - 1, (), generator=self.data_generator))
             inputs[pgd] = transfer_attack(
-                clean[pgd], self.ensemble, attack, eps, cfg.transfer_iterations, seed, cfg.transfer_ti_kernel
+                attack,
+                clean[pgd],
+                self.transfer_sources,
+                eps=eps,
+                iterations=cfg.transfer_iterations,
+                generator=self.attack_generator,
+                ti_kernel=cfg.transfer_ti_kernel,
             )
         elif n_pgd:
             pgd = slice(n_clean, n_clean + n_pgd)
