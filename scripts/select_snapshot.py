@@ -11,7 +11,8 @@ logits), which do not depend on the purifier and are crafted once. Each candidat
     without it (the dynamic defence with a fixed noise seed).
 
 The rule: the highest mean of those agreement rates; ties go to the higher clean PSNR. Every candidate's
-row and the choice are written to OUT (JSON) and printed.
+row and the choice are written to OUT (JSON) and printed; run again into the same OUT with more candidates
+(snapshots appear as a run trains), rows already scored there (same file, same crops and attacks) are kept.
 
 Usage: python scripts/select_snapshot.py VAL_DIR OUT.json CANDIDATE.safetensors [...]
 """
@@ -31,7 +32,7 @@ from nrp_deploy.attacks.features import build_feature_extractor
 from nrp_deploy.attacks.ssp import ssp_attack
 from nrp_deploy.attacks.transfer import transfer_attack
 from nrp_deploy.evaluation.metrics import psnr
-from nrp_deploy.fileutil import write_json_atomic
+from nrp_deploy.fileutil import sha256_file, write_json_atomic
 from nrp_deploy.images import read_image
 from nrp_deploy.models import load_model
 from nrp_deploy.models.eager import dynamic_input
@@ -110,6 +111,19 @@ def score(path: Path, inputs: dict[str, torch.Tensor], judge: torch.nn.Module, l
     return row
 
 
+def _earlier_rows(out: Path, crops: int, undefended: dict[str, float]) -> dict[tuple[str, str], dict]:
+    """Rows of an earlier run into ``out`` on the same crops and attacks, by (candidate, sha256).
+
+    Snapshots appear while a run trains; scoring each once lets the selection be run again as they come.
+    """
+    if not out.is_file():
+        return {}
+    earlier = json.loads(out.read_text(encoding="utf-8"))
+    if earlier.get("crops") != crops or earlier.get("undefended") != undefended:
+        return {}
+    return {(row["candidate"], row["sha256"]): row for row in earlier["candidates"] if "sha256" in row}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("val_dir", type=Path)
@@ -122,11 +136,17 @@ def main() -> int:
     with torch.no_grad():
         labels = judge(clean).argmax(1)
     inputs = attacked_inputs(clean)
+    with torch.no_grad():
+        undefended = {
+            name: (judge(x).argmax(1) == labels).float().mean().item() for name, x in inputs.items()
+        }
+    scored = _earlier_rows(args.out, len(clean), undefended)
     rows = []
     for path in args.candidates:
-        rows.append(score(path, inputs, judge, labels))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    undefended = {name: (judge(x).argmax(1) == labels).float().mean().item() for name, x in inputs.items()}
+        digest = sha256_file(path)
+        row = scored.get((str(path), digest)) or {**score(path, inputs, judge, labels), "sha256": digest}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
     best = max(rows, key=lambda r: (r["score"], r["clean_psnr"]))
     report = {
         "rule": "highest mean agreement over clean and attacked inputs, static and dynamic; ties: clean PSNR",
