@@ -199,6 +199,7 @@ def _fake_metadata(tmp_path: Path, **changes) -> trt_engine.EngineMetadata:
         platform=ENV.platform,
         optimization_level=3,
         workspace_mib=2048,
+        tf32=True,
     )
     values.update(changes)
     return trt_engine.EngineMetadata(**values)
@@ -495,8 +496,10 @@ def test_compatibility_options_reach_the_config(fake_build_env, tmp_path):
 )
 def test_fp32_engines_are_built_without_tf32(fake_build_env, tmp_path, layers, tf32):
     trt = fake_build_env()
-    trt_build.build_engine(_fake_onnx(tmp_path / "m.onnx", layers), use_timing_cache=False)
+    meta = trt_build.build_engine(_fake_onnx(tmp_path / "m.onnx", layers), use_timing_cache=False)
     assert ("TF32" in trt.record["config"].flags) is tf32
+    assert meta.tf32 is tf32  # the builder policy is recorded in the sidecar
+    assert trt_engine.read_engine_metadata(tmp_path / "m.engine").tf32 is tf32
 
 
 def test_build_runs_on_the_device_asked_for_and_restores_the_current_context(fake_build_env, tmp_path):

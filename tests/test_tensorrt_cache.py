@@ -83,6 +83,7 @@ def _metadata(
         platform=env.platform,
         optimization_level=3,
         workspace_mib=1024,
+        tf32=False,
         build_seconds=12.5,
         built_at="2026-01-01T00:00:00+00:00",
         source={"onnx_precision": "fp16"},
@@ -172,6 +173,45 @@ def test_stale_reasons_name_what_differs(files, env, changes, reason):
     reasons = trt_engine.stale_reasons(_metadata(engine, onnx, **changes), env)
     assert len(reasons) == 1
     assert re.search(reason, reasons[0])
+
+
+def test_engines_without_a_recorded_tf32_policy_or_with_tf32_in_fp32_are_stale(files):
+    onnx, engine = files
+    unrecorded = trt_engine.stale_reasons(_metadata(engine, onnx, tf32=None, format_version=1), ENV)
+    assert len(unrecorded) == 1 and re.search("format version 1.*TF32", unrecorded[0])
+    fp32_tf32 = trt_engine.stale_reasons(_metadata(engine, onnx, precision="fp32", tf32=True), ENV)
+    assert len(fp32_tf32) == 1 and "FP32 engine built with TF32 allowed" in fp32_tf32[0]
+    assert trt_engine.stale_reasons(_metadata(engine, onnx, precision="fp16", tf32=True), ENV) == []
+
+
+def _write_format_1_sidecar(engine: Path, onnx: Path) -> None:
+    """A sidecar as nrp-deploy wrote it before it recorded the TF32 policy (format version 1)."""
+    data = _metadata(engine, onnx, precision="fp32").to_dict()
+    del data["tf32"]
+    data["format_version"] = 1
+    metadata.sidecar_path(engine).write_text(json.dumps(data))
+
+
+def test_format_1_engines_are_rebuilt_from_their_recorded_onnx_or_refused(files, tmp_path):
+    """Engines from before the TF32 fix may run FP32 in TF32: an explicit engine path is rebuilt from the
+    ONNX its sidecar names, keeping its options, and refused with the reason when that ONNX is gone."""
+    onnx = files[0]
+    engine = tmp_path / "deploy.engine"
+    engine.write_bytes(b"old plan")
+    _write_format_1_sidecar(engine, onnx)
+    assert trt_engine.read_engine_metadata(engine).tf32 is None
+    build = FakeBuilder()
+    choice = trt_cache.ensure_engine(env=ENV, build=build, engine=engine)
+    assert choice.built and "format version 1" in choice.reasons[0]
+    assert [call[:2] for call in build.calls] == [(onnx, engine)]
+    rebuilt = trt_engine.read_engine_metadata(engine)
+    assert rebuilt.format_version == trt_engine.FORMAT_VERSION and rebuilt.tf32 is False
+
+    engine.write_bytes(b"old plan")
+    _write_format_1_sidecar(engine, onnx)
+    onnx.unlink()
+    with pytest.raises(StaleArtifactError, match=r"format version 1.*TF32"):
+        trt_cache.ensure_engine(env=ENV, build=FakeBuilder(), engine=engine)
 
 
 def test_compatibility_flags_widen_what_runs(files):

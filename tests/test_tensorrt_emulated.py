@@ -340,6 +340,7 @@ def _metadata(engine: Path, onnx: Path, **changes) -> trt_engine.EngineMetadata:
         platform=ENV.platform,
         optimization_level=3,
         workspace_mib=64,
+        tf32=False,
     )
     values.update(changes)
     return trt_engine.EngineMetadata(**values)

@@ -23,7 +23,10 @@ from nrp_deploy.errors import InputError, MetadataError
 from nrp_deploy.fileutil import write_json_atomic
 
 FORMAT = "nrp-deploy/tensorrt-engine"
-FORMAT_VERSION = 1
+#: 2 records the builder's TF32 policy (``EngineMetadata.tf32``). Version 1 sidecars are still read, so
+#: that their engines are rebuilt from the recorded ONNX and options (or refused with the reason), never run.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 ENGINE_SUFFIX = ".engine"
 
 #: TensorRT's own default builder optimisation level (0 = fastest build .. 5 = most tactics tried).
@@ -90,6 +93,9 @@ class EngineMetadata:
     workspace_mib: int
     version_compatible: bool = False
     hardware_compatibility: str = "none"
+    #: The builder policy: whether TensorRT could pick TF32 tactics (it may by default), which round FP32
+    #: convolution inputs to 10 mantissa bits. None: not recorded (format 1), so not known.
+    tf32: bool | None = None
     build_seconds: float = 0.0
     built_at: str = ""
     source: dict[str, Any] = field(default_factory=dict)
@@ -125,10 +131,10 @@ def read_engine_metadata(engine: str | os.PathLike[str]) -> EngineMetadata:
     path, data = read_sidecar(engine, made_by="build engines with `nrp build`")
     if data.get("format") != FORMAT:
         raise MetadataError(f"{path} is not TensorRT engine metadata (no format {FORMAT!r})")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise MetadataError(
             f"{path} has metadata format version {data.get('format_version')!r}; this nrp-deploy reads "
-            f"{FORMAT_VERSION}: rebuild the engine with `nrp build`"
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}: rebuild the engine with `nrp build`"
         )
     try:
         metadata = EngineMetadata.from_dict(data)
@@ -167,6 +173,13 @@ def stale_reasons(
     hash; either check is skipped when None.
     """
     reasons: list[str] = []
+    if metadata.tf32 is None:
+        reasons.append(
+            f"its metadata (format version {metadata.format_version}) does not record whether TensorRT could "
+            "use TF32, and engines built before nrp-deploy recorded it ran FP32 convolutions in TF32"
+        )
+    elif metadata.tf32 and metadata.precision == "fp32":
+        reasons.append("an FP32 engine built with TF32 allowed (convolution inputs rounded to 10 bits)")
     built, running = metadata.tensorrt_version, env.tensorrt_version
     if metadata.version_compatible:
         b, r = _version_tuple(built), _version_tuple(running)
