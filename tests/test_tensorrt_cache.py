@@ -148,6 +148,8 @@ def test_fresh_engine_has_no_stale_reasons(files):
             r"built by TensorRT 10\.3\.0; this is TensorRT 10\.3\.1",
         ),
         (dataclasses.replace(ENV, compute_capability=(8, 6), gpu_name="RTX A6000"), {}, "sm_87.*RTX A6000"),
+        # one compute capability, another model: TensorRT's plans are tuned per model
+        (dataclasses.replace(ENV, gpu_name="Orin NX"), {}, r"built for Orin \(sm_87\); this GPU is Orin NX"),
         (dataclasses.replace(ENV, platform="Linux-x86_64"), {}, "built on Linux-aarch64"),
         # version-compatible engines run on later releases of the same major only
         (
@@ -239,10 +241,11 @@ def test_changed_onnx_and_replaced_engine_are_stale(files):
 def test_cache_key_tracks_what_the_engine_depends_on():
     base = trt_cache.cache_key("a" * 64, trt_engine.BuildOptions(), ENV)
     assert base == trt_cache.cache_key("a" * 64, trt_engine.BuildOptions(), ENV)
-    assert base == trt_cache.cache_key(
-        "a" * 64, trt_engine.BuildOptions(), dataclasses.replace(ENV, gpu_name="Orin NX")
-    )
     variants = [
+        # another GPU model of the same compute capability: its own engine (TensorRT's plans are per model)
+        trt_cache.cache_key(
+            "a" * 64, trt_engine.BuildOptions(), dataclasses.replace(ENV, gpu_name="Orin NX")
+        ),
         trt_cache.cache_key("b" * 64, trt_engine.BuildOptions(), ENV),
         trt_cache.cache_key("a" * 64, trt_engine.BuildOptions(optimization_level=5), ENV),
         trt_cache.cache_key(
@@ -264,6 +267,11 @@ def test_timing_cache_is_per_release_and_gpu_kind(tmp_path):
     assert a.parent == tmp_path
     assert a != trt_cache.timing_cache_path(dataclasses.replace(ENV, tensorrt_version="11.4.0.106"), tmp_path)
     assert a != trt_cache.timing_cache_path(dataclasses.replace(ENV, compute_capability=(9, 0)), tmp_path)
+    h100, h200 = (
+        dataclasses.replace(ENV, gpu_name=name) for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200")
+    )
+    assert trt_cache.timing_cache_path(h100, tmp_path) != trt_cache.timing_cache_path(h200, tmp_path)
+    assert "NVIDIA-H200" in trt_cache.timing_cache_path(h200, tmp_path).name
 
 
 # -- ensure_engine: the cache policy -------------------------------------------------------------------

@@ -12,7 +12,7 @@ ONNX Runtime backend turns TF32 off for FP32 too). The build runs on the device 
 primary context is made current for the build, since TensorRT builds on the current device.
 
 One optimisation profile covers (batch, height, width) from ``min`` to ``max``, tuned for ``opt``. Timings
-go to a cache on disk (one per TensorRT release and GPU kind) that later builds reuse, which cuts the
+go to a cache on disk (one per TensorRT release and GPU model) that later builds reuse, which cuts the
 rebuilds the engine cache triggers after a TensorRT upgrade or an ONNX change to a fraction.
 """
 

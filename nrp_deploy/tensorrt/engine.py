@@ -1,8 +1,9 @@
 """What a TensorRT engine is tied to, and whether it may run here: its sidecar, its build options, staleness.
 
 A serialized engine runs only under the TensorRT release that built it (or a later one of the same major
-when built version-compatible), only on GPUs of the compute capability it was built for (or Ampere and
-later when built hardware-compatible), on the same CPU platform, and it stands for exactly one ONNX file.
+when built version-compatible), only on the GPU model it was built for (or Ampere and later when built
+hardware-compatible): TensorRT warns that a plan run on another model of the same compute capability (an
+H100 plan on an H200, an A100 one on an A30) may be slow or fail, since its tactics were timed there, on the same CPU platform, and it stands for exactly one ONNX file.
 Every engine therefore carries a sidecar ``<engine>.json`` (``EngineMetadata``) recording all of that,
 and ``stale_reasons`` compares it with the machine at hand (``TargetEnvironment``). Plain functions of
 plain data, so CI tests them without TensorRT or a GPU.
@@ -32,7 +33,7 @@ ENGINE_SUFFIX = ".engine"
 #: TensorRT's own default builder optimisation level (0 = fastest build .. 5 = most tactics tried).
 DEFAULT_OPT_LEVEL = 3
 DEFAULT_WORKSPACE_MIB = 2048
-#: ``hardware_compatibility`` values: "none" (this compute capability only) or "ampere_plus" (sm_80+).
+#: ``hardware_compatibility`` values: "none" (this GPU model only) or "ampere_plus" (sm_80+).
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus")
 
 
@@ -197,7 +198,7 @@ def stale_reasons(
             reasons.append(
                 f"built for Ampere and later GPUs (sm_80+); {env.gpu_name} is sm_{cc_here[0]}{cc_here[1]}"
             )
-    elif cc_built != cc_here:
+    elif cc_built != cc_here or metadata.gpu_name != env.gpu_name:
         reasons.append(
             f"built for {metadata.gpu_name} (sm_{cc_built[0]}{cc_built[1]}); this GPU is {env.gpu_name} "
             f"(sm_{cc_here[0]}{cc_here[1]})"
