@@ -914,6 +914,41 @@ def test_ort_cuda_graph_session_serves_host_and_device_callers_alike(cuda, tmp_p
     src.close(), dst.close(), caller.close()
 
 
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_ort_device_path_errors_are_model_errors(cuda, tmp_path, monkeypatch, cuda_graph):
+    """ONNX Runtime's own exceptions from a run on device buffers (a wrong output shape, a failed kernel)
+    end as ModelError naming the model, as on the host path, not as a traceback."""
+    from nrp_deploy.runtime.backends import ort as ort_backend
+
+    fake = make_fake_ort(cuda)
+
+    class RuntimeException(Exception):  # onnxruntime's own, not an NRPDeployError
+        pass
+
+    def fail(self, binding):
+        raise RuntimeException("output shape mismatch\nmore detail")
+
+    monkeypatch.setattr(fake.InferenceSession, "run_with_iobinding", fail)
+    monkeypatch.setattr(ort_backend, "_ort", lambda: fake)
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"stand-in")
+    options = OrtOptions(cuda_graph=True, fixed_shape=(2, 8, 8)) if cuda_graph else OrtOptions()
+    backend = ort_backend.OrtBackend(onnx, device="cuda:0", options=options)
+    backend.activate()
+    shape = (2, 3, 8, 8)
+    src, dst = (cuda_mem.DeviceBuffer(4 * int(np.prod(shape))) for _ in range(2))
+    message = (
+        r"ONNX Runtime failed to run .*m\.onnx on an input of shape \(2, 3, 8, 8\).*output shape mismatch$"
+    )
+    with pytest.raises(ModelError, match=message):
+        backend.infer_device(src.ptr, dst.ptr, shape, backend.stream)
+    if cuda_graph:
+        with pytest.raises(ModelError, match=message):
+            backend.infer(np.zeros(shape, np.float32))
+    backend.deactivate()
+    src.close(), dst.close()
+
+
 @pytest.mark.parametrize(("name", "channels", "expected"), [("images", 1, "1"), ("x", "C", "3")])
 def test_tensorrt_ep_profile_names_the_models_input(tmp_path, name, channels, expected):
     """The TensorRT EP's profile strings carry the model's own input name and channel count."""
