@@ -61,6 +61,9 @@ class FakeCuda:
         self.log: list[tuple[str, int]] = []
         self.current = 0
         self.refuse_capture = False
+        self.retained = 0  # primary-context references held
+        self.streams: set[int] = set()  # live streams
+        self.failing: set[str] = set()  # driver calls that fail (out of memory)
         self._next = 1000
 
     def _handle(self) -> int:
@@ -78,9 +81,11 @@ class FakeCuda:
         return 0, ordinal
 
     def cuDevicePrimaryCtxRetain(self, device):
+        self.retained += 1
         return 0, 7
 
     def cuDevicePrimaryCtxRelease(self, device):
+        self.retained -= 1
         return (0,)
 
     def cuCtxGetCurrent(self):
@@ -91,15 +96,22 @@ class FakeCuda:
         return (0,)
 
     def cuStreamCreate(self, flags):
-        return 0, self._handle()
+        if "cuStreamCreate" in self.failing:
+            return 2, None  # CUDA_ERROR_OUT_OF_MEMORY
+        handle = self._handle()
+        self.streams.add(handle)
+        return 0, handle
 
     def cuStreamSynchronize(self, stream):
         return (0,)
 
     def cuStreamDestroy(self, stream):
+        self.streams.remove(int(stream))
         return (0,)
 
     def cuEventCreate(self, flags):
+        if "cuEventCreate" in self.failing:
+            return 2, None
         return 0, self._handle()
 
     def cuEventRecord(self, event, stream):
@@ -681,6 +693,40 @@ def test_pipeline_unloads_the_kernels_it_loaded_and_only_those(fake_trt, cuda, t
     DevicePipeline(backend, mine).close()
     backend.deactivate()
     assert cuda.memory == {}
+
+
+@pytest.mark.parametrize("failing", ["cuStreamCreate", "cuEventCreate"])
+def test_a_pipeline_that_cannot_start_releases_its_context_and_kernels(
+    fake_trt, cuda, tmp_path, monkeypatch, failing
+):
+    import nrp_deploy.kernels as kernels_package
+    from nrp_deploy.kernels.cuda_api import CudaError
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    loaded: list[FakeKernels] = []
+
+    class ClosingKernels(FakeKernels):
+        def __init__(self, ordinal: int) -> None:
+            super().__init__(cuda)
+            self.closed = False
+            loaded.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(kernels_package, "FusedKernels", ClosingKernels)
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    held, streams = cuda.retained, set(cuda.streams)
+    cuda.failing.add(failing)
+    with pytest.raises(CudaError, match=failing):
+        DevicePipeline(backend)
+    assert [k.closed for k in loaded] == [True]
+    assert cuda.retained == held and cuda.streams == streams  # nothing kept by the failed start
+    cuda.failing.clear()
+    backend.deactivate()
+    assert cuda.retained == 0 and cuda.streams == set()
 
 
 def test_pipeline_refuses_what_it_cannot_run(fake_trt, cuda, tmp_path):

@@ -67,9 +67,13 @@ class Stream:
         )
         self.handle = int(self._stream)
         # One event serves every cross-stream order: cuStreamWaitEvent waits for the record made before it.
-        self._event = check(
-            drv.cuEventCreate(int(drv.CUevent_flags.CU_EVENT_DISABLE_TIMING)), "cuEventCreate"
-        )
+        try:
+            self._event = check(
+                drv.cuEventCreate(int(drv.CUevent_flags.CU_EVENT_DISABLE_TIMING)), "cuEventCreate"
+            )
+        except BaseException:
+            drv.cuStreamDestroy(self._stream)
+            raise
 
     def synchronize(self) -> None:
         check(self._drv.cuStreamSynchronize(self._stream), "cuStreamSynchronize")

@@ -84,21 +84,22 @@ class DevicePipeline:
         self._cuda = PrimaryContext(self.ordinal)
         self.in_dtype = backend.input_spec.dtype
         self.out_dtype = backend.output_spec.dtype
-        for dtype in (self.in_dtype, self.out_dtype):
-            if dtype not in ("float16", "float32"):
-                self._cuda.close()
-                raise InputError(f"the fused kernels read and write float16 or float32, not {dtype}")
         self._own_kernels = None
-        if kernels is None:
-            from nrp_deploy.kernels import FusedKernels
+        try:  # on any failure, release what was taken so far: nothing else would (no finalizer)
+            for dtype in (self.in_dtype, self.out_dtype):
+                if dtype not in ("float16", "float32"):
+                    raise InputError(f"the fused kernels read and write float16 or float32, not {dtype}")
+            if kernels is None:
+                from nrp_deploy.kernels import FusedKernels
 
-            try:
                 kernels = self._own_kernels = FusedKernels(self.ordinal)
-            except BaseException:
-                self._cuda.close()
-                raise
+            self._stream = Stream()
+        except BaseException:
+            if self._own_kernels is not None:
+                self._own_kernels.close()
+            self._cuda.close()
+            raise
         self.kernels = kernels
-        self._stream = Stream()
         self.stream = self._stream.handle
         self.max_shapes = max_shapes
         self._slots: OrderedDict[tuple[int, int, int], _Slot] = OrderedDict()
