@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 import types
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -47,55 +48,135 @@ class _Graph:
         return id(self)
 
 
+class _Wait:
+    """Queued by cuStreamWaitEvent: when the waiting stream reaches it, the recorded stream first runs up
+    to the point of the record."""
+
+    def __init__(self, cuda: FakeCuda, stream: int, upto: int) -> None:
+        self.cuda, self.stream, self.upto = cuda, stream, upto
+
+    def __call__(self) -> None:
+        self.cuda.run_until(self.stream, self.upto)
+
+
 class FakeCuda:
-    """The slice of ``cuda.bindings.driver`` our code calls, on host memory; ``log`` records the order."""
+    """The slice of ``cuda.bindings.driver`` our code calls, on host memory; ``log`` records the order.
+
+    Strict where the real driver only misbehaves sometimes: each stream's work is deferred, and runs only
+    when the host waits for it (``cuStreamSynchronize``) or when a stream that waits on an event recorded
+    after it runs, so a missing synchronise or event shows as stale data. Freeing memory while any stream
+    still has work queued fails (the work might touch it). Capture is per stream, as in CUDA (work queued
+    on a capturing stream from any thread is recorded), in thread-local mode: an unsafe call (allocation,
+    synchronise) from the capturing thread invalidates the capture, and synchronising a capturing stream is
+    refused. Each thread has its own context stack, and allocations and stream creation need a current
+    context.
+    """
 
     CUstream_flags = types.SimpleNamespace(CU_STREAM_NON_BLOCKING=1)
     CUevent_flags = types.SimpleNamespace(CU_EVENT_DISABLE_TIMING=2)
     CUstreamCaptureMode = types.SimpleNamespace(CU_STREAM_CAPTURE_MODE_THREAD_LOCAL=1)
     CUstream = CUdeviceptr = int
+    PRIMARY = 7  # the primary context's handle, for device 0 (device N: PRIMARY + N)
 
     def __init__(self) -> None:
         self.memory: dict[int, ctypes.Array] = {}
         self.capturing: dict[int, list] = {}
         self.log: list[tuple[str, int]] = []
-        self.current = 0
         self.refuse_capture = False
         self.retained = 0  # primary-context references held
         self.streams: set[int] = set()  # live streams
         self.failing: set[str] = set()  # driver calls that fail (out of memory)
+        self.queues: dict[int, list[tuple[int, Any]]] = {}  # stream -> [(sequence number, work)]
+        self.queued: dict[int, int] = {}  # stream -> how many items were ever queued on it
+        self.events: dict[int, tuple[int, int]] = {}  # event -> (stream, items queued when recorded)
+        self._capture_threads: dict[int, int] = {}  # capturing stream -> the thread that began it
+        self._invalidated: set[int] = set()
+        self._threads = threading.local()
+        self._lock = threading.RLock()
         self._next = 1000
 
     def _handle(self) -> int:
-        self._next += 1
-        return self._next
+        with self._lock:
+            self._next += 1
+            return self._next
+
+    # -- deferred work -----------------------------------------------------------------------------------
 
     def enqueue(self, stream: int, work) -> None:
-        if int(stream) in self.capturing:
-            self.capturing[int(stream)].append(work)
-        else:
-            work()
+        stream = int(stream)
+        with self._lock:
+            if stream in self.capturing:
+                self.capturing[stream].append(work)
+                return
+            number = self.queued.get(stream, 0)
+            self.queued[stream] = number + 1
+            self.queues.setdefault(stream, []).append((number, work))
 
-    # contexts, streams, events
+    def run_until(self, stream: int, upto: int | None = None) -> None:
+        """Run ``stream``'s queued work in order, up to the item numbered ``upto`` (all of it when None)."""
+        with self._lock:
+            queue = self.queues.get(stream, [])
+            while queue and (upto is None or queue[0][0] < upto):
+                _, work = queue.pop(0)
+                work()
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(len(queue) for queue in self.queues.values())
+
+    # -- contexts (a stack per thread) ---------------------------------------------------------------------
+
+    @property
+    def _stack(self) -> list[int]:
+        if not hasattr(self._threads, "stack"):
+            self._threads.stack = []
+        return self._threads.stack
+
+    def _needs_context(self) -> int:
+        return 0 if self._stack and self._stack[-1] else 201  # CUDA_ERROR_INVALID_CONTEXT
+
+    def _unsafe(self) -> int:
+        """An unsafe call in thread-local capture mode: it invalidates the captures this thread began."""
+        me = threading.get_ident()
+        mine = [stream for stream, thread in self._capture_threads.items() if thread == me]
+        self._invalidated.update(mine)
+        return 900 if mine else 0  # CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+
     def cuDeviceGet(self, ordinal):
         return 0, ordinal
 
     def cuDevicePrimaryCtxRetain(self, device):
         self.retained += 1
-        return 0, 7
+        return 0, self.PRIMARY + int(device)
 
     def cuDevicePrimaryCtxRelease(self, device):
         self.retained -= 1
         return (0,)
 
     def cuCtxGetCurrent(self):
-        return 0, self.current
+        return 0, self._stack[-1] if self._stack else 0
 
     def cuCtxSetCurrent(self, ctx):
-        self.current = int(ctx)
+        if self._stack:
+            self._stack.pop()
+        if int(ctx):
+            self._stack.append(int(ctx))
         return (0,)
 
+    def cuCtxPushCurrent(self, ctx):
+        self._stack.append(int(ctx))
+        return (0,)
+
+    def cuCtxPopCurrent(self):
+        if not self._stack:
+            return 201, None
+        return 0, self._stack.pop()
+
+    # -- streams and events --------------------------------------------------------------------------------
+
     def cuStreamCreate(self, flags):
+        if self._needs_context():
+            return self._needs_context(), None
         if "cuStreamCreate" in self.failing:
             return 2, None  # CUDA_ERROR_OUT_OF_MEMORY
         handle = self._handle()
@@ -103,10 +184,19 @@ class FakeCuda:
         return 0, handle
 
     def cuStreamSynchronize(self, stream):
+        stream = int(stream)
+        if stream in self.capturing:
+            self._invalidated.add(stream)
+            return (900,)
+        if self._unsafe():
+            return (900,)
+        self.run_until(stream)
         return (0,)
 
     def cuStreamDestroy(self, stream):
-        self.streams.remove(int(stream))
+        with self._lock:
+            assert not self.queues.get(int(stream)), "stream destroyed with work still queued"
+            self.streams.remove(int(stream))
         return (0,)
 
     def cuEventCreate(self, flags):
@@ -116,30 +206,43 @@ class FakeCuda:
 
     def cuEventRecord(self, event, stream):
         self.log.append(("record", int(stream)))
+        with self._lock:
+            if int(stream) not in self.capturing:
+                self.events[int(event)] = (int(stream), self.queued.get(int(stream), 0))
         return (0,)
 
     def cuStreamWaitEvent(self, stream, event, flags):
         self.log.append(("wait", int(stream)))
+        recorded = self.events.get(int(event))
+        if recorded is not None:
+            self.enqueue(stream, _Wait(self, *recorded))
         return (0,)
 
     def cuEventDestroy(self, event):
+        self.events.pop(int(event), None)
         return (0,)
 
-    # memory
+    # -- memory --------------------------------------------------------------------------------------------
+
     def _alloc(self, nbytes: int) -> int:
         buffer = ctypes.create_string_buffer(b"\xaa" * (nbytes + 256), nbytes + 256)  # poisoned
         ptr = (ctypes.addressof(buffer) + 255) & ~255  # cudaMalloc's alignment
-        self.memory[ptr] = buffer
+        with self._lock:
+            self.memory[ptr] = buffer
         return ptr
 
     def cuMemAlloc(self, nbytes):
-        return 0, self._alloc(nbytes)
+        error = self._needs_context() or self._unsafe()
+        return (error, None) if error else (0, self._alloc(nbytes))
 
-    def cuMemHostAlloc(self, nbytes, flags):
-        return 0, self._alloc(nbytes)
+    cuMemHostAlloc = lambda self, nbytes, flags: self.cuMemAlloc(nbytes)  # noqa: E731
 
     def cuMemFree(self, ptr):
-        del self.memory[int(ptr)]
+        if self._unsafe():
+            return (900,)
+        with self._lock:
+            assert self.pending() == 0, "memory freed while streams still have work queued"
+            del self.memory[int(ptr)]
         return (0,)
 
     cuMemFreeHost = cuMemFree
@@ -154,14 +257,21 @@ class FakeCuda:
 
     cuMemcpyDtoDAsync = cuMemcpyDtoHAsync
 
-    # graphs
+    # -- graphs --------------------------------------------------------------------------------------------
+
     def cuStreamBeginCapture(self, stream, mode):
-        self.capturing[int(stream)] = []
+        with self._lock:
+            self.capturing[int(stream)] = []
+            self._capture_threads[int(stream)] = threading.get_ident()
         return (0,)
 
     def cuStreamEndCapture(self, stream):
-        work = self.capturing.pop(int(stream))
-        if self.refuse_capture:
+        with self._lock:
+            work = self.capturing.pop(int(stream))
+            self._capture_threads.pop(int(stream))
+            invalidated = int(stream) in self._invalidated
+            self._invalidated.discard(int(stream))
+        if self.refuse_capture or invalidated:
             return 901, None  # CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
         return 0, _Graph(work)
 
@@ -415,6 +525,7 @@ def test_device_pointers_must_be_aligned(fake_trt, cuda, tmp_path):
         with pytest.raises(InputError, match=f"{role} device pointer .* 256-byte aligned"):
             backend.infer_device(*args, shape, backend.stream)
     backend.infer_device(src.ptr, dst.ptr, shape, backend.stream)  # aligned: runs
+    cuda_mem.synchronize(backend.stream)
     src.close(), dst.close()
     backend.deactivate()
 
@@ -523,11 +634,14 @@ def test_device_entry_point_orders_against_the_callers_stream(fake_trt, cuda, tm
     caller = 4242
     cuda.log.clear()
     backend.infer_device(src.ptr, dst.ptr, x.shape, caller)
+    assert not np.array_equal(_array(dst.ptr, x.shape, np.float32), x * np.float32(0.5))  # not yet run
+    cuda_mem.synchronize(caller)  # the caller's stream runs after the engine's work, through events
     np.testing.assert_array_equal(_array(dst.ptr, x.shape, np.float32), x * np.float32(0.5))
     own = backend.stream
     assert cuda.log == [("record", caller), ("wait", own), ("record", own), ("wait", caller)]
     cuda.log.clear()
     backend.infer_device(src.ptr, dst.ptr, x.shape, own)  # on the backend's own stream: no events at all
+    cuda_mem.synchronize(own)
     assert cuda.log == [("graph", own)]
     src.close(), dst.close()
     backend.deactivate()
@@ -834,7 +948,11 @@ class _StreamlessBackend:
 
     def infer_device(self, in_ptr, out_ptr, shape, stream):
         self.streams.append(stream)
-        _array(out_ptr, shape, np.float32)[...] = _array(in_ptr, shape, np.float32) * np.float32(0.5)
+
+        def run() -> None:
+            _array(out_ptr, shape, np.float32)[...] = _array(in_ptr, shape, np.float32) * np.float32(0.5)
+
+        self.cuda.enqueue(stream, run)
 
 
 def test_pipeline_brings_its_own_stream_when_the_backend_has_none(cuda):
@@ -855,7 +973,11 @@ def test_pipeline_brings_its_own_stream_when_the_backend_has_none(cuda):
 def make_fake_ort(cuda: FakeCuda) -> types.SimpleNamespace:
     """A stand-in ``onnxruntime`` (CUDA build) whose model computes 0.5 * x on emulated device memory. As
     ONNX Runtime documents for ``enable_cuda_graph``, the first run captures, and every later run replays
-    the addresses bound at capture, whatever is bound now."""
+    the addresses bound at capture, whatever is bound now. A run enqueues its work on the session's compute
+    stream (the ``user_compute_stream`` it was given, else one of its own) and waits for that stream
+    before it returns, as ONNX Runtime's Run does; like any runtime-API library, a session makes the
+    device's primary context current on the thread that creates or runs it. ``OrtValue`` copies are
+    synchronous."""
 
     class Arg:
         name, type, shape = "input", "tensor(float)", ["N", 3, "H", "W"]
@@ -896,10 +1018,19 @@ def make_fake_ort(cuda: FakeCuda) -> types.SimpleNamespace:
 
         bind_ortvalue_output = bind_ortvalue_input
 
+    def runtime_api_context() -> None:
+        if not cuda.cuCtxGetCurrent()[1]:
+            cuda.cuCtxSetCurrent(cuda.PRIMARY)
+
     class InferenceSession:
         def __init__(self, path, sess_options=None, providers=()) -> None:
-            self.graph = any(isinstance(p, tuple) and p[1].get("enable_cuda_graph") == "1" for p in providers)
+            cuda_options = next(
+                p[1] for p in providers if isinstance(p, tuple) and p[0] == "CUDAExecutionProvider"
+            )
+            self.graph = cuda_options.get("enable_cuda_graph") == "1"
+            self.stream = int(cuda_options.get("user_compute_stream", 0)) or cuda._handle()
             self.captured: tuple[tuple[int, tuple[int, ...]], ...] | None = None
+            runtime_api_context()
 
         def get_inputs(self):
             return [Arg()]
@@ -919,7 +1050,13 @@ def make_fake_ort(cuda: FakeCuda) -> types.SimpleNamespace:
                 self.captured = self.captured or io
                 io = self.captured
             (src, shape), (dst, _) = io
-            _array(dst, shape, np.float32)[...] = _array(src, shape, np.float32) * np.float32(0.5)
+            runtime_api_context()
+
+            def run() -> None:
+                _array(dst, shape, np.float32)[...] = _array(src, shape, np.float32) * np.float32(0.5)
+
+            cuda.enqueue(self.stream, run)
+            cuda.run_until(self.stream)
 
     return types.SimpleNamespace(
         InferenceSession=InferenceSession,
@@ -949,7 +1086,9 @@ def test_ort_cuda_graph_session_serves_host_and_device_callers_alike(cuda, tmp_p
         x = prepost.uint8_to_float(_images(2, 8, 8, seed=call))
         if call % 2:  # on the session's stream, then on another one
             _array(src.ptr, shape, np.float32)[...] = x
-            backend.infer_device(src.ptr, dst.ptr, shape, backend.stream if call < 3 else caller.handle)
+            stream = backend.stream if call < 3 else caller.handle
+            backend.infer_device(src.ptr, dst.ptr, shape, stream)
+            cuda_mem.synchronize(stream)
             y = _array(dst.ptr, shape, np.float32).copy()
         else:
             y = backend.infer(x)
@@ -958,6 +1097,38 @@ def test_ort_cuda_graph_session_serves_host_and_device_callers_alike(cuda, tmp_p
         backend.infer_device(src.ptr, dst.ptr, (1, 3, 8, 8), caller.handle)
     backend.deactivate()
     src.close(), dst.close(), caller.close()
+
+
+@pytest.mark.parametrize("user_stream", [False, True])
+def test_ort_cuda_graph_device_call_is_not_overwritten_by_the_next_call(
+    cuda, tmp_path, monkeypatch, user_stream
+):
+    """A device call copies its result out of the session's one captured output buffer on the caller's
+    stream; the next call (from any thread) replays into that buffer, so it must not run before the copy
+    has. Here the caller waits for its stream only after another call has run."""
+    from nrp_deploy.runtime.backends import ort as ort_backend
+
+    monkeypatch.setattr(ort_backend, "_ort", lambda: make_fake_ort(cuda))
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"stand-in")
+    cuda.cuCtxSetCurrent(cuda.PRIMARY)
+    session_stream = cuda_mem.Stream()
+    options = OrtOptions(
+        cuda_graph=True, fixed_shape=(2, 8, 8), stream=session_stream.handle if user_stream else None
+    )
+    backend = ort_backend.OrtBackend(onnx, device="cuda:0", options=options)
+    backend.activate()
+    shape = (2, 3, 8, 8)
+    src, dst = (cuda_mem.DeviceBuffer(4 * int(np.prod(shape))) for _ in range(2))
+    caller = cuda_mem.Stream()
+    mine, theirs = (prepost.uint8_to_float(_images(2, 8, 8, seed=k)) for k in (1, 2))
+    _array(src.ptr, shape, np.float32)[...] = mine
+    backend.infer_device(src.ptr, dst.ptr, shape, caller.handle)
+    np.testing.assert_array_equal(backend.infer(theirs), theirs * np.float32(0.5))
+    caller.synchronize()
+    np.testing.assert_array_equal(_array(dst.ptr, shape, np.float32), mine * np.float32(0.5))
+    backend.deactivate()
+    src.close(), dst.close(), caller.close(), session_stream.close()
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True])

@@ -205,8 +205,10 @@ class OrtBackend(BaseBackend):
     def infer_device_impl(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
         """Run on device buffers (DeviceBackend). ONNX Runtime's Run waits for its compute stream before
         returning, so the output is complete for any later work; the caller's stream is synchronised
-        first when it is not the stream this session computes on, so its pending writes are visible.
-        In CUDA-graph mode the caller's buffers are copied into and out of the captured ones."""
+        first unless it is the user compute stream this session was given, so its pending writes are
+        visible (without one, the session computes on a non-blocking stream of its own, which not even the
+        legacy default stream orders). In CUDA-graph mode the caller's buffers are copied into and out of
+        the captured ones, and the copy out is waited for before the next call may replay over it."""
         session = self._session
         if not self.on_gpu:
             raise InputError("infer_device needs the CUDA execution provider; this session runs on the CPU")
@@ -214,7 +216,7 @@ class OrtBackend(BaseBackend):
             with self._graph_lock:
                 self._infer_graph_device(in_ptr, out_ptr, shape, stream)
             return
-        if stream != self.stream:
+        if not self._computes_on(stream):
             cuda_mem.synchronize(stream)
         binding = session.io_binding()
         for bind, spec, ptr in (
@@ -226,6 +228,10 @@ class OrtBackend(BaseBackend):
             session.run_with_iobinding(binding)
 
     # -- internals -------------------------------------------------------------------------------------
+
+    def _computes_on(self, stream: int) -> bool:
+        """Whether ``stream`` is the session's compute stream, so work on it is ordered with its runs."""
+        return bool(self.stream) and stream == self.stream
 
     @contextlib.contextmanager
     def _run_errors(self, shape: tuple[int, ...]) -> Iterator[None]:
@@ -364,13 +370,16 @@ class OrtBackend(BaseBackend):
         cuda_mem.copy_device(
             x_dev.data_ptr(), in_ptr, count * np.dtype(self.input_spec.dtype).itemsize, stream
         )
-        if stream != self.stream:
+        ordered = self._computes_on(stream)
+        if not ordered:
             cuda_mem.synchronize(stream)
         with self._run_errors(shape):
             self._session.run_with_iobinding(binding)
         cuda_mem.copy_device(
             out_ptr, y_dev.data_ptr(), count * np.dtype(self.output_spec.dtype).itemsize, stream
         )
+        if not ordered:  # the next replay (under the lock, on the session's stream) overwrites y_dev
+            cuda_mem.synchronize(stream)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
