@@ -225,6 +225,7 @@ class FakeDriver:
 
     def __init__(self) -> None:
         self.current, self.retained = 0, 0
+        self.pushed: list[int] = []  # the contexts below the current one on the (one thread's) stack
 
     def cuInit(self, flags):
         return (0,)
@@ -246,6 +247,15 @@ class FakeDriver:
     def cuCtxSetCurrent(self, context):
         self.current = int(context)
         return (0,)
+
+    def cuCtxPushCurrent(self, context):
+        self.pushed.append(self.current)
+        self.current = int(context)
+        return (0,)
+
+    def cuCtxPopCurrent(self):
+        popped, self.current = self.current, self.pushed.pop()
+        return 0, popped
 
 
 DRIVER = FakeDriver()

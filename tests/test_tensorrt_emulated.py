@@ -85,6 +85,7 @@ class FakeCuda:
         self.refuse_capture = False
         self.retained = 0  # primary-context references held
         self.streams: set[int] = set()  # live streams
+        self.alloc_contexts: set[int] = set()  # the contexts current at allocations
         self.failing: set[str] = set()  # driver calls that fail (out of memory)
         self.queues: dict[int, list[tuple[int, Any]]] = {}  # stream -> [(sequence number, work)]
         self.queued: dict[int, int] = {}  # stream -> how many items were ever queued on it
@@ -233,7 +234,10 @@ class FakeCuda:
 
     def cuMemAlloc(self, nbytes):
         error = self._needs_context() or self._unsafe()
-        return (error, None) if error else (0, self._alloc(nbytes))
+        if error:
+            return error, None
+        self.alloc_contexts.add(self._stack[-1])
+        return 0, self._alloc(nbytes)
 
     cuMemHostAlloc = lambda self, nbytes, flags: self.cuMemAlloc(nbytes)  # noqa: E731
 
@@ -520,6 +524,7 @@ def test_device_pointers_must_be_aligned(fake_trt, cuda, tmp_path):
     backend = _backend(tmp_path)
     backend.activate()
     shape = (1, 3, 8, 8)
+    cuda.cuCtxSetCurrent(cuda.PRIMARY)  # the test's own buffers, in the backend's context
     src, dst = cuda_mem.DeviceBuffer(4 * 192 + 256), cuda_mem.DeviceBuffer(4 * 192 + 256)
     for args, role in [((src.ptr + 4, dst.ptr), "input"), ((src.ptr, dst.ptr + 128), "output")]:
         with pytest.raises(InputError, match=f"{role} device pointer .* 256-byte aligned"):
@@ -629,6 +634,7 @@ def test_device_entry_point_orders_against_the_callers_stream(fake_trt, cuda, tm
     backend = _backend(tmp_path)
     backend.activate()
     x = prepost.uint8_to_float(_images(2, 16, 16))
+    cuda.cuCtxSetCurrent(cuda.PRIMARY)  # the test's own buffers, in the backend's context
     src, dst = cuda_mem.DeviceBuffer(x.nbytes), cuda_mem.DeviceBuffer(x.nbytes)
     _array(src.ptr, x.shape, np.float32)[...] = x
     caller = 4242
@@ -645,6 +651,34 @@ def test_device_entry_point_orders_against_the_callers_stream(fake_trt, cuda, tm
     assert cuda.log == [("graph", own)]
     src.close(), dst.close()
     backend.deactivate()
+
+
+def test_calls_leave_the_callers_current_context_alone(fake_trt, cuda, tmp_path):
+    """The backend and the fused path work in the device's primary context and restore whatever the
+    calling thread had current (torch's or CuPy's device: here another context), on every thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    fake_trt()
+    other = 99
+    cuda.cuCtxSetCurrent(other)
+    backend = _backend(tmp_path)
+    backend.activate()
+    assert cuda.cuCtxGetCurrent() == (0, other)
+    x = prepost.uint8_to_float(_images(1, 8, 8))
+    np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))
+    assert cuda.cuCtxGetCurrent() == (0, other)
+    with ThreadPoolExecutor(1) as pool:  # a fresh thread: nothing current before, nothing after
+        assert pool.submit(lambda: (backend.infer(x), cuda.cuCtxGetCurrent())[1]).result() == (0, 0)
+    with DevicePipeline(backend, FakeKernels(cuda)) as pipeline:
+        images = _images(2, 16, 16)
+        np.testing.assert_array_equal(pipeline(images), _host_reference(images, None, 0, 0))
+        assert cuda.cuCtxGetCurrent() == (0, other)
+    assert cuda.cuCtxGetCurrent() == (0, other)
+    assert cuda.alloc_contexts == {cuda.PRIMARY}  # and everything was allocated in the device's context
+    backend.deactivate()
+    assert cuda.cuCtxGetCurrent() == (0, other) and cuda.retained == 0
 
 
 def test_buffers_and_graphs_of_old_shapes_are_freed(fake_trt, cuda, tmp_path):

@@ -94,7 +94,8 @@ class DevicePipeline:
                 from nrp_deploy.kernels import FusedKernels
 
                 kernels = self._own_kernels = FusedKernels(self.ordinal)
-            self._stream = Stream()
+            with self._cuda.current():
+                self._stream = Stream()
         except BaseException:
             if self._own_kernels is not None:
                 self._own_kernels.close()
@@ -124,63 +125,70 @@ class DevicePipeline:
             lo <= v <= hi for lo, v, hi in zip(profile.min, (n, h, w), profile.max, strict=True)
         ):
             raise InputError(f"batch of {n} {h}x{w} images is outside the backend's profile {profile}")
-        sigma, eps = (dynamic.sigma, dynamic.eps) if dynamic is not None else (0.0, 0.0)
         with self._lock:
             if self._stream is None:
                 raise InputError("this DevicePipeline was closed")
-            self._cuda.make_current()
-            slot = self._slot((n, h, w))
-            np.copyto(slot.host_in.array, images)
-            slot.host_flag.array[0] = 0
-            slot.host_in.copy_to_device(slot.dev_images.ptr, self.stream)
-            slot.host_flag.copy_to_device(slot.dev_flag.ptr, self.stream)
-            self.kernels.preprocess(
-                slot.dev_images.ptr,
-                slot.dev_x.ptr,
-                n,
-                h,
-                w,
-                out_dtype=self.in_dtype,
-                sigma=sigma,
-                eps=eps,
-                seed=seed,
-                start_index=start_index,
-                stream=self.stream,
+            with self._cuda.current():
+                return self._run(images, dynamic, seed, start_index)
+
+    def _run(
+        self, images: np.ndarray, dynamic: DynamicDefense | None, seed: int, start_index: int
+    ) -> np.ndarray:
+        """One call's work, under the lock with the context current."""
+        n, h, w, _ = images.shape
+        sigma, eps = (dynamic.sigma, dynamic.eps) if dynamic is not None else (0.0, 0.0)
+        slot = self._slot((n, h, w))
+        np.copyto(slot.host_in.array, images)
+        slot.host_flag.array[0] = 0
+        slot.host_in.copy_to_device(slot.dev_images.ptr, self.stream)
+        slot.host_flag.copy_to_device(slot.dev_flag.ptr, self.stream)
+        self.kernels.preprocess(
+            slot.dev_images.ptr,
+            slot.dev_x.ptr,
+            n,
+            h,
+            w,
+            out_dtype=self.in_dtype,
+            sigma=sigma,
+            eps=eps,
+            seed=seed,
+            start_index=start_index,
+            stream=self.stream,
+        )
+        self.backend.infer_device(slot.dev_x.ptr, slot.dev_y.ptr, (n, CHANNELS, h, w), self.stream)
+        self.kernels.postprocess(
+            slot.dev_y.ptr,
+            slot.dev_out.ptr,
+            n,
+            h,
+            w,
+            src_dtype=self.out_dtype,
+            stream=self.stream,
+            nonfinite_ptr=slot.dev_flag.ptr,
+        )
+        slot.host_out.copy_from_device(slot.dev_out.ptr, self.stream)
+        slot.host_flag.copy_from_device(slot.dev_flag.ptr, self.stream)
+        self._stream.synchronize()
+        if slot.host_flag.array[0]:
+            raise ModelError(
+                f"the model on {self.backend.name} on {self.backend.device} returned NaN or infinite "
+                f"values for a batch of {n} {h}x{w} images (non-finite weights, or an overflow at "
+                "reduced precision); refusing to write them as an image"
             )
-            self.backend.infer_device(slot.dev_x.ptr, slot.dev_y.ptr, (n, CHANNELS, h, w), self.stream)
-            self.kernels.postprocess(
-                slot.dev_y.ptr,
-                slot.dev_out.ptr,
-                n,
-                h,
-                w,
-                src_dtype=self.out_dtype,
-                stream=self.stream,
-                nonfinite_ptr=slot.dev_flag.ptr,
-            )
-            slot.host_out.copy_from_device(slot.dev_out.ptr, self.stream)
-            slot.host_flag.copy_from_device(slot.dev_flag.ptr, self.stream)
-            self._stream.synchronize()
-            if slot.host_flag.array[0]:
-                raise ModelError(
-                    f"the model on {self.backend.name} on {self.backend.device} returned NaN or infinite "
-                    f"values for a batch of {n} {h}x{w} images (non-finite weights, or an overflow at "
-                    "reduced precision); refusing to write them as an image"
-                )
-            return slot.host_out.array.copy()
+        return slot.host_out.array.copy()
 
     def close(self) -> None:
         """Free every buffer, the stream and the kernels the pipeline loaded; the backend stays open."""
         with self._lock:
             if self._stream is None:
                 return
-            self._cuda.make_current()
-            self._stream.synchronize()
-            for slot in self._slots.values():
-                slot.close()
-            self._slots.clear()
-            self._stream.close()
-            self._stream = None
+            with self._cuda.current():
+                self._stream.synchronize()
+                for slot in self._slots.values():
+                    slot.close()
+                self._slots.clear()
+                self._stream.close()
+                self._stream = None
             if self._own_kernels is not None:
                 self._own_kernels.close()
                 self._own_kernels = None
