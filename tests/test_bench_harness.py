@@ -182,6 +182,41 @@ def test_rounds_are_interleaved_and_one_failure_does_not_stop_the_others(checkpo
     assert results["torch-fp32-cl"]["status"] == "ok" and results["torch-fp32-cl"]["latency_ms"]["n"] == 4
 
 
+def test_a_run_leaves_partial_results_as_it_goes(checkpoint, monkeypatch, tmp_path):
+    """Each model's backend statuses and each timed case reach ``on_result`` when they exist, so a run
+    stopped by a time limit leaves bench.partial.json; the whole report replaces it."""
+    fakes = {"torch-fp32": _FakeRunner([]), "torch-fp32-cl": _FakeRunner([])}
+    monkeypatch.setattr(harness, "build_runner", lambda name, model, ctx: fakes[name].make(name))
+    config = harness.BenchConfig(
+        models=(str(checkpoint),),
+        backends=(*fakes, "tensorrt-fp16"),
+        batch_sizes=(1, 2),
+        scenarios=("model",),
+        device="cpu",
+        resolutions=(16,),
+        warmup=1,
+        rounds=1,
+        measure_peak=False,
+    )
+    partials = []
+
+    def keep(doc):
+        partials.append(json.loads(json.dumps(doc)))
+        report.write_partial(doc, tmp_path)
+
+    doc = harness.run_benchmark(config, progress=None, on_result=keep)
+    assert [len(p["cases"]) for p in partials] == [0, 1, 2]
+    statuses = {b["backend"]: b["status"] for b in partials[0]["models"][0]["backends"]}
+    assert statuses == {
+        "torch-fp32": "ok",
+        "torch-fp32-cl": "ok",
+        "tensorrt-fp16": "failed",
+    }  # no fake for it
+    assert json.loads((tmp_path / "bench.partial.json").read_text())["cases"] == doc["cases"]
+    report.write_report(doc, tmp_path, plots=False)
+    assert (tmp_path / "bench.json").is_file() and not (tmp_path / "bench.partial.json").exists()
+
+
 def test_config_validation():
     with pytest.raises(InputError, match="unknown backend"):
         harness.BenchConfig(backends=("torch-fp64",))
