@@ -300,8 +300,12 @@ def _array(ptr: int, shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.frombuffer((ctypes.c_byte * nbytes).from_address(ptr), dtype=dtype).reshape(shape)
 
 
-def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") -> types.ModuleType:
-    """A stand-in ``tensorrt`` whose engines compute 0.5 * x; ``trt.enqueues`` counts execute_async_v3."""
+def make_runtime_trt(
+    cuda: FakeCuda | None, in_dtype="float32", out_dtype="float32", compute=None
+) -> types.ModuleType:
+    """A stand-in ``tensorrt`` whose engines compute 0.5 * x on ``cuda``; ``trt.enqueues`` counts
+    execute_async_v3. ``compute(stream, shape, src, dst)``, when given, enqueues the engine's work instead
+    (on a real GPU, with ``cuda`` None: a real kernel)."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = ENV.tensorrt_version
     trt.enqueues = 0
@@ -325,7 +329,7 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
             self.scratch = None if strategy == "USER_MANAGED" else "own"
 
         def set_device_memory(self, ptr, size):
-            assert size >= scratch_bytes and int(ptr) in cuda.memory
+            assert size >= scratch_bytes and (cuda is None or int(ptr) in cuda.memory)
             self.scratch = int(ptr)
 
         def set_input_shape(self, name, shape):
@@ -347,6 +351,10 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
                 return False  # created without device memory and never given any
             shape, src, dst = self.shape, self.addresses["input"], self.addresses["output"]
             layout = self.layout
+            trt.enqueues += 1
+            if compute is not None:
+                compute(stream, shape, src, dst)
+                return True
 
             def run() -> None:
                 y = (_array(src, shape, in_dtype).astype(np.float32) * np.float32(0.5)).astype(out_dtype)
@@ -354,7 +362,6 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
                     y[...] = np.nan
                 _array(dst, shape, out_dtype)[...] = y
 
-            trt.enqueues += 1
             cuda.enqueue(stream, run)
             return True
 
