@@ -1,7 +1,9 @@
 """The TensorRT backend and the fused GPU path, run on the CPU over an emulated CUDA driver and engine.
 
 No GPU is needed: ``FakeCuda`` stands in for ``cuda.bindings.driver`` (device memory is host memory, a
-stream runs its work at once unless it is being captured into a graph, graphs replay what they captured),
+stream's work is deferred until the host synchronises it or an event orders it before another stream's,
+capture is per stream in thread-local mode, each thread has its own context stack, graphs replay what
+they captured), the fake ONNX Runtime computes on a stream of its own,
 ``FakeEngine`` for a deserialised TensorRT engine (its execution context computes ``0.5 * x`` from the
 addresses bound to it, on the stream it is given), and the fused kernels are their numpy reference applied
 to those addresses. Like the real ones, the emulated context re-lays out its internal state when its input
@@ -490,6 +492,46 @@ def _backend(tmp_path: Path, content: bytes = b"PLAN", **kwargs) -> trt_backend.
 
 def _images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+# -- the emulated driver itself ---------------------------------------------------------------------------
+
+
+def test_the_emulated_driver_is_as_strict_as_the_real_one(cuda):
+    """Work waits for the host or an event; capture is per stream with thread-local unsafe calls; each
+    thread has its own current context: what the tests below rely on to show ordering bugs."""
+    cuda.cuCtxSetCurrent(cuda.PRIMARY)
+    first, second = cuda_mem.Stream(), cuda_mem.Stream()
+    box = cuda_mem.PinnedBuffer((1,), np.float32)
+    box.array[0] = 0
+    cuda.enqueue(first.handle, lambda: box.array.__setitem__(0, 1))
+    assert box.array[0] == 0  # queued, not run
+    second.wait_for(first.handle)
+    cuda.enqueue(second.handle, lambda: box.array.__setitem__(0, box.array[0] + 1))
+    second.synchronize()  # runs the first stream's work first, through the event
+    assert box.array[0] == 2 and cuda.pending() == 0
+
+    def capture(unsafe) -> cuda_mem.Graph | None:
+        return cuda_mem.capture_graph(first, lambda: (cuda.enqueue(first.handle, lambda: None), unsafe()))
+
+    def allocate_in_another_thread() -> None:
+        def allocate() -> None:
+            cuda.cuCtxSetCurrent(cuda.PRIMARY)
+            buffers.append(cuda_mem.DeviceBuffer(4))
+
+        worker = threading.Thread(target=allocate)
+        worker.start(), worker.join()
+
+    buffers: list[cuda_mem.DeviceBuffer] = []
+    assert capture(lambda: None) is not None
+    assert capture(allocate_in_another_thread) is not None and len(buffers) == 1  # thread-local mode
+    assert capture(lambda: cuda_mem.DeviceBuffer(4)) is None  # the capturing thread may not allocate
+    buffers[0].close()
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(cuda.cuCtxGetCurrent()))
+    thread.start(), thread.join()
+    assert elsewhere == [(0, 0)] and cuda.cuCtxGetCurrent() == (0, cuda.PRIMARY)  # a stack per thread
+    box.close(), first.close(), second.close()
 
 
 # -- the backend ------------------------------------------------------------------------------------------
