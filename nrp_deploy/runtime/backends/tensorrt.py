@@ -24,7 +24,9 @@ Shapes: the engine accepts the (batch, height, width) range of its optimisation 
 Purifier tiles larger images at the profile's optimal shape, pads smaller ones, and splits larger batches.
 
 Thread safety: calls are serialised by a lock (``thread_safe`` is True); they share the scratch memory,
-and the GPU runs one engine call at a time anyway.
+and the GPU runs one engine call at a time anyway. Each call pushes the device's primary context and pops
+it after, so any thread may call, and the calling thread's current device (torch's, CuPy's) is left as
+it was.
 """
 
 from __future__ import annotations
