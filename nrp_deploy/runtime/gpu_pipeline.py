@@ -25,8 +25,9 @@ Buffers are allocated once per (batch, height, width) and reused; the least rece
 ``max_shapes`` are freed. The noise keys are the host path's (seed, image index), so a seeded GPU run
 draws the numpy reference's Philox words bit for bit; the normals made from them agree within 2e-6 (one
 unit for a float16 engine input), not exactly, since the GPU's log/sin/cos are not numpy's float32 ones,
-which themselves differ between CPUs. Calls are serialised by a lock: the buffers of a shape are shared. Each
-call pushes the device's primary context and pops it after, leaving the caller's current context alone.
+which themselves differ between CPUs. Calls are serialised by a lock: the buffers of a shape are shared.
+Each call pushes the device's primary context and pops it after, leaving the caller's current context
+alone.
 """
 
 from __future__ import annotations
