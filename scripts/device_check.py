@@ -12,19 +12,24 @@ and the next step run:
    wheels the attacks need) installed with ``pip --no-index --no-deps`` into a private folder put on the
    steps' ``PYTHONPATH``; the project itself runs from the checkout (no install, no network).
 3. ``gpu-tests``: ``pytest -m gpu``: the fused kernels against the numpy reference (Philox words bit for
-   bit), the torch backend on CUDA through the fused path, ONNX Runtime CUDA and TensorRT where present.
+   bit, normals within 2e-6), the torch backend on CUDA through the fused path, the TensorRT backend's
+   CUDA graphs, events and pinned copies over a stand-in engine that launches a real kernel (no TensorRT
+   needed), ONNX Runtime CUDA and TensorRT where present. Test files that cannot be collected (a missing
+   optional package) are listed apart: they do not make a step whose every collected test passed fail.
 4. ``kernels-bench``: ``benchmarks/kernels_bench.py``, fused kernels against the unfused torch sequence at
    batch 1, 8 and 64, GB/s against the peak and the measured copy bandwidth.
 5. ``nrp-bench``: ``nrp bench --device cuda`` at 224x224, batch 1 and 8: eager FP32 (the baseline), FP16
    channels_last, the runtime's torch backend with the fused kernels (end to end with the dynamic
    defence), ONNX Runtime CUDA and TensorRT (listed as skipped with the reason where absent).
 6. ``nrp-bench-compiled``: the same for ``torch.compile`` with CUDA graphs (reduce-overhead), FP16,
-   against the baseline, apart because compiling can take minutes.
+   against the baseline (the ``model`` and ``e2e-dynamic`` scenarios), apart because compiling can take
+   minutes; what it timed before its limit is kept (``nrp bench`` writes partial results as it goes).
 
 Results go to ``--out`` (default ``$OUT``, else ``device_check_out``): ``summary.json`` (every step: status,
 seconds, reason, the tail of its output), ``summary.md``, ``summary.png`` (when there are timings to plot),
 ``device_check.log`` (every step's full output), ``kernels_bench.json``, ``bench.json`` and
-``bench_compiled.json``: seven files, flat, as a lease hands back. Without a usable GPU (or with
+``bench_compiled.json``: seven files, flat, as a lease hands back. ``summary.md`` names every bench
+backend that could not run, with the reason (no onnxruntime-gpu, no TensorRT). Without a usable GPU (or with
 ``--dry-run``) it is a dry run: ``environment`` runs, every other step is listed as skipped with the reason.
 The exit status is 0 whenever the summary was written.
 """
@@ -34,11 +39,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +129,7 @@ class Step:
     seconds: float = 0.0
     returncode: int | None = None
     tail: str = ""
+    collection_errors: list[str] = field(default_factory=list)  # pytest steps: files not collected
 
     def record(self) -> dict[str, Any]:
         return {
@@ -133,6 +140,7 @@ class Step:
             "limit_s": self.limit_s,
             "returncode": self.returncode,
             "command": " ".join(self.command),
+            "collection_errors": self.collection_errors,
             "output_tail": self.tail,
         }
 
@@ -142,8 +150,9 @@ def _env(site: Path | None) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
 
 
-def run_step(step: Step, timeout: float, env: dict[str, str], log) -> None:
-    """Run ``step`` under ``timeout`` seconds; its outcome goes into the step, its output into ``log``."""
+def run_step(step: Step, timeout: float, env: dict[str, str], log) -> str:
+    """Run ``step`` under ``timeout`` seconds; its outcome goes into the step, its output into ``log``;
+    return the output."""
     log.write(f"\n===== {step.name}: {' '.join(step.command)} (limit {timeout:.0f} s)\n")
     log.flush()
     started = time.monotonic()
@@ -162,6 +171,28 @@ def run_step(step: Step, timeout: float, env: dict[str, str], log) -> None:
     log.write(output)
     log.flush()
     step.tail = output[-3000:]
+    return output
+
+
+_COLLECTION_ERROR = re.compile(r"^ERROR (\S+\.py)(?: - (.*))?$")
+_TEST_PROBLEM = re.compile(r"^(FAILED|ERROR) \S+::")
+
+
+def judge_tests(step: Step, output: str) -> None:
+    """Tell test files pytest could not collect apart from tests that failed: with every collected test
+    passed, collection errors alone (a missing optional package) leave the step ok, and are listed."""
+    lines = output.splitlines()
+    step.collection_errors = [
+        f"{m.group(1)}: {m.group(2) or 'collection error'}" for m in map(_COLLECTION_ERROR.match, lines) if m
+    ]
+    problems = sum(1 for line in lines if _TEST_PROBLEM.match(line))
+    if not step.collection_errors:
+        return
+    files = f"{len(step.collection_errors)} test file(s) could not be collected"
+    if step.status == "failed" and step.returncode == 1 and problems == 0:
+        step.status, step.reason = "ok", f"every collected test passed; {files}"
+    elif step.status == "failed":
+        step.reason = f"{problems} test(s) failed or errored; {files}"
 
 
 def _text(data: bytes | str | None) -> str:
@@ -209,6 +240,7 @@ def plan(out: Path, wheels: Path | None) -> list[Step]:
                 "-q",
                 "-m",
                 "gpu",
+                "-rfE",
                 "-p",
                 "no:cacheprovider",
                 "--continue-on-collection-errors",
@@ -239,7 +271,18 @@ def plan(out: Path, wheels: Path | None) -> list[Step]:
         Step(
             "nrp-bench-compiled",
             120,
-            [*bench, "--models", "NRP_resG", "--backends", *COMPILED_BACKENDS, "-o", str(out / "_compiled")],
+            [
+                *bench,
+                "--models",
+                "NRP_resG",
+                "--scenarios",
+                "model",
+                "e2e-dynamic",
+                "--backends",
+                *COMPILED_BACKENDS,
+                "-o",
+                str(out / "_compiled"),
+            ],
         ),
     ]
 
@@ -285,7 +328,9 @@ def check(out: Path, budget: float, wheels: Path | None, dry_run: bool) -> dict[
             elif remaining < 20:
                 step.status, step.reason = "skipped", f"the {budget:.0f} s budget is spent"
             else:
-                run_step(step, min(step.limit_s, remaining), _env(site), log)
+                output = run_step(step, min(step.limit_s, remaining), _env(site), log)
+                if step.name == "gpu-tests":
+                    judge_tests(step, output)
                 if step.name == "install" and step.status == "ok":
                     site = SITE
     summary = {
@@ -304,16 +349,42 @@ def check(out: Path, budget: float, wheels: Path | None, dry_run: bool) -> dict[
 
 
 def _collect_results(out: Path, summary: dict[str, Any]) -> None:
-    """Move each bench run's JSON to the top of ``out`` and keep the timings the report shows."""
+    """Move each bench run's JSON to the top of ``out`` (a run stopped by its limit leaves its partial
+    results, marked so) and keep the timings and the backends that could not run, which the report shows."""
+    summary["partial_bench"] = []
     for folder, name in (("_bench", "bench.json"), ("_compiled", "bench_compiled.json")):
-        if (out / folder / "bench.json").is_file():
-            (out / folder / "bench.json").replace(out / name)
+        whole, partial = out / folder / "bench.json", out / folder / "bench.partial.json"
+        if whole.is_file():
+            whole.replace(out / name)
+        elif partial.is_file():
+            doc = json.loads(partial.read_text())
+            doc["partial"] = True
+            (out / name).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+            summary["partial_bench"].append(name)
         shutil.rmtree(out / folder, ignore_errors=True)  # bench.md is rendered into summary.md instead
-    summary["bench"] = [
-        row for name in ("bench.json", "bench_compiled.json") for row in _bench_rows(out / name)
-    ]
+    names = ("bench.json", "bench_compiled.json")
+    summary["bench"] = [row for name in names for row in _bench_rows(out / name)]
+    summary["not_run"] = _backends_not_run([out / name for name in names])
     kernels = out / "kernels_bench.json"
     summary["kernels"] = json.loads(kernels.read_text())["results"] if kernels.is_file() else []
+
+
+def _backends_not_run(paths: list[Path]) -> list[dict[str, str]]:
+    """Every (model, backend) a bench run could not set up, with the reason (no onnxruntime-gpu, ...)."""
+    seen, rows = set(), []
+    for path in paths:
+        if not path.is_file():
+            continue
+        for model in json.loads(path.read_text()).get("models", []):
+            for b in model.get("backends", []):
+                key = (model["name"], b["backend"])
+                if b["status"] != "ok" and key not in seen:
+                    seen.add(key)
+                    rows.append(
+                        {"model": model["name"], "backend": b["backend"], "status": b["status"],
+                         "reason": b.get("reason", "")}
+                    )  # fmt: skip
+    return rows
 
 
 def _bench_rows(path: Path) -> list[dict[str, Any]]:
@@ -352,6 +423,20 @@ def render_markdown(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {s['limit_s']} | {s['reason']} | `{command}` |"
         )
+    for s in summary["steps"]:
+        if s.get("collection_errors"):
+            lines += ["", f"## {s['name']}: test files that could not be collected", ""]
+            lines += [f"- {error}" for error in s["collection_errors"]]
+    if summary.get("not_run"):
+        lines += ["", "## Bench backends that could not run", ""]
+        lines += [
+            f"- {r['model']} / {r['backend']} ({r['status']}): {r['reason']}" for r in summary["not_run"]
+        ]
+    if summary.get("partial_bench"):
+        lines += [
+            "",
+            f"Partial results (the run was stopped at its limit): {', '.join(summary['partial_bench'])}.",
+        ]
     if summary["kernels"]:
         lines += [
             "",

@@ -30,6 +30,23 @@ def _session_user_folders(tmp_path_factory):
             os.environ[name] = value
 
 
+@pytest.fixture
+def tf32_switches():
+    """Reads and sets torch's two TF32 switches (cuDNN, cuBLAS) as a pair; restores them after the test."""
+    import torch
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+
+    def switches(value: bool | None = None) -> tuple[bool, bool]:
+        if value is not None:
+            cudnn.allow_tf32 = matmul.allow_tf32 = value
+        return (cudnn.allow_tf32, matmul.allow_tf32)
+
+    saved = switches()
+    yield switches
+    cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 def pytest_configure(config):
     try:
         import torch

@@ -182,6 +182,41 @@ def test_rounds_are_interleaved_and_one_failure_does_not_stop_the_others(checkpo
     assert results["torch-fp32-cl"]["status"] == "ok" and results["torch-fp32-cl"]["latency_ms"]["n"] == 4
 
 
+def test_a_run_leaves_partial_results_as_it_goes(checkpoint, monkeypatch, tmp_path):
+    """Each model's backend statuses and each timed case reach ``on_result`` when they exist, so a run
+    stopped by a time limit leaves bench.partial.json; the whole report replaces it."""
+    fakes = {"torch-fp32": _FakeRunner([]), "torch-fp32-cl": _FakeRunner([])}
+    monkeypatch.setattr(harness, "build_runner", lambda name, model, ctx: fakes[name].make(name))
+    config = harness.BenchConfig(
+        models=(str(checkpoint),),
+        backends=(*fakes, "tensorrt-fp16"),
+        batch_sizes=(1, 2),
+        scenarios=("model",),
+        device="cpu",
+        resolutions=(16,),
+        warmup=1,
+        rounds=1,
+        measure_peak=False,
+    )
+    partials = []
+
+    def keep(doc):
+        partials.append(json.loads(json.dumps(doc)))
+        report.write_partial(doc, tmp_path)
+
+    doc = harness.run_benchmark(config, progress=None, on_result=keep)
+    assert [len(p["cases"]) for p in partials] == [0, 1, 2]
+    statuses = {b["backend"]: b["status"] for b in partials[0]["models"][0]["backends"]}
+    assert statuses == {
+        "torch-fp32": "ok",
+        "torch-fp32-cl": "ok",
+        "tensorrt-fp16": "failed",
+    }  # no fake for it
+    assert json.loads((tmp_path / "bench.partial.json").read_text())["cases"] == doc["cases"]
+    report.write_report(doc, tmp_path, plots=False)
+    assert (tmp_path / "bench.json").is_file() and not (tmp_path / "bench.partial.json").exists()
+
+
 def test_config_validation():
     with pytest.raises(InputError, match="unknown backend"):
         harness.BenchConfig(backends=("torch-fp64",))
@@ -298,3 +333,47 @@ def test_openvino_backends_match_the_baseline(checkpoint, tmp_path, monkeypatch)
     assert result["status"] == "ok"
     assert result["fidelity"]["identical"] or result["fidelity"]["psnr_db"] > 80
     assert _case(doc, 2, "e2e-dynamic")["openvino-cpu-fp32"]["status"] == "ok"
+
+
+class _TF32Spy(torch.nn.Module):
+    """Records torch's two TF32 switches each time the wrapped module runs."""
+
+    def __init__(self, inner: torch.nn.Module, seen: list) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, seen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(("name", "tf32"), [("torch-fp32", False), ("torch-tf32", True)])
+def test_fp32_baseline_is_true_fp32_and_tf32_is_its_own_target(
+    checkpoint, monkeypatch, tf32_switches, name, tf32
+):
+    """torch lets cuDNN use TF32 by default; the FP32 baseline switches it off around its work and the
+    torch-tf32 target on, and both leave the switches as they found them."""
+    import types
+
+    from nrp_deploy.bench import torch_configs
+    from nrp_deploy.bench.catalogue import CATALOGUE
+    from nrp_deploy.bench.runner import BenchModel, TargetContext
+
+    seen: list[tuple[bool, bool]] = []
+    load = torch_configs.load_model
+    monkeypatch.setattr(
+        torch_configs,
+        "load_model",
+        lambda path, device=None: types.SimpleNamespace(
+            module=_TF32Spy(load(path, device=device).module, seen)
+        ),
+    )
+    tf32_switches(not tf32)
+    model = BenchModel("tiny", ModelSpec("NRP_resG", TINY), checkpoint, "test weights", False)
+    runner = torch_configs.torch_runner(name, model, TargetContext("cpu", 1))
+    images = np.zeros((1, 16, 16, 3), np.uint8)
+    runner.infer(runner.put(images.transpose(0, 3, 1, 2).astype(np.float32)))
+    runner.purify(images, False)
+    assert seen == [(tf32, tf32)] * 2
+    assert tf32_switches() == (not tf32, not tf32)
+    assert CATALOGUE[name].devices == (("cuda",) if tf32 else ("cpu", "cuda"))

@@ -109,3 +109,64 @@ def test_report_renders_results_and_plot(tmp_path):
     assert "| tensorrt-fp16 | failed | - |" in markdown
     module._plot(tmp_path, summary)
     assert (tmp_path / "summary.png").stat().st_size > 10_000
+
+
+COLLECTION_ERROR_OUTPUT = """
+........s....                                                            [100%]
+==================================== ERRORS ====================================
+___________________ ERROR collecting tests/test_attacks_features.py ___________________
+=========================== short test summary info ============================
+ERROR tests/test_attacks_features.py - ModuleNotFoundError: No module named 'efficientnet_lite_pytorch'
+12 passed, 1 skipped, 1 error in 31.20s
+"""
+
+
+def test_collection_errors_are_reported_apart_from_test_failures():
+    """A test file that cannot be collected (a missing optional package) is listed; it does not make a
+    step fail whose every collected test passed, and failures still fail it."""
+    module = _module()
+    passed = module.Step("gpu-tests", 10, ["pytest"], status="failed", returncode=1)
+    module.judge_tests(passed, COLLECTION_ERROR_OUTPUT)
+    assert passed.status == "ok" and "1 test file(s) could not be collected" in passed.reason
+    assert passed.collection_errors == [
+        "tests/test_attacks_features.py: ModuleNotFoundError: No module named 'efficientnet_lite_pytorch'"
+    ]
+    failed = module.Step("gpu-tests", 10, ["pytest"], status="failed", returncode=1)
+    output = COLLECTION_ERROR_OUTPUT.replace(
+        "ERROR tests/", "FAILED tests/test_x.py::test_y - boom\nERROR tests/"
+    )
+    module.judge_tests(failed, output)
+    assert failed.status == "failed" and failed.reason.startswith("1 test(s) failed or errored")
+    summary = {"date": "now", "dry_run": False, "budget_s": 470, "seconds": 1, "machine": {}, "kernels": [],
+               "bench": [], "steps": [passed.record()]}  # fmt: skip
+    markdown = module.render_markdown(summary)
+    assert "## gpu-tests: test files that could not be collected" in markdown
+    assert "- tests/test_attacks_features.py: ModuleNotFoundError" in markdown
+
+
+def test_partial_bench_results_and_backends_that_could_not_run_reach_the_summary(tmp_path):
+    module = _module()
+    doc = {
+        "models": [{"name": "NRP_resG", "backends": [
+            {"backend": "torch-fp32", "status": "ok"},
+            {"backend": "onnxruntime-cuda-fp16", "status": "skipped",
+             "reason": "this ONNX Runtime build has no CUDA execution provider"},
+            {"backend": "tensorrt-fp16", "status": "skipped", "reason": "TensorRT is not available"},
+        ]}],
+        "cases": [{"model": "NRP_resG", "resolution": 224, "batch": 1, "scenario": "model", "results": [
+            {"backend": "torch-fp32", "status": "ok", "latency_ms": {"median_ms": 2.5},
+             "speedup_vs_baseline": {"paired_median": 1.0}}]}],
+    }  # fmt: skip
+    (tmp_path / "_compiled").mkdir()
+    (tmp_path / "_compiled" / "bench.partial.json").write_text(json.dumps(doc))
+    summary = {"date": "now", "dry_run": False, "budget_s": 470, "seconds": 300, "machine": {}, "steps": []}
+    module._collect_results(tmp_path, summary)
+    assert json.loads((tmp_path / "bench_compiled.json").read_text())["partial"] is True
+    assert summary["partial_bench"] == ["bench_compiled.json"] and len(summary["bench"]) == 1
+    markdown = module.render_markdown(summary)
+    assert "## Bench backends that could not run" in markdown
+    assert "- NRP_resG / tensorrt-fp16 (skipped): TensorRT is not available" in markdown
+    assert (
+        "onnxruntime-cuda-fp16 (skipped): this ONNX Runtime build has no CUDA execution provider" in markdown
+    )
+    assert "Partial results (the run was stopped at its limit): bench_compiled.json." in markdown

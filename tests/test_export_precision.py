@@ -25,7 +25,7 @@ from nrp_deploy.export.calibration import (
     load_pictures,
     random_crops,
 )
-from nrp_deploy.export.fidelity import cpu_session, measure_fidelity, run_session
+from nrp_deploy.export.fidelity import compare, cpu_session, measure_fidelity, run_session
 from nrp_deploy.export.fp16 import export_fp16, fp32_nodes_in, select_fp32_nodes
 from nrp_deploy.export.int8 import export_int8
 from nrp_deploy.export.onnx import export_onnx
@@ -92,6 +92,33 @@ def loud(tmp_path_factory):
 
 
 # --- calibration images -------------------------------------------------------------------------------
+
+
+def test_the_fp32_reference_of_fidelity_runs_without_tf32(tf32_switches):
+    """Fidelity is measured against true FP32: on a GPU torch would run the reference's convolutions in
+    TF32 by default."""
+    seen = []
+
+    class Reference(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            seen.append(tf32_switches())
+            return x * self.scale
+
+    class Session:
+        def get_inputs(self):
+            return [type("Arg", (), {"name": "input", "type": "tensor(float)"})()]
+
+        def run(self, names, feeds):
+            return [feeds["input"]]
+
+    tf32_switches(True)
+    (stats,) = compare(Session(), Reference(), np.full((1, 3, 4, 4), 0.5, np.float32))
+    assert seen == [(False, False)] and tf32_switches() == (True, True)
+    assert stats.count == 48 and stats.max_abs == 0.0
 
 
 def test_calibration_split_and_crops(photos):

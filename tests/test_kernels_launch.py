@@ -17,6 +17,7 @@ half-precision ulp, almost always exact.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nrp_deploy.kernels import loader
+from nrp_deploy.kernels import cuda_mem, loader
 from nrp_deploy.kernels.reference import postprocess_reference, preprocess_reference
 
 SEED = 0x5EED_1234_ABCD_0042
@@ -85,7 +86,9 @@ class FakeDriver:
     def __init__(self, lib: ctypes.CDLL) -> None:
         self.lib = lib
         self.current = 0
+        self.pushed: list[int] = []  # the contexts below the current one on the (one thread's) stack
         self.launched: list[str] = []
+        self.launch_contexts: set[int] = set()  # the contexts current at launches
 
     def cuDeviceGet(self, ordinal):
         return 0, ordinal
@@ -103,6 +106,15 @@ class FakeDriver:
         self.current = int(ctx)
         return (0,)
 
+    def cuCtxPushCurrent(self, ctx):
+        self.pushed.append(self.current)
+        self.current = int(ctx)
+        return (0,)
+
+    def cuCtxPopCurrent(self):
+        popped, self.current = self.current, self.pushed.pop()
+        return 0, popped
+
     def cuModuleLoadData(self, image):
         return 0, 1
 
@@ -113,6 +125,7 @@ class FakeDriver:
         assert (gz, by, bz, shared, extra) == (1, 1, 1, 0, 0) and gy <= 65535
         name, emu = fn
         self.launched.append(name)
+        self.launch_contexts.add(self.current)
         emu(ctypes.c_void_p(params), ctypes.c_uint(gx), ctypes.c_uint(gy), ctypes.c_uint(bx))
         return (0,)
 
@@ -217,17 +230,21 @@ GPU = pytest.mark.gpu
     scope="module", params=["emulated", pytest.param("gpu", marks=GPU), pytest.param("gpu-fast", marks=GPU)]
 )
 def platform(request, tmp_path_factory):
-    if request.param == "emulated":
-        kernels, fake = _emulated_kernels(tmp_path_factory.mktemp("emu"))
-        plat = Platform(kernels, HostBuffer, fake)
-    else:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("NRP_DEPLOY_CACHE", str(tmp_path_factory.mktemp("cache")))
-            plat = Platform(loader.FusedKernels(0, fast_sincos=request.param == "gpu-fast"), DeviceBuffer)
-    yield plat
-    for buf in plat.buffers:
-        buf.free()
-    plat.kernels.close()
+    with contextlib.ExitStack() as stack:
+        if request.param == "emulated":
+            kernels, fake = _emulated_kernels(tmp_path_factory.mktemp("emu"))
+            plat = Platform(kernels, HostBuffer, fake)
+        else:
+            # the test's own buffers are allocated and copied in the primary context, on this thread (the
+            # kernels make it current only for their own calls)
+            stack.enter_context(cuda_mem.current_device(0))
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("NRP_DEPLOY_CACHE", str(tmp_path_factory.mktemp("cache")))
+                plat = Platform(loader.FusedKernels(0, fast_sincos=request.param == "gpu-fast"), DeviceBuffer)
+        yield plat
+        for buf in plat.buffers:
+            buf.free()
+        plat.kernels.close()
 
 
 def _assert_matches(got: np.ndarray, ref: np.ndarray, noisy: bool) -> None:
@@ -374,6 +391,20 @@ def test_batches_beyond_grid_y_are_split(platform, monkeypatch):
     _assert_matches(got, ref, noisy=True)
 
 
+def test_launches_leave_the_callers_current_context_alone(platform):
+    """The kernels run in their device's primary context and restore whatever the calling thread had
+    current (torch's or CuPy's device), rather than leaving theirs current."""
+    if platform.fake is None:
+        pytest.skip("the emulated driver records the context of each launch")
+    src = np.random.default_rng(5).integers(0, 256, size=(1, 8, 8, 3), dtype=np.uint8)
+    sbuf, dbuf = platform.buffer(src.nbytes), platform.buffer(4 * src.size)
+    platform.fake.current = 55  # another device's context, current on this thread
+    platform.fake.launch_contexts.clear()
+    platform.kernels.preprocess(sbuf.upload(src), dbuf.base, 1, 8, 8, "float32")
+    assert platform.fake.launch_contexts == {4242} and platform.fake.current == 55
+    platform.fake.current = 0
+
+
 @pytest.mark.gpu
 def test_launch_on_a_stream_from_another_thread(platform):
     if platform.fake is not None:
@@ -391,9 +422,11 @@ def test_launch_on_a_stream_from_another_thread(platform):
     errors: list[BaseException] = []
 
     def work() -> None:
-        try:  # a fresh thread has no current context: the launch must make the primary one current
+        try:  # a fresh thread has no current context: the launch makes the primary one current, then not
             platform.kernels.preprocess(sbuf.base, dbuf.base, 2, 16, 16, "float16", stream=int(stream))
-            check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
+            assert int(check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")) == 0
+            with cuda_mem.current_device(0):
+                check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
         except BaseException as exc:
             errors.append(exc)
 

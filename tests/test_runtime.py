@@ -93,6 +93,24 @@ def test_torch_backend_equals_eager_baseline(torch_purifier, checkpoint, images)
     np.testing.assert_array_equal(torch_purifier(images), eager(images))
 
 
+def test_torch_backend_runs_true_fp32_and_restores_the_tf32_switches(checkpoint, images, tf32_switches):
+    """torch lets cuDNN run FP32 convolutions in TF32 by default; the FP32 backend switches TF32 off
+    around each call (as TensorRT and ONNX Runtime have it) and leaves the switches as it found them."""
+    seen: list[tuple[bool, bool]] = []
+    tf32_switches(True)
+    with load_purifier(checkpoint, backend="torch", threads=1) as purifier:
+        module = purifier.backend._module
+
+        def spy(x):
+            seen.append(tf32_switches())
+            return module(x)
+
+        purifier.backend._module = spy
+        purifier(images)
+    assert seen == [(False, False)]
+    assert tf32_switches() == (True, True)
+
+
 def test_rounding_is_half_to_even_like_torch():
     values = np.array([0.5, 1.5, 2.5, 127.5, 128.5, 254.5], dtype=np.float32) / np.float32(255)
     y = values.reshape(1, 1, 2, 3).repeat(3, axis=1)

@@ -81,6 +81,52 @@ def test_uint8_batches_take_the_fused_path_in_chunks_with_their_noise_indices(fa
     np.testing.assert_array_equal(got, host(images, dynamic=dynamic, start_index=10))
 
 
+class FixedBatchBackend(FakeGpuBackend):
+    """A backend that runs one batch size only (a static-batch engine, a CUDA-graph session)."""
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        if len(x) != self.profile.min[0]:
+            raise InputError(f"batch {len(x)} is outside the profile {self.profile}")
+        return super().infer(x)
+
+
+class ProfileCheckingPipeline(FakePipeline):
+    """The stand-in pipeline, refusing batches outside the backend's profile as DevicePipeline does."""
+
+    def __call__(self, images, dynamic=None, seed=0, start_index=0):
+        if len(images) != self.backend.profile.min[0]:
+            raise InputError(f"batch of {len(images)} is outside the backend's profile")
+        return super().__call__(images, dynamic, seed, start_index)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_fixed_batch_backend_takes_any_image_count(monkeypatch, fused):
+    """The last chunk is padded up to the profile's batch (its last image repeated) and the padding's
+    outputs dropped; each real image keeps its noise index."""
+    FakePipeline.calls = []
+    monkeypatch.setattr(gpu_pipeline, "DevicePipeline", ProfileCheckingPipeline)
+    backend = FixedBatchBackend(ShapeProfile((2, 8, 8), (2, 32, 32), (2, 32, 32)))
+    purifier = Purifier(backend, fused=fused)
+    images = np.random.default_rng(7).integers(0, 256, size=(3, 20, 24, 3), dtype=np.uint8)
+    dynamic = DynamicDefense(seed=5)
+    got = purifier(images, dynamic=dynamic, start_index=4)
+    assert got.shape == images.shape
+    model = FakeGpuBackend()
+    one_by_one = [
+        postprocess_reference(
+            model.infer(
+                preprocess_reference(images[k : k + 1], "float32", dynamic.sigma, dynamic.eps, 5, 4 + k)
+            )
+        )
+        for k in range(3)
+    ]
+    np.testing.assert_array_equal(got, np.concatenate(one_by_one))
+    if fused:
+        assert [call[1] for call in FakePipeline.calls] == [4, 6]
+    x = np.random.default_rng(8).random((1, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_allclose(purifier(x), np.clip(x * 1.5 - 0.25, 0, 1), atol=1e-6)
+
+
 def test_float_input_and_tiled_images_take_the_host_path(fake_pipeline):
     purifier = Purifier(FakeGpuBackend(), tile=TileConfig(32, overlap=4))
     x = np.random.default_rng(1).random((1, 3, 20, 20), dtype=np.float32)

@@ -199,6 +199,7 @@ def _fake_metadata(tmp_path: Path, **changes) -> trt_engine.EngineMetadata:
         platform=ENV.platform,
         optimization_level=3,
         workspace_mib=2048,
+        tf32=True,
     )
     values.update(changes)
     return trt_engine.EngineMetadata(**values)
@@ -224,6 +225,7 @@ class FakeDriver:
 
     def __init__(self) -> None:
         self.current, self.retained = 0, 0
+        self.pushed: list[int] = []  # the contexts below the current one on the (one thread's) stack
 
     def cuInit(self, flags):
         return (0,)
@@ -245,6 +247,15 @@ class FakeDriver:
     def cuCtxSetCurrent(self, context):
         self.current = int(context)
         return (0,)
+
+    def cuCtxPushCurrent(self, context):
+        self.pushed.append(self.current)
+        self.current = int(context)
+        return (0,)
+
+    def cuCtxPopCurrent(self):
+        popped, self.current = self.current, self.pushed.pop()
+        return 0, popped
 
 
 DRIVER = FakeDriver()
@@ -495,8 +506,10 @@ def test_compatibility_options_reach_the_config(fake_build_env, tmp_path):
 )
 def test_fp32_engines_are_built_without_tf32(fake_build_env, tmp_path, layers, tf32):
     trt = fake_build_env()
-    trt_build.build_engine(_fake_onnx(tmp_path / "m.onnx", layers), use_timing_cache=False)
+    meta = trt_build.build_engine(_fake_onnx(tmp_path / "m.onnx", layers), use_timing_cache=False)
     assert ("TF32" in trt.record["config"].flags) is tf32
+    assert meta.tf32 is tf32  # the builder policy is recorded in the sidecar
+    assert trt_engine.read_engine_metadata(tmp_path / "m.engine").tf32 is tf32
 
 
 def test_build_runs_on_the_device_asked_for_and_restores_the_current_context(fake_build_env, tmp_path):

@@ -83,6 +83,7 @@ def _metadata(
         platform=env.platform,
         optimization_level=3,
         workspace_mib=1024,
+        tf32=False,
         build_seconds=12.5,
         built_at="2026-01-01T00:00:00+00:00",
         source={"onnx_precision": "fp16"},
@@ -147,6 +148,8 @@ def test_fresh_engine_has_no_stale_reasons(files):
             r"built by TensorRT 10\.3\.0; this is TensorRT 10\.3\.1",
         ),
         (dataclasses.replace(ENV, compute_capability=(8, 6), gpu_name="RTX A6000"), {}, "sm_87.*RTX A6000"),
+        # one compute capability, another model: TensorRT's plans are tuned per model
+        (dataclasses.replace(ENV, gpu_name="Orin NX"), {}, r"built for Orin \(sm_87\); this GPU is Orin NX"),
         (dataclasses.replace(ENV, platform="Linux-x86_64"), {}, "built on Linux-aarch64"),
         # version-compatible engines run on later releases of the same major only
         (
@@ -174,6 +177,45 @@ def test_stale_reasons_name_what_differs(files, env, changes, reason):
     assert re.search(reason, reasons[0])
 
 
+def test_engines_without_a_recorded_tf32_policy_or_with_tf32_in_fp32_are_stale(files):
+    onnx, engine = files
+    unrecorded = trt_engine.stale_reasons(_metadata(engine, onnx, tf32=None, format_version=1), ENV)
+    assert len(unrecorded) == 1 and re.search("format version 1.*TF32", unrecorded[0])
+    fp32_tf32 = trt_engine.stale_reasons(_metadata(engine, onnx, precision="fp32", tf32=True), ENV)
+    assert len(fp32_tf32) == 1 and "FP32 engine built with TF32 allowed" in fp32_tf32[0]
+    assert trt_engine.stale_reasons(_metadata(engine, onnx, precision="fp16", tf32=True), ENV) == []
+
+
+def _write_format_1_sidecar(engine: Path, onnx: Path) -> None:
+    """A sidecar as nrp-deploy wrote it before it recorded the TF32 policy (format version 1)."""
+    data = _metadata(engine, onnx, precision="fp32").to_dict()
+    del data["tf32"]
+    data["format_version"] = 1
+    metadata.sidecar_path(engine).write_text(json.dumps(data))
+
+
+def test_format_1_engines_are_rebuilt_from_their_recorded_onnx_or_refused(files, tmp_path):
+    """Engines from before the TF32 fix may run FP32 in TF32: an explicit engine path is rebuilt from the
+    ONNX its sidecar names, keeping its options, and refused with the reason when that ONNX is gone."""
+    onnx = files[0]
+    engine = tmp_path / "deploy.engine"
+    engine.write_bytes(b"old plan")
+    _write_format_1_sidecar(engine, onnx)
+    assert trt_engine.read_engine_metadata(engine).tf32 is None
+    build = FakeBuilder()
+    choice = trt_cache.ensure_engine(env=ENV, build=build, engine=engine)
+    assert choice.built and "format version 1" in choice.reasons[0]
+    assert [call[:2] for call in build.calls] == [(onnx, engine)]
+    rebuilt = trt_engine.read_engine_metadata(engine)
+    assert rebuilt.format_version == trt_engine.FORMAT_VERSION and rebuilt.tf32 is False
+
+    engine.write_bytes(b"old plan")
+    _write_format_1_sidecar(engine, onnx)
+    onnx.unlink()
+    with pytest.raises(StaleArtifactError, match=r"format version 1.*TF32"):
+        trt_cache.ensure_engine(env=ENV, build=FakeBuilder(), engine=engine)
+
+
 def test_compatibility_flags_widen_what_runs(files):
     onnx, engine = files
     newer = dataclasses.replace(ENV, tensorrt_version="10.16.1")
@@ -199,10 +241,11 @@ def test_changed_onnx_and_replaced_engine_are_stale(files):
 def test_cache_key_tracks_what_the_engine_depends_on():
     base = trt_cache.cache_key("a" * 64, trt_engine.BuildOptions(), ENV)
     assert base == trt_cache.cache_key("a" * 64, trt_engine.BuildOptions(), ENV)
-    assert base == trt_cache.cache_key(
-        "a" * 64, trt_engine.BuildOptions(), dataclasses.replace(ENV, gpu_name="Orin NX")
-    )
     variants = [
+        # another GPU model of the same compute capability: its own engine (TensorRT's plans are per model)
+        trt_cache.cache_key(
+            "a" * 64, trt_engine.BuildOptions(), dataclasses.replace(ENV, gpu_name="Orin NX")
+        ),
         trt_cache.cache_key("b" * 64, trt_engine.BuildOptions(), ENV),
         trt_cache.cache_key("a" * 64, trt_engine.BuildOptions(optimization_level=5), ENV),
         trt_cache.cache_key(
@@ -224,6 +267,11 @@ def test_timing_cache_is_per_release_and_gpu_kind(tmp_path):
     assert a.parent == tmp_path
     assert a != trt_cache.timing_cache_path(dataclasses.replace(ENV, tensorrt_version="11.4.0.106"), tmp_path)
     assert a != trt_cache.timing_cache_path(dataclasses.replace(ENV, compute_capability=(9, 0)), tmp_path)
+    h100, h200 = (
+        dataclasses.replace(ENV, gpu_name=name) for name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200")
+    )
+    assert trt_cache.timing_cache_path(h100, tmp_path) != trt_cache.timing_cache_path(h200, tmp_path)
+    assert "NVIDIA-H200" in trt_cache.timing_cache_path(h200, tmp_path).name
 
 
 # -- ensure_engine: the cache policy -------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The TensorRT backend and the fused GPU path, run on the CPU over an emulated CUDA driver and engine.
 
 No GPU is needed: ``FakeCuda`` stands in for ``cuda.bindings.driver`` (device memory is host memory, a
-stream runs its work at once unless it is being captured into a graph, graphs replay what they captured),
+stream's work is deferred until the host synchronises it or an event orders it before another stream's,
+capture is per stream in thread-local mode, each thread has its own context stack, graphs replay what
+they captured), the fake ONNX Runtime computes on a stream of its own,
 ``FakeEngine`` for a deserialised TensorRT engine (its execution context computes ``0.5 * x`` from the
 addresses bound to it, on the stream it is given), and the fused kernels are their numpy reference applied
 to those addresses. Like the real ones, the emulated context re-lays out its internal state when its input
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 import types
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -47,87 +50,205 @@ class _Graph:
         return id(self)
 
 
+class _Wait:
+    """Queued by cuStreamWaitEvent: when the waiting stream reaches it, the recorded stream first runs up
+    to the point of the record."""
+
+    def __init__(self, cuda: FakeCuda, stream: int, upto: int) -> None:
+        self.cuda, self.stream, self.upto = cuda, stream, upto
+
+    def __call__(self) -> None:
+        self.cuda.run_until(self.stream, self.upto)
+
+
 class FakeCuda:
-    """The slice of ``cuda.bindings.driver`` our code calls, on host memory; ``log`` records the order."""
+    """The slice of ``cuda.bindings.driver`` our code calls, on host memory; ``log`` records the order.
+
+    Strict where the real driver only misbehaves sometimes: each stream's work is deferred, and runs only
+    when the host waits for it (``cuStreamSynchronize``) or when a stream that waits on an event recorded
+    after it runs, so a missing synchronise or event shows as stale data. Freeing memory while any stream
+    still has work queued fails (the work might touch it). Capture is per stream, as in CUDA (work queued
+    on a capturing stream from any thread is recorded), in thread-local mode: an unsafe call (allocation,
+    synchronise) from the capturing thread invalidates the capture, and synchronising a capturing stream is
+    refused. Each thread has its own context stack, and allocations and stream creation need a current
+    context.
+    """
 
     CUstream_flags = types.SimpleNamespace(CU_STREAM_NON_BLOCKING=1)
     CUevent_flags = types.SimpleNamespace(CU_EVENT_DISABLE_TIMING=2)
     CUstreamCaptureMode = types.SimpleNamespace(CU_STREAM_CAPTURE_MODE_THREAD_LOCAL=1)
     CUstream = CUdeviceptr = int
+    PRIMARY = 7  # the primary context's handle, for device 0 (device N: PRIMARY + N)
 
     def __init__(self) -> None:
         self.memory: dict[int, ctypes.Array] = {}
         self.capturing: dict[int, list] = {}
         self.log: list[tuple[str, int]] = []
-        self.current = 0
         self.refuse_capture = False
+        self.retained = 0  # primary-context references held
+        self.streams: set[int] = set()  # live streams
+        self.alloc_contexts: set[int] = set()  # the contexts current at allocations
+        self.failing: set[str] = set()  # driver calls that fail (out of memory)
+        self.queues: dict[int, list[tuple[int, Any]]] = {}  # stream -> [(sequence number, work)]
+        self.queued: dict[int, int] = {}  # stream -> how many items were ever queued on it
+        self.events: dict[int, tuple[int, int]] = {}  # event -> (stream, items queued when recorded)
+        self._capture_threads: dict[int, int] = {}  # capturing stream -> the thread that began it
+        self._invalidated: set[int] = set()
+        self._threads = threading.local()
+        self._lock = threading.RLock()
         self._next = 1000
 
     def _handle(self) -> int:
-        self._next += 1
-        return self._next
+        with self._lock:
+            self._next += 1
+            return self._next
+
+    # -- deferred work -----------------------------------------------------------------------------------
 
     def enqueue(self, stream: int, work) -> None:
-        if int(stream) in self.capturing:
-            self.capturing[int(stream)].append(work)
-        else:
-            work()
+        stream = int(stream)
+        with self._lock:
+            if stream in self.capturing:
+                self.capturing[stream].append(work)
+                return
+            number = self.queued.get(stream, 0)
+            self.queued[stream] = number + 1
+            self.queues.setdefault(stream, []).append((number, work))
 
-    # contexts, streams, events
+    def run_until(self, stream: int, upto: int | None = None) -> None:
+        """Run ``stream``'s queued work in order, up to the item numbered ``upto`` (all of it when None)."""
+        with self._lock:
+            queue = self.queues.get(stream, [])
+            while queue and (upto is None or queue[0][0] < upto):
+                _, work = queue.pop(0)
+                work()
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(len(queue) for queue in self.queues.values())
+
+    # -- contexts (a stack per thread) ---------------------------------------------------------------------
+
+    @property
+    def _stack(self) -> list[int]:
+        if not hasattr(self._threads, "stack"):
+            self._threads.stack = []
+        return self._threads.stack
+
+    def _needs_context(self) -> int:
+        return 0 if self._stack and self._stack[-1] else 201  # CUDA_ERROR_INVALID_CONTEXT
+
+    def _unsafe(self) -> int:
+        """An unsafe call in thread-local capture mode: it invalidates the captures this thread began."""
+        me = threading.get_ident()
+        mine = [stream for stream, thread in self._capture_threads.items() if thread == me]
+        self._invalidated.update(mine)
+        return 900 if mine else 0  # CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+
     def cuDeviceGet(self, ordinal):
         return 0, ordinal
 
     def cuDevicePrimaryCtxRetain(self, device):
-        return 0, 7
+        self.retained += 1
+        return 0, self.PRIMARY + int(device)
 
     def cuDevicePrimaryCtxRelease(self, device):
+        self.retained -= 1
         return (0,)
 
     def cuCtxGetCurrent(self):
-        return 0, self.current
+        return 0, self._stack[-1] if self._stack else 0
 
     def cuCtxSetCurrent(self, ctx):
-        self.current = int(ctx)
+        if self._stack:
+            self._stack.pop()
+        if int(ctx):
+            self._stack.append(int(ctx))
         return (0,)
 
+    def cuCtxPushCurrent(self, ctx):
+        self._stack.append(int(ctx))
+        return (0,)
+
+    def cuCtxPopCurrent(self):
+        if not self._stack:
+            return 201, None
+        return 0, self._stack.pop()
+
+    # -- streams and events --------------------------------------------------------------------------------
+
     def cuStreamCreate(self, flags):
-        return 0, self._handle()
+        if self._needs_context():
+            return self._needs_context(), None
+        if "cuStreamCreate" in self.failing:
+            return 2, None  # CUDA_ERROR_OUT_OF_MEMORY
+        handle = self._handle()
+        self.streams.add(handle)
+        return 0, handle
 
     def cuStreamSynchronize(self, stream):
+        stream = int(stream)
+        if stream in self.capturing:
+            self._invalidated.add(stream)
+            return (900,)
+        if self._unsafe():
+            return (900,)
+        self.run_until(stream)
         return (0,)
 
     def cuStreamDestroy(self, stream):
+        with self._lock:
+            assert not self.queues.get(int(stream)), "stream destroyed with work still queued"
+            self.streams.remove(int(stream))
         return (0,)
 
     def cuEventCreate(self, flags):
+        if "cuEventCreate" in self.failing:
+            return 2, None
         return 0, self._handle()
 
     def cuEventRecord(self, event, stream):
         self.log.append(("record", int(stream)))
+        with self._lock:
+            if int(stream) not in self.capturing:
+                self.events[int(event)] = (int(stream), self.queued.get(int(stream), 0))
         return (0,)
 
     def cuStreamWaitEvent(self, stream, event, flags):
         self.log.append(("wait", int(stream)))
+        recorded = self.events.get(int(event))
+        if recorded is not None:
+            self.enqueue(stream, _Wait(self, *recorded))
         return (0,)
 
     def cuEventDestroy(self, event):
+        self.events.pop(int(event), None)
         return (0,)
 
-    # memory
+    # -- memory --------------------------------------------------------------------------------------------
+
     def _alloc(self, nbytes: int) -> int:
         buffer = ctypes.create_string_buffer(b"\xaa" * (nbytes + 256), nbytes + 256)  # poisoned
         ptr = (ctypes.addressof(buffer) + 255) & ~255  # cudaMalloc's alignment
-        self.memory[ptr] = buffer
+        with self._lock:
+            self.memory[ptr] = buffer
         return ptr
 
     def cuMemAlloc(self, nbytes):
+        error = self._needs_context() or self._unsafe()
+        if error:
+            return error, None
+        self.alloc_contexts.add(self._stack[-1])
         return 0, self._alloc(nbytes)
 
-    def cuMemHostAlloc(self, nbytes, flags):
-        return 0, self._alloc(nbytes)
+    cuMemHostAlloc = lambda self, nbytes, flags: self.cuMemAlloc(nbytes)  # noqa: E731
 
     def cuMemFree(self, ptr):
-        del self.memory[int(ptr)]
+        if self._unsafe():
+            return (900,)
+        with self._lock:
+            assert self.pending() == 0, "memory freed while streams still have work queued"
+            del self.memory[int(ptr)]
         return (0,)
 
     cuMemFreeHost = cuMemFree
@@ -142,14 +263,21 @@ class FakeCuda:
 
     cuMemcpyDtoDAsync = cuMemcpyDtoHAsync
 
-    # graphs
+    # -- graphs --------------------------------------------------------------------------------------------
+
     def cuStreamBeginCapture(self, stream, mode):
-        self.capturing[int(stream)] = []
+        with self._lock:
+            self.capturing[int(stream)] = []
+            self._capture_threads[int(stream)] = threading.get_ident()
         return (0,)
 
     def cuStreamEndCapture(self, stream):
-        work = self.capturing.pop(int(stream))
-        if self.refuse_capture:
+        with self._lock:
+            work = self.capturing.pop(int(stream))
+            self._capture_threads.pop(int(stream))
+            invalidated = int(stream) in self._invalidated
+            self._invalidated.discard(int(stream))
+        if self.refuse_capture or invalidated:
             return 901, None  # CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
         return 0, _Graph(work)
 
@@ -174,8 +302,12 @@ def _array(ptr: int, shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.frombuffer((ctypes.c_byte * nbytes).from_address(ptr), dtype=dtype).reshape(shape)
 
 
-def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") -> types.ModuleType:
-    """A stand-in ``tensorrt`` whose engines compute 0.5 * x; ``trt.enqueues`` counts execute_async_v3."""
+def make_runtime_trt(
+    cuda: FakeCuda | None, in_dtype="float32", out_dtype="float32", compute=None
+) -> types.ModuleType:
+    """A stand-in ``tensorrt`` whose engines compute 0.5 * x on ``cuda``; ``trt.enqueues`` counts
+    execute_async_v3. ``compute(stream, shape, src, dst)``, when given, enqueues the engine's work instead
+    (on a real GPU, with ``cuda`` None: a real kernel)."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = ENV.tensorrt_version
     trt.enqueues = 0
@@ -199,7 +331,7 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
             self.scratch = None if strategy == "USER_MANAGED" else "own"
 
         def set_device_memory(self, ptr, size):
-            assert size >= scratch_bytes and int(ptr) in cuda.memory
+            assert size >= scratch_bytes and (cuda is None or int(ptr) in cuda.memory)
             self.scratch = int(ptr)
 
         def set_input_shape(self, name, shape):
@@ -221,6 +353,10 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
                 return False  # created without device memory and never given any
             shape, src, dst = self.shape, self.addresses["input"], self.addresses["output"]
             layout = self.layout
+            trt.enqueues += 1
+            if compute is not None:
+                compute(stream, shape, src, dst)
+                return True
 
             def run() -> None:
                 y = (_array(src, shape, in_dtype).astype(np.float32) * np.float32(0.5)).astype(out_dtype)
@@ -228,7 +364,6 @@ def make_runtime_trt(cuda: FakeCuda, in_dtype="float32", out_dtype="float32") ->
                     y[...] = np.nan
                 _array(dst, shape, out_dtype)[...] = y
 
-            trt.enqueues += 1
             cuda.enqueue(stream, run)
             return True
 
@@ -340,6 +475,7 @@ def _metadata(engine: Path, onnx: Path, **changes) -> trt_engine.EngineMetadata:
         platform=ENV.platform,
         optimization_level=3,
         workspace_mib=64,
+        tf32=False,
     )
     values.update(changes)
     return trt_engine.EngineMetadata(**values)
@@ -356,6 +492,46 @@ def _backend(tmp_path: Path, content: bytes = b"PLAN", **kwargs) -> trt_backend.
 
 def _images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+# -- the emulated driver itself ---------------------------------------------------------------------------
+
+
+def test_the_emulated_driver_is_as_strict_as_the_real_one(cuda):
+    """Work waits for the host or an event; capture is per stream with thread-local unsafe calls; each
+    thread has its own current context: what the tests below rely on to show ordering bugs."""
+    cuda.cuCtxSetCurrent(cuda.PRIMARY)
+    first, second = cuda_mem.Stream(), cuda_mem.Stream()
+    box = cuda_mem.PinnedBuffer((1,), np.float32)
+    box.array[0] = 0
+    cuda.enqueue(first.handle, lambda: box.array.__setitem__(0, 1))
+    assert box.array[0] == 0  # queued, not run
+    second.wait_for(first.handle)
+    cuda.enqueue(second.handle, lambda: box.array.__setitem__(0, box.array[0] + 1))
+    second.synchronize()  # runs the first stream's work first, through the event
+    assert box.array[0] == 2 and cuda.pending() == 0
+
+    def capture(unsafe) -> cuda_mem.Graph | None:
+        return cuda_mem.capture_graph(first, lambda: (cuda.enqueue(first.handle, lambda: None), unsafe()))
+
+    def allocate_in_another_thread() -> None:
+        def allocate() -> None:
+            cuda.cuCtxSetCurrent(cuda.PRIMARY)
+            buffers.append(cuda_mem.DeviceBuffer(4))
+
+        worker = threading.Thread(target=allocate)
+        worker.start(), worker.join()
+
+    buffers: list[cuda_mem.DeviceBuffer] = []
+    assert capture(lambda: None) is not None
+    assert capture(allocate_in_another_thread) is not None and len(buffers) == 1  # thread-local mode
+    assert capture(lambda: cuda_mem.DeviceBuffer(4)) is None  # the capturing thread may not allocate
+    buffers[0].close()
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(cuda.cuCtxGetCurrent()))
+    thread.start(), thread.join()
+    assert elsewhere == [(0, 0)] and cuda.cuCtxGetCurrent() == (0, cuda.PRIMARY)  # a stack per thread
+    box.close(), first.close(), second.close()
 
 
 # -- the backend ------------------------------------------------------------------------------------------
@@ -397,11 +573,13 @@ def test_device_pointers_must_be_aligned(fake_trt, cuda, tmp_path):
     backend = _backend(tmp_path)
     backend.activate()
     shape = (1, 3, 8, 8)
+    cuda.cuCtxSetCurrent(cuda.PRIMARY)  # the test's own buffers, in the backend's context
     src, dst = cuda_mem.DeviceBuffer(4 * 192 + 256), cuda_mem.DeviceBuffer(4 * 192 + 256)
     for args, role in [((src.ptr + 4, dst.ptr), "input"), ((src.ptr, dst.ptr + 128), "output")]:
         with pytest.raises(InputError, match=f"{role} device pointer .* 256-byte aligned"):
             backend.infer_device(*args, shape, backend.stream)
     backend.infer_device(src.ptr, dst.ptr, shape, backend.stream)  # aligned: runs
+    cuda_mem.synchronize(backend.stream)
     src.close(), dst.close()
     backend.deactivate()
 
@@ -505,19 +683,51 @@ def test_device_entry_point_orders_against_the_callers_stream(fake_trt, cuda, tm
     backend = _backend(tmp_path)
     backend.activate()
     x = prepost.uint8_to_float(_images(2, 16, 16))
+    cuda.cuCtxSetCurrent(cuda.PRIMARY)  # the test's own buffers, in the backend's context
     src, dst = cuda_mem.DeviceBuffer(x.nbytes), cuda_mem.DeviceBuffer(x.nbytes)
     _array(src.ptr, x.shape, np.float32)[...] = x
     caller = 4242
     cuda.log.clear()
     backend.infer_device(src.ptr, dst.ptr, x.shape, caller)
+    assert not np.array_equal(_array(dst.ptr, x.shape, np.float32), x * np.float32(0.5))  # not yet run
+    cuda_mem.synchronize(caller)  # the caller's stream runs after the engine's work, through events
     np.testing.assert_array_equal(_array(dst.ptr, x.shape, np.float32), x * np.float32(0.5))
     own = backend.stream
     assert cuda.log == [("record", caller), ("wait", own), ("record", own), ("wait", caller)]
     cuda.log.clear()
     backend.infer_device(src.ptr, dst.ptr, x.shape, own)  # on the backend's own stream: no events at all
+    cuda_mem.synchronize(own)
     assert cuda.log == [("graph", own)]
     src.close(), dst.close()
     backend.deactivate()
+
+
+def test_calls_leave_the_callers_current_context_alone(fake_trt, cuda, tmp_path):
+    """The backend and the fused path work in the device's primary context and restore whatever the
+    calling thread had current (torch's or CuPy's device: here another context), on every thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    fake_trt()
+    other = 99
+    cuda.cuCtxSetCurrent(other)
+    backend = _backend(tmp_path)
+    backend.activate()
+    assert cuda.cuCtxGetCurrent() == (0, other)
+    x = prepost.uint8_to_float(_images(1, 8, 8))
+    np.testing.assert_array_equal(backend.infer(x), x * np.float32(0.5))
+    assert cuda.cuCtxGetCurrent() == (0, other)
+    with ThreadPoolExecutor(1) as pool:  # a fresh thread: nothing current before, nothing after
+        assert pool.submit(lambda: (backend.infer(x), cuda.cuCtxGetCurrent())[1]).result() == (0, 0)
+    with DevicePipeline(backend, FakeKernels(cuda)) as pipeline:
+        images = _images(2, 16, 16)
+        np.testing.assert_array_equal(pipeline(images), _host_reference(images, None, 0, 0))
+        assert cuda.cuCtxGetCurrent() == (0, other)
+    assert cuda.cuCtxGetCurrent() == (0, other)
+    assert cuda.alloc_contexts == {cuda.PRIMARY}  # and everything was allocated in the device's context
+    backend.deactivate()
+    assert cuda.cuCtxGetCurrent() == (0, other) and cuda.retained == 0
 
 
 def test_buffers_and_graphs_of_old_shapes_are_freed(fake_trt, cuda, tmp_path):
@@ -682,6 +892,40 @@ def test_pipeline_unloads_the_kernels_it_loaded_and_only_those(fake_trt, cuda, t
     assert cuda.memory == {}
 
 
+@pytest.mark.parametrize("failing", ["cuStreamCreate", "cuEventCreate"])
+def test_a_pipeline_that_cannot_start_releases_its_context_and_kernels(
+    fake_trt, cuda, tmp_path, monkeypatch, failing
+):
+    import nrp_deploy.kernels as kernels_package
+    from nrp_deploy.kernels.cuda_api import CudaError
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+
+    loaded: list[FakeKernels] = []
+
+    class ClosingKernels(FakeKernels):
+        def __init__(self, ordinal: int) -> None:
+            super().__init__(cuda)
+            self.closed = False
+            loaded.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(kernels_package, "FusedKernels", ClosingKernels)
+    fake_trt()
+    backend = _backend(tmp_path)
+    backend.activate()
+    held, streams = cuda.retained, set(cuda.streams)
+    cuda.failing.add(failing)
+    with pytest.raises(CudaError, match=failing):
+        DevicePipeline(backend)
+    assert [k.closed for k in loaded] == [True]
+    assert cuda.retained == held and cuda.streams == streams  # nothing kept by the failed start
+    cuda.failing.clear()
+    backend.deactivate()
+    assert cuda.retained == 0 and cuda.streams == set()
+
+
 def test_pipeline_refuses_what_it_cannot_run(fake_trt, cuda, tmp_path):
     from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
 
@@ -787,7 +1031,11 @@ class _StreamlessBackend:
 
     def infer_device(self, in_ptr, out_ptr, shape, stream):
         self.streams.append(stream)
-        _array(out_ptr, shape, np.float32)[...] = _array(in_ptr, shape, np.float32) * np.float32(0.5)
+
+        def run() -> None:
+            _array(out_ptr, shape, np.float32)[...] = _array(in_ptr, shape, np.float32) * np.float32(0.5)
+
+        self.cuda.enqueue(stream, run)
 
 
 def test_pipeline_brings_its_own_stream_when_the_backend_has_none(cuda):
@@ -808,7 +1056,11 @@ def test_pipeline_brings_its_own_stream_when_the_backend_has_none(cuda):
 def make_fake_ort(cuda: FakeCuda) -> types.SimpleNamespace:
     """A stand-in ``onnxruntime`` (CUDA build) whose model computes 0.5 * x on emulated device memory. As
     ONNX Runtime documents for ``enable_cuda_graph``, the first run captures, and every later run replays
-    the addresses bound at capture, whatever is bound now."""
+    the addresses bound at capture, whatever is bound now. A run enqueues its work on the session's compute
+    stream (the ``user_compute_stream`` it was given, else one of its own) and waits for that stream
+    before it returns, as ONNX Runtime's Run does; like any runtime-API library, a session makes the
+    device's primary context current on the thread that creates or runs it. ``OrtValue`` copies are
+    synchronous."""
 
     class Arg:
         name, type, shape = "input", "tensor(float)", ["N", 3, "H", "W"]
@@ -849,10 +1101,19 @@ def make_fake_ort(cuda: FakeCuda) -> types.SimpleNamespace:
 
         bind_ortvalue_output = bind_ortvalue_input
 
+    def runtime_api_context() -> None:
+        if not cuda.cuCtxGetCurrent()[1]:
+            cuda.cuCtxSetCurrent(cuda.PRIMARY)
+
     class InferenceSession:
         def __init__(self, path, sess_options=None, providers=()) -> None:
-            self.graph = any(isinstance(p, tuple) and p[1].get("enable_cuda_graph") == "1" for p in providers)
+            cuda_options = next(
+                p[1] for p in providers if isinstance(p, tuple) and p[0] == "CUDAExecutionProvider"
+            )
+            self.graph = cuda_options.get("enable_cuda_graph") == "1"
+            self.stream = int(cuda_options.get("user_compute_stream", 0)) or cuda._handle()
             self.captured: tuple[tuple[int, tuple[int, ...]], ...] | None = None
+            runtime_api_context()
 
         def get_inputs(self):
             return [Arg()]
@@ -872,7 +1133,13 @@ def make_fake_ort(cuda: FakeCuda) -> types.SimpleNamespace:
                 self.captured = self.captured or io
                 io = self.captured
             (src, shape), (dst, _) = io
-            _array(dst, shape, np.float32)[...] = _array(src, shape, np.float32) * np.float32(0.5)
+            runtime_api_context()
+
+            def run() -> None:
+                _array(dst, shape, np.float32)[...] = _array(src, shape, np.float32) * np.float32(0.5)
+
+            cuda.enqueue(self.stream, run)
+            cuda.run_until(self.stream)
 
     return types.SimpleNamespace(
         InferenceSession=InferenceSession,
@@ -902,7 +1169,9 @@ def test_ort_cuda_graph_session_serves_host_and_device_callers_alike(cuda, tmp_p
         x = prepost.uint8_to_float(_images(2, 8, 8, seed=call))
         if call % 2:  # on the session's stream, then on another one
             _array(src.ptr, shape, np.float32)[...] = x
-            backend.infer_device(src.ptr, dst.ptr, shape, backend.stream if call < 3 else caller.handle)
+            stream = backend.stream if call < 3 else caller.handle
+            backend.infer_device(src.ptr, dst.ptr, shape, stream)
+            cuda_mem.synchronize(stream)
             y = _array(dst.ptr, shape, np.float32).copy()
         else:
             y = backend.infer(x)
@@ -911,6 +1180,73 @@ def test_ort_cuda_graph_session_serves_host_and_device_callers_alike(cuda, tmp_p
         backend.infer_device(src.ptr, dst.ptr, (1, 3, 8, 8), caller.handle)
     backend.deactivate()
     src.close(), dst.close(), caller.close()
+
+
+@pytest.mark.parametrize("user_stream", [False, True])
+def test_ort_cuda_graph_device_call_is_not_overwritten_by_the_next_call(
+    cuda, tmp_path, monkeypatch, user_stream
+):
+    """A device call copies its result out of the session's one captured output buffer on the caller's
+    stream; the next call (from any thread) replays into that buffer, so it must not run before the copy
+    has. Here the caller waits for its stream only after another call has run."""
+    from nrp_deploy.runtime.backends import ort as ort_backend
+
+    monkeypatch.setattr(ort_backend, "_ort", lambda: make_fake_ort(cuda))
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"stand-in")
+    cuda.cuCtxSetCurrent(cuda.PRIMARY)
+    session_stream = cuda_mem.Stream()
+    options = OrtOptions(
+        cuda_graph=True, fixed_shape=(2, 8, 8), stream=session_stream.handle if user_stream else None
+    )
+    backend = ort_backend.OrtBackend(onnx, device="cuda:0", options=options)
+    backend.activate()
+    shape = (2, 3, 8, 8)
+    src, dst = (cuda_mem.DeviceBuffer(4 * int(np.prod(shape))) for _ in range(2))
+    caller = cuda_mem.Stream()
+    mine, theirs = (prepost.uint8_to_float(_images(2, 8, 8, seed=k)) for k in (1, 2))
+    _array(src.ptr, shape, np.float32)[...] = mine
+    backend.infer_device(src.ptr, dst.ptr, shape, caller.handle)
+    np.testing.assert_array_equal(backend.infer(theirs), theirs * np.float32(0.5))
+    caller.synchronize()
+    np.testing.assert_array_equal(_array(dst.ptr, shape, np.float32), mine * np.float32(0.5))
+    backend.deactivate()
+    src.close(), dst.close(), caller.close(), session_stream.close()
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_ort_device_path_errors_are_model_errors(cuda, tmp_path, monkeypatch, cuda_graph):
+    """ONNX Runtime's own exceptions from a run on device buffers (a wrong output shape, a failed kernel)
+    end as ModelError naming the model, as on the host path, not as a traceback."""
+    from nrp_deploy.runtime.backends import ort as ort_backend
+
+    fake = make_fake_ort(cuda)
+
+    class RuntimeException(Exception):  # onnxruntime's own, not an NRPDeployError
+        pass
+
+    def fail(self, binding):
+        raise RuntimeException("output shape mismatch\nmore detail")
+
+    monkeypatch.setattr(fake.InferenceSession, "run_with_iobinding", fail)
+    monkeypatch.setattr(ort_backend, "_ort", lambda: fake)
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"stand-in")
+    options = OrtOptions(cuda_graph=True, fixed_shape=(2, 8, 8)) if cuda_graph else OrtOptions()
+    backend = ort_backend.OrtBackend(onnx, device="cuda:0", options=options)
+    backend.activate()
+    shape = (2, 3, 8, 8)
+    src, dst = (cuda_mem.DeviceBuffer(4 * int(np.prod(shape))) for _ in range(2))
+    message = (
+        r"ONNX Runtime failed to run .*m\.onnx on an input of shape \(2, 3, 8, 8\).*output shape mismatch$"
+    )
+    with pytest.raises(ModelError, match=message):
+        backend.infer_device(src.ptr, dst.ptr, shape, backend.stream)
+    if cuda_graph:
+        with pytest.raises(ModelError, match=message):
+            backend.infer(np.zeros(shape, np.float32))
+    backend.deactivate()
+    src.close(), dst.close()
 
 
 @pytest.mark.parametrize(("name", "channels", "expected"), [("images", 1, "1"), ("x", "C", "3")])

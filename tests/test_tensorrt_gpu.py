@@ -6,6 +6,9 @@
   equal to the host path on the CPU provider.
 - The native TensorRT backend, where TensorRT is installed: engine built, cached, run with CUDA graphs
   (captured once per binding and replayed with new data), through the Purifier and the fused path.
+- The TensorRT backend's own machinery without TensorRT: a stand-in ``tensorrt`` whose engine launches a
+  real fused kernel, so CUDA-graph capture and replay, events, pinned copies, context handling and capture
+  while another thread runs the fused path are exercised on any GPU.
 - Fidelity of the published architectures (random weights) through the fused path: FP16 >= 50 dB PSNR
   against FP32 torch (needs torch and the export tools; marked ``slow`` too).
 """
@@ -198,7 +201,8 @@ def test_tensorrt_graph_replays_new_data_and_equals_plain_enqueues(tmp_path):
             outputs[graph] = [backend.infer(x) for x in inputs]
             (binding,) = backend._bindings.values()  # one shape, one set of buffers: one binding
             if graph:
-                assert binding.graph is not None and binding.replays == len(inputs) - 2
+                # the first call enqueues once and captures; every later call replays
+                assert binding.graph is not None and binding.replays == len(inputs) - 1
             else:
                 assert binding.graph is None and binding.replays == 0
     for with_graph, plain in zip(outputs[True], outputs[False], strict=True):
@@ -244,3 +248,64 @@ def test_published_architectures_fp16_fidelity_on_the_fused_path(tmp_path, archi
         with DevicePipeline(backend) as pipeline:
             _assert_close(pipeline(images), prepost.float_to_uint8(y), fp16=precision == "fp16")
         backend.deactivate()
+
+
+def test_tensorrt_backend_machinery_over_a_stub_engine_running_a_real_kernel(tmp_path, monkeypatch):
+    """No TensorRT needed: the stand-in engine clamps its input to [0, 1] with a real ``FusedKernels``
+    launch (float32 NCHW in and out, no noise) on the stream it is given. Graphs are captured and replayed
+    with new data; host calls of new shapes (captures) and fused-path calls run from several threads."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_tensorrt_emulated import _metadata, make_runtime_trt
+
+    from nrp_deploy.kernels import FusedKernels, cuda_api
+    from nrp_deploy.kernels.reference import postprocess_reference, preprocess_reference
+    from nrp_deploy.runtime.backends.tensorrt import TensorRTBackend
+    from nrp_deploy.runtime.gpu_pipeline import DevicePipeline
+    from nrp_deploy.tensorrt import support
+
+    kernels = FusedKernels(0)
+
+    def clamp(stream, shape, src, dst):
+        n, _, h, w = shape
+        kernels.preprocess(src, dst, n, h, w, out_dtype="float32", stream=stream, src_dtype="float32")
+
+    trt = make_runtime_trt(None, compute=clamp)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    support.import_tensorrt.cache_clear()
+    support.tensorrt_logger.cache_clear()
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"PLAN")
+    backend = TensorRTBackend(engine, _metadata(engine, tmp_path / "m.onnx"))
+    backend.activate()
+    rng = np.random.default_rng(SEED)
+    try:
+        for _ in range(4):  # one binding: a warm-up enqueue and a capture, then three replays of new data
+            x = rng.uniform(-0.5, 1.5, (2, 3, 16, 16)).astype(np.float32)
+            np.testing.assert_array_equal(backend.infer(x), np.clip(x, 0, 1))
+        (binding,) = backend._bindings.values()
+        assert binding.graph is not None and binding.replays == 3 and trt.enqueues == 2
+        assert int(cuda_api.check(cuda_api.init_driver().cuCtxGetCurrent(), "cuCtxGetCurrent")) == 0
+
+        with DevicePipeline(backend, kernels) as pipeline:
+
+            def fused(k: int) -> None:
+                images = _images(2, 16, 24, seed=k)
+                expected = postprocess_reference(preprocess_reference(images, "float32"))
+                np.testing.assert_array_equal(pipeline(images), expected)
+
+            def host(k: int) -> None:  # new shapes: each binding captures while the other threads run
+                shape = (1 + k % 4, 3, 8 + 2 * k, 16)
+                x = np.random.default_rng(k).uniform(-0.5, 1.5, shape).astype(np.float32)
+                np.testing.assert_array_equal(backend.infer(x), np.clip(x, 0, 1))
+
+            with ThreadPoolExecutor(4) as pool:
+                calls = [pool.submit(fused if k % 2 else host, k) for k in range(12)]
+                for call in calls:
+                    call.result()
+    finally:
+        backend.deactivate()
+        kernels.close()
+        support.import_tensorrt.cache_clear()
+        support.tensorrt_logger.cache_clear()

@@ -23,7 +23,8 @@ class Family(enum.Enum):
 @dataclass(frozen=True)
 class BenchBackend:
     """One benchmark backend. ``runtime_backend`` / ``options``: what ``load_purifier`` is given (RUNTIME);
-    ``channels_last``, ``compiled`` and ``cuda_graphs``: how the eager module is prepared (EAGER)."""
+    ``channels_last``, ``compiled``, ``cuda_graphs`` and ``tf32``: how the eager module is prepared and run
+    (EAGER); FP32 variants run true FP32 unless ``tf32``."""
 
     family: Family
     precision: str
@@ -34,6 +35,7 @@ class BenchBackend:
     channels_last: bool = False
     compiled: bool = False
     cuda_graphs: bool = False
+    tf32: bool = False
 
 
 _CPU_CUDA, _CUDA, _CPU = ("cpu", "cuda"), ("cuda",), ("cpu",)
@@ -46,6 +48,13 @@ def _ort(precision: str, devices: tuple[str, ...], what: str, **options: object)
 
 CATALOGUE: dict[str, BenchBackend] = {
     "torch-fp32": BenchBackend(_EAGER, "fp32", _CPU_CUDA, "eager PyTorch FP32, NCHW: the published baseline"),
+    "torch-tf32": BenchBackend(
+        _EAGER,
+        "tf32",
+        _CUDA,
+        "eager PyTorch FP32 with TF32 convolutions and matmuls (torch's cuDNN default on Ampere and newer)",
+        tf32=True,
+    ),
     "torch-fp32-cl": BenchBackend(
         _EAGER, "fp32", _CPU_CUDA, "eager PyTorch FP32, channels_last", channels_last=True
     ),

@@ -302,11 +302,17 @@ def _prepare_models(
     return models, skipped
 
 
-def run_benchmark(config: BenchConfig, progress: Any = sys.stderr) -> dict[str, Any]:
+def run_benchmark(
+    config: BenchConfig,
+    progress: Any = sys.stderr,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run the benchmark described by ``config`` and return the result document (see ``SCHEMA``).
 
     The ONNX and engine artifacts backends build live in the runtime's artifact cache
-    (``$NRP_DEPLOY_CACHE``), keyed by checkpoint content, so later runs reuse them.
+    (``$NRP_DEPLOY_CACHE``), keyed by checkpoint content, so later runs reuse them. ``on_result`` is
+    called with the document so far each time it grows (a model's backends set up, a case timed), so a run
+    stopped part way (a time limit) can still leave what it measured.
     """
     say = _Progress(progress)
     device = resolve_device(config.device)
@@ -333,7 +339,7 @@ def run_benchmark(config: BenchConfig, progress: Any = sys.stderr) -> dict[str, 
             "cases": [],
         }
         for model in models:
-            doc["models"].append(_bench_one_model(model, backends, device, config, peak, memory, doc, say))
+            _bench_one_model(model, backends, device, config, peak, memory, doc, say, on_result or _ignore)
     doc["machine"]["load_average_end"] = machine_info()["load_average"]
     return doc
 
@@ -347,7 +353,10 @@ def _bench_one_model(
     memory: HostMemory,
     doc: dict[str, Any],
     say: _Progress,
-) -> dict[str, Any]:
+    on_result: Callable[[dict[str, Any]], None],
+) -> None:
+    """Set up every backend for ``model`` (its entry in ``doc["models"]`` says which could not run and
+    why), then time the cases into ``doc["cases"]``."""
     ctx = TargetContext(device, config.threads)
     statuses, runners = [], {}
     for name in backends:
@@ -364,6 +373,18 @@ def _bench_one_model(
         )
         statuses.append(status)
     macs = model.spec.macs_per_pixel
+    doc["models"].append(
+        {
+            "name": model.name,
+            "spec": model.spec.to_dict(),
+            "describe": model.spec.describe(),
+            "weights": model.weights,
+            "random_weights": model.random_weights,
+            "macs_per_pixel": macs,
+            "backends": statuses,
+        }
+    )
+    on_result(doc)
     try:
         for resolution in config.resolutions:
             flops_per_image = 2.0 * macs * resolution * resolution
@@ -384,18 +405,14 @@ def _bench_one_model(
                         }
                     )
                     say(_case_line(doc["cases"][-1]))
+                    on_result(doc)
     finally:
         for runner in runners.values():
             runner.close()
-    return {
-        "name": model.name,
-        "spec": model.spec.to_dict(),
-        "describe": model.spec.describe(),
-        "weights": model.weights,
-        "random_weights": model.random_weights,
-        "macs_per_pixel": macs,
-        "backends": statuses,
-    }
+
+
+def _ignore(doc: dict[str, Any]) -> None:
+    """The default ``on_result``: nothing to keep."""
 
 
 def _case_line(case: dict[str, Any]) -> str:

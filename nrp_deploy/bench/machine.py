@@ -33,17 +33,18 @@ _LIBRARIES = (
     "cuda-bindings",
 )
 
-# Dense (no structured sparsity) peaks from NVIDIA's datasheets, in TFLOP/s (TOP/s for int8). Matched by
-# substring of the device name, most specific first.
+# Dense (no structured sparsity) peaks from NVIDIA's datasheets, in TFLOP/s (TOP/s for int8; TF32 tensor
+# cores run at half the FP16 rate, and Turing has none). Matched by substring of the device name, most
+# specific first.
 _GPU_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("H200", {"fp32": 67.0, "fp16": 989.4, "int8": 1978.9}),
-    ("H100 NVL", {"fp32": 60.0, "fp16": 835.0, "int8": 1670.0}),
-    ("H100 PCIe", {"fp32": 51.2, "fp16": 756.0, "int8": 1513.0}),
-    ("H100", {"fp32": 67.0, "fp16": 989.4, "int8": 1978.9}),  # SXM5
-    ("A100", {"fp32": 19.5, "fp16": 312.0, "int8": 624.0}),
-    ("L40S", {"fp32": 91.6, "fp16": 362.1, "int8": 733.0}),
-    ("L4", {"fp32": 30.3, "fp16": 121.0, "int8": 242.0}),
-    ("A10", {"fp32": 31.2, "fp16": 125.0, "int8": 250.0}),
+    ("H200", {"fp32": 67.0, "fp16": 989.4, "tf32": 494.7, "int8": 1978.9}),
+    ("H100 NVL", {"fp32": 60.0, "fp16": 835.0, "tf32": 417.5, "int8": 1670.0}),
+    ("H100 PCIe", {"fp32": 51.2, "fp16": 756.0, "tf32": 378.0, "int8": 1513.0}),
+    ("H100", {"fp32": 67.0, "fp16": 989.4, "tf32": 494.7, "int8": 1978.9}),  # SXM5
+    ("A100", {"fp32": 19.5, "fp16": 312.0, "tf32": 156.0, "int8": 624.0}),
+    ("L40S", {"fp32": 91.6, "fp16": 362.1, "tf32": 181.1, "int8": 733.0}),
+    ("L4", {"fp32": 30.3, "fp16": 121.0, "tf32": 60.5, "int8": 242.0}),
+    ("A10", {"fp32": 31.2, "fp16": 125.0, "tf32": 62.5, "int8": 250.0}),
     ("T4", {"fp32": 8.1, "fp16": 65.0, "int8": 130.0}),
 )
 

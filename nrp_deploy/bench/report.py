@@ -15,6 +15,7 @@ from typing import Any
 from nrp_deploy.fileutil import atomic_output, write_bytes_atomic, write_json_atomic
 
 JSON_NAME = "bench.json"
+PARTIAL_JSON_NAME = "bench.partial.json"
 MARKDOWN_NAME = "bench.md"
 LATENCY_PLOT = "latency_vs_batch.png"
 SPEEDUP_PLOT = "speedup.png"
@@ -311,11 +312,20 @@ def _save(plt: Any, fig: Any, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def write_partial(doc: dict[str, Any], out_dir: str | Path) -> Path:
+    """The document so far, as ``bench.partial.json`` (``write_report`` removes it once the run is whole):
+    what a run stopped by a time limit leaves behind."""
+    path = Path(out_dir) / PARTIAL_JSON_NAME
+    write_json_atomic(path, doc)
+    return path
+
+
 def write_report(doc: dict[str, Any], out_dir: str | Path, plots: bool = True) -> list[Path]:
     """Write JSON, Markdown and (unless ``plots`` is False) the two PNG plots; return the paths."""
     out = Path(out_dir)
     paths = [out / JSON_NAME, out / MARKDOWN_NAME]
     write_json_atomic(paths[0], doc)
+    (out / PARTIAL_JSON_NAME).unlink(missing_ok=True)
     write_bytes_atomic(paths[1], to_markdown(doc).encode("utf-8"))
     if plots:
         paths += [out / LATENCY_PLOT, out / SPEEDUP_PLOT]

@@ -1,4 +1,4 @@
-"""The torch variants of the benchmark: eager FP32 (the baseline), channels_last, FP16, torch.compile.
+"""The torch variants of the benchmark: eager FP32 (the baseline), TF32, channels_last, FP16, torch.compile.
 
 All share the baseline's pre/post-processing (``EagerPurifier``); only the module's dtype, memory layout
 and compilation change, so a speed-up here is the model's, not a different host path's.
@@ -22,6 +22,7 @@ from nrp_deploy.errors import BackendUnavailableError, ModelNotFoundError
 from nrp_deploy.models import ModelSpec, load_model
 from nrp_deploy.models.eager import EagerPurifier
 from nrp_deploy.models.registry import load_manifest
+from nrp_deploy.models.tf32 import tf32_allowed
 
 
 class AsFloat32(torch.nn.Module):
@@ -47,7 +48,7 @@ def torch_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
     precision, description = entry.precision, entry.description
-    dtype = torch.float16 if precision == "fp16" else torch.float32
+    dtype = torch.float16 if precision == "fp16" else torch.float32  # tf32: FP32 tensors, TF32 math
     memory_format = torch.channels_last if entry.channels_last else torch.contiguous_format
     device = torch.device(ctx.device)
 
@@ -61,14 +62,16 @@ def torch_runner(name: str, model: BenchModel, ctx: TargetContext) -> Runner:
 
     @torch.no_grad()
     def infer(x: torch.Tensor) -> torch.Tensor:
-        return module(x)
+        with tf32_allowed(entry.tf32):
+            return module(x)
 
     def fetch(y: torch.Tensor) -> np.ndarray:
         return y.float().cpu().numpy()
 
     def purify(images: np.ndarray, dynamic: bool) -> np.ndarray:
         e2e.dynamic = dynamic
-        return e2e(images)
+        with tf32_allowed(entry.tf32):
+            return e2e(images)
 
     runner = Runner(name, precision, ctx.device, description, put, infer, fetch, purify)
     runner.details = {"threads": torch.get_num_threads()}

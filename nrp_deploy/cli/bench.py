@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from nrp_deploy.bench.catalogue import CATALOGUE
     from nrp_deploy.bench.harness import QUICK, BenchConfig, run_benchmark, with_overrides
-    from nrp_deploy.bench.report import console_table, read_result, write_report
+    from nrp_deploy.bench.report import console_table, read_result, write_partial, write_report
 
     if args.list:
         for name, entry in CATALOGUE.items():
@@ -69,7 +69,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             threads=args.threads,
         )
-        doc = run_benchmark(config)
+        doc = run_benchmark(config, on_result=lambda partial: write_partial(partial, args.output))
     print(console_table(doc))
     for path in write_report(doc, args.output, plots=not args.no_plots):
         print(f"wrote {path}", file=sys.stderr)

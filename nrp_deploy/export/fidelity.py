@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from nrp_deploy.artifacts.metadata import Fidelity, psnr_db
 from nrp_deploy.models import LoadedModel
+from nrp_deploy.models.tf32 import tf32_allowed
 
 __all__ = ["ErrorStats", "Fidelity", "cpu_session", "measure_fidelity", "run_session"]
 
@@ -97,13 +98,16 @@ def compare(
     images: np.ndarray | Sequence[np.ndarray],
     progress: bool = False,
 ) -> list[ErrorStats]:
-    """Per-batch error statistics of ``session`` against ``reference`` (an NCHW array runs image by image)."""
+    """Per-batch error statistics of ``session`` against ``reference`` (an NCHW array runs image by image).
+
+    The reference is true FP32 on any device: TF32 is off while it runs (``models.tf32``)."""
     reference = reference.float().eval()
     device = next(reference.parameters()).device
     stats = []
     for batch in tqdm(_as_batches(images), desc="fidelity", unit="batch", disable=not progress):
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        expected = reference(torch.from_numpy(batch).to(device)).cpu().numpy()
+        with tf32_allowed(False):
+            expected = reference(torch.from_numpy(batch).to(device)).cpu().numpy()
         stat = ErrorStats()
         stat.add(run_session(session, batch), expected)
         stats.append(stat)

@@ -13,9 +13,11 @@ Jetson or a CUDA 12 host does not have: ``init_driver`` names both versions inst
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -125,6 +127,25 @@ def check(result: Any, call: str) -> Any:
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
+
+
+@contextlib.contextmanager
+def context_current(drv: Any, context: Any) -> Iterator[None]:
+    """``context`` current on this thread for the block, and the caller's current context restored after.
+
+    It is pushed and popped (nothing is done when it is current already), never set: a call on cuda:1
+    must not leave the calling thread's current device, which torch and CuPy read from the current
+    context, changed behind the caller's back.
+    """
+    current = check(drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    if int(current) == int(context):
+        yield
+        return
+    check(drv.cuCtxPushCurrent(context), "cuCtxPushCurrent")
+    try:
+        yield
+    finally:
+        check(drv.cuCtxPopCurrent(), "cuCtxPopCurrent")
 
 
 def bindings_version() -> str:

@@ -16,25 +16,23 @@ from typing import Any
 
 import numpy as np
 
-from nrp_deploy.kernels.cuda_api import CudaError, check, init_driver
+from nrp_deploy.kernels.cuda_api import CudaError, check, context_current, init_driver
 
 
 class PrimaryContext:
-    """Retains device ``ordinal``'s primary context; ``make_current()`` before any call on a new thread."""
+    """Retains device ``ordinal``'s primary context; work on it runs inside ``with context.current():``."""
 
     def __init__(self, ordinal: int = 0) -> None:
         self._drv = init_driver()
         self.ordinal = ordinal
         self.device = check(self._drv.cuDeviceGet(ordinal), "cuDeviceGet")
         self._context = check(self._drv.cuDevicePrimaryCtxRetain(self.device), "cuDevicePrimaryCtxRetain")
-        self.make_current()
 
-    def make_current(self) -> None:
+    def current(self) -> contextlib.AbstractContextManager[None]:
+        """The context current on this thread for the block; the caller's current one is restored after."""
         if self._context is None:
             raise CudaError("the CUDA context was released")
-        current = check(self._drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
-        if int(current) != int(self._context):
-            check(self._drv.cuCtxSetCurrent(self._context), "cuCtxSetCurrent")
+        return context_current(self._drv, self._context)
 
     def close(self) -> None:
         if self._context is not None:
@@ -47,13 +45,11 @@ def current_device(ordinal: int) -> Iterator[None]:
     """Make device ``ordinal``'s primary context current on this thread for the block, then restore the
     context that was current before. Libraries on the runtime API (TensorRT's builder) work on the device
     whose context is current, so this is how they are pointed at a device other than 0."""
-    drv = init_driver()
-    previous = check(drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
     context = PrimaryContext(ordinal)
     try:
-        yield
+        with context.current():
+            yield
     finally:
-        check(drv.cuCtxSetCurrent(previous), "cuCtxSetCurrent")
         context.close()
 
 
@@ -67,9 +63,13 @@ class Stream:
         )
         self.handle = int(self._stream)
         # One event serves every cross-stream order: cuStreamWaitEvent waits for the record made before it.
-        self._event = check(
-            drv.cuEventCreate(int(drv.CUevent_flags.CU_EVENT_DISABLE_TIMING)), "cuEventCreate"
-        )
+        try:
+            self._event = check(
+                drv.cuEventCreate(int(drv.CUevent_flags.CU_EVENT_DISABLE_TIMING)), "cuEventCreate"
+            )
+        except BaseException:
+            drv.cuStreamDestroy(self._stream)
+            raise
 
     def synchronize(self) -> None:
         check(self._drv.cuStreamSynchronize(self._stream), "cuStreamSynchronize")

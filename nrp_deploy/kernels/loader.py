@@ -11,6 +11,7 @@ multiple of 4 and aligned pointers; anything else runs the generic kernels, whic
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import threading
@@ -18,7 +19,7 @@ from typing import Any
 
 from nrp_deploy.errors import InputError, NRPDeployError
 from nrp_deploy.kernels.compiler import cached_kernels, compile_kernels, nvrtc_version, target_for
-from nrp_deploy.kernels.cuda_api import check, init_driver
+from nrp_deploy.kernels.cuda_api import check, context_current, init_driver
 from nrp_deploy.kernels.philox import seed_key
 
 __all__ = ["FusedKernels", "compile_kernels", "nvrtc_version"]
@@ -72,9 +73,9 @@ class FusedKernels:
         self._lock = threading.Lock()
         self._module = None
         try:
-            self._make_current()
             binary = cached_kernels(self.target, fast_sincos)
-            self._module = check(drv.cuModuleLoadData(binary), "cuModuleLoadData")
+            with self._current():
+                self._module = check(drv.cuModuleLoadData(binary), "cuModuleLoadData")
         except BaseException:
             self.close()
             raise
@@ -87,8 +88,8 @@ class FusedKernels:
         if self._context is None:
             return
         if self._module is not None:
-            self._make_current()
-            check(self._drv.cuModuleUnload(self._module), "cuModuleUnload")
+            with self._current():
+                check(self._drv.cuModuleUnload(self._module), "cuModuleUnload")
             self._module = None
         check(self._drv.cuDevicePrimaryCtxRelease(self.device), "cuDevicePrimaryCtxRelease")
         self._context = None
@@ -215,11 +216,9 @@ class FusedKernels:
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _make_current(self) -> None:
-        drv = self._drv
-        current = check(drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
-        if int(current) != int(self._context):
-            check(drv.cuCtxSetCurrent(self._context), "cuCtxSetCurrent")
+    def _current(self) -> contextlib.AbstractContextManager[None]:
+        """The kernels' context current for the block; the calling thread's own is restored after."""
+        return context_current(self._drv, self._context)
 
     def _function(self, name: str) -> Any:
         with self._lock:
@@ -232,17 +231,27 @@ class FusedKernels:
     def _launch(self, name: str, threads: int, images: int, args: list[Any], stream: Any) -> None:
         if self._module is None:
             raise NRPDeployError("FusedKernels was closed; create a new one")
-        self._make_current()
-        fn = self._function(name)
         # cuLaunchKernel takes an array of pointers to the argument values; ``args`` keeps them alive.
         pointers = (ctypes.c_void_p * len(args))(*(ctypes.addressof(a) for a in args))
         blocks = -(-threads // BLOCK)
-        check(
-            self._drv.cuLaunchKernel(
-                fn, blocks, images, 1, BLOCK, 1, 1, 0, _stream_handle(stream), ctypes.addressof(pointers), 0
-            ),
-            f"cuLaunchKernel({name})",
-        )
+        with self._current():
+            fn = self._function(name)
+            check(
+                self._drv.cuLaunchKernel(
+                    fn,
+                    blocks,
+                    images,
+                    1,
+                    BLOCK,
+                    1,
+                    1,
+                    0,
+                    _stream_handle(stream),
+                    ctypes.addressof(pointers),
+                    0,
+                ),
+                f"cuLaunchKernel({name})",
+            )
 
 
 def _check_shape(n: int, channels: int, h: int, w: int) -> int:

@@ -2,8 +2,9 @@
 
 x' = clamp(min(max(x + sigma * N(0, 1), x - eps), x + eps), 0, 1), as the published ``--dynamic`` does, with
 the noise drawn from Philox4x32-10 + Box-Muller keyed by (seed, image index, element index): the numpy
-reference in ``nrp_deploy.kernels.philox`` that the fused CUDA kernel reproduces, so a GPU run can be
-checked against this one element by element and any run can be replayed from its seed.
+reference in ``nrp_deploy.kernels.philox`` that the fused CUDA kernel reproduces (its Philox words bit for
+bit, its normals within float32 rounding), so a GPU run can be checked against this one element by element
+and any run can be replayed from its seed.
 """
 
 from __future__ import annotations

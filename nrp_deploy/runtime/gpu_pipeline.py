@@ -23,8 +23,11 @@ another shape), the torch backend's before it copies the output.
 
 Buffers are allocated once per (batch, height, width) and reused; the least recently used shapes beyond
 ``max_shapes`` are freed. The noise keys are the host path's (seed, image index), so a seeded GPU run
-equals the numpy reference element for element before the model. Calls are serialised by a lock: the
-buffers of a shape are shared.
+draws the numpy reference's Philox words bit for bit; the normals made from them agree within 2e-6 (one
+unit for a float16 engine input), not exactly, since the GPU's log/sin/cos are not numpy's float32 ones,
+which themselves differ between CPUs. Calls are serialised by a lock: the buffers of a shape are shared.
+Each call pushes the device's primary context and pops it after, leaving the caller's current context
+alone.
 """
 
 from __future__ import annotations
@@ -84,21 +87,23 @@ class DevicePipeline:
         self._cuda = PrimaryContext(self.ordinal)
         self.in_dtype = backend.input_spec.dtype
         self.out_dtype = backend.output_spec.dtype
-        for dtype in (self.in_dtype, self.out_dtype):
-            if dtype not in ("float16", "float32"):
-                self._cuda.close()
-                raise InputError(f"the fused kernels read and write float16 or float32, not {dtype}")
         self._own_kernels = None
-        if kernels is None:
-            from nrp_deploy.kernels import FusedKernels
+        try:  # on any failure, release what was taken so far: nothing else would (no finalizer)
+            for dtype in (self.in_dtype, self.out_dtype):
+                if dtype not in ("float16", "float32"):
+                    raise InputError(f"the fused kernels read and write float16 or float32, not {dtype}")
+            if kernels is None:
+                from nrp_deploy.kernels import FusedKernels
 
-            try:
                 kernels = self._own_kernels = FusedKernels(self.ordinal)
-            except BaseException:
-                self._cuda.close()
-                raise
+            with self._cuda.current():
+                self._stream = Stream()
+        except BaseException:
+            if self._own_kernels is not None:
+                self._own_kernels.close()
+            self._cuda.close()
+            raise
         self.kernels = kernels
-        self._stream = Stream()
         self.stream = self._stream.handle
         self.max_shapes = max_shapes
         self._slots: OrderedDict[tuple[int, int, int], _Slot] = OrderedDict()
@@ -122,63 +127,70 @@ class DevicePipeline:
             lo <= v <= hi for lo, v, hi in zip(profile.min, (n, h, w), profile.max, strict=True)
         ):
             raise InputError(f"batch of {n} {h}x{w} images is outside the backend's profile {profile}")
-        sigma, eps = (dynamic.sigma, dynamic.eps) if dynamic is not None else (0.0, 0.0)
         with self._lock:
             if self._stream is None:
                 raise InputError("this DevicePipeline was closed")
-            self._cuda.make_current()
-            slot = self._slot((n, h, w))
-            np.copyto(slot.host_in.array, images)
-            slot.host_flag.array[0] = 0
-            slot.host_in.copy_to_device(slot.dev_images.ptr, self.stream)
-            slot.host_flag.copy_to_device(slot.dev_flag.ptr, self.stream)
-            self.kernels.preprocess(
-                slot.dev_images.ptr,
-                slot.dev_x.ptr,
-                n,
-                h,
-                w,
-                out_dtype=self.in_dtype,
-                sigma=sigma,
-                eps=eps,
-                seed=seed,
-                start_index=start_index,
-                stream=self.stream,
+            with self._cuda.current():
+                return self._run(images, dynamic, seed, start_index)
+
+    def _run(
+        self, images: np.ndarray, dynamic: DynamicDefense | None, seed: int, start_index: int
+    ) -> np.ndarray:
+        """One call's work, under the lock with the context current."""
+        n, h, w, _ = images.shape
+        sigma, eps = (dynamic.sigma, dynamic.eps) if dynamic is not None else (0.0, 0.0)
+        slot = self._slot((n, h, w))
+        np.copyto(slot.host_in.array, images)
+        slot.host_flag.array[0] = 0
+        slot.host_in.copy_to_device(slot.dev_images.ptr, self.stream)
+        slot.host_flag.copy_to_device(slot.dev_flag.ptr, self.stream)
+        self.kernels.preprocess(
+            slot.dev_images.ptr,
+            slot.dev_x.ptr,
+            n,
+            h,
+            w,
+            out_dtype=self.in_dtype,
+            sigma=sigma,
+            eps=eps,
+            seed=seed,
+            start_index=start_index,
+            stream=self.stream,
+        )
+        self.backend.infer_device(slot.dev_x.ptr, slot.dev_y.ptr, (n, CHANNELS, h, w), self.stream)
+        self.kernels.postprocess(
+            slot.dev_y.ptr,
+            slot.dev_out.ptr,
+            n,
+            h,
+            w,
+            src_dtype=self.out_dtype,
+            stream=self.stream,
+            nonfinite_ptr=slot.dev_flag.ptr,
+        )
+        slot.host_out.copy_from_device(slot.dev_out.ptr, self.stream)
+        slot.host_flag.copy_from_device(slot.dev_flag.ptr, self.stream)
+        self._stream.synchronize()
+        if slot.host_flag.array[0]:
+            raise ModelError(
+                f"the model on {self.backend.name} on {self.backend.device} returned NaN or infinite "
+                f"values for a batch of {n} {h}x{w} images (non-finite weights, or an overflow at "
+                "reduced precision); refusing to write them as an image"
             )
-            self.backend.infer_device(slot.dev_x.ptr, slot.dev_y.ptr, (n, CHANNELS, h, w), self.stream)
-            self.kernels.postprocess(
-                slot.dev_y.ptr,
-                slot.dev_out.ptr,
-                n,
-                h,
-                w,
-                src_dtype=self.out_dtype,
-                stream=self.stream,
-                nonfinite_ptr=slot.dev_flag.ptr,
-            )
-            slot.host_out.copy_from_device(slot.dev_out.ptr, self.stream)
-            slot.host_flag.copy_from_device(slot.dev_flag.ptr, self.stream)
-            self._stream.synchronize()
-            if slot.host_flag.array[0]:
-                raise ModelError(
-                    f"the model on {self.backend.name} on {self.backend.device} returned NaN or infinite "
-                    f"values for a batch of {n} {h}x{w} images (non-finite weights, or an overflow at "
-                    "reduced precision); refusing to write them as an image"
-                )
-            return slot.host_out.array.copy()
+        return slot.host_out.array.copy()
 
     def close(self) -> None:
         """Free every buffer, the stream and the kernels the pipeline loaded; the backend stays open."""
         with self._lock:
             if self._stream is None:
                 return
-            self._cuda.make_current()
-            self._stream.synchronize()
-            for slot in self._slots.values():
-                slot.close()
-            self._slots.clear()
-            self._stream.close()
-            self._stream = None
+            with self._cuda.current():
+                self._stream.synchronize()
+                for slot in self._slots.values():
+                    slot.close()
+                self._slots.clear()
+                self._stream.close()
+                self._stream = None
             if self._own_kernels is not None:
                 self._own_kernels.close()
                 self._own_kernels = None

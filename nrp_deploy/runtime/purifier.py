@@ -170,12 +170,13 @@ class Purifier:
         self, images: np.ndarray, dynamic: DynamicDefense | None, seed: int, start_index: int
     ) -> np.ndarray:
         step = self._batch_limit(len(images))
-        return np.concatenate(
-            [
-                self._pipeline(images[i : i + step], dynamic, seed=seed, start_index=start_index + i)
-                for i in range(0, len(images), step)
-            ]
-        )
+        chunks = []
+        for i in range(0, len(images), step):
+            chunk = images[i : i + step]
+            padded = _pad_batch(chunk, self._min_batch())
+            out = self._pipeline(padded, dynamic, seed=seed, start_index=start_index + i)
+            chunks.append(out[: len(chunk)])
+        return np.concatenate(chunks)
 
     def _call_many(
         self, images: Sequence[Any], dynamic: DynamicDefense | None, seed: int, start_index: int
@@ -207,13 +208,16 @@ class Purifier:
         return continuing_index(lambda batch, start: self(batch, dynamic=dynamic, start_index=start))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        """One backend call; a batch below the profile's smallest is padded up to it and the padding's
+        outputs dropped, so a fixed-batch backend (a static engine, a CUDA-graph session) takes any count."""
+        padded = _pad_batch(x, self._min_batch())
         if self.backend.thread_safe:
-            y = self.backend.infer(x)
+            y = self.backend.infer(padded)
         else:
             with self._lock:
-                y = self.backend.infer(x)
-        self._check_output(x, y)
-        return y
+                y = self.backend.infer(padded)
+        self._check_output(padded, y)
+        return y[: len(x)]
 
     def _check_output(self, x: np.ndarray, y: np.ndarray) -> None:
         """Refuse a model output that is not an image of the input's shape, or that holds NaN or infinity
@@ -247,6 +251,10 @@ class Purifier:
             log.warning("fused GPU path unavailable, using the host path: %s", exc)
             return None
 
+    def _min_batch(self) -> int:
+        profile = self.backend.profile
+        return profile.min[0] if profile else 1
+
     def _batch_limit(self, count: int) -> int:
         profile = self.backend.profile
         return min(self.max_batch or count, profile.max[0] if profile else count)
@@ -274,6 +282,18 @@ class Purifier:
         if config is None or (height <= config.tile and width <= config.tile):
             return None, min_shape
         return config, min_shape
+
+
+def _pad_batch(batch: np.ndarray, minimum: int) -> np.ndarray:
+    """``batch`` with its last image repeated up to ``minimum`` images (as it is when already that long).
+
+    The padding follows the real images, so each real image keeps its position, and with it its noise
+    index on the fused path; the caller drops the padding's outputs.
+    """
+    short = minimum - len(batch)
+    if short <= 0:
+        return batch
+    return np.concatenate([batch, np.repeat(batch[-1:], short, axis=0)])
 
 
 def _runs(members: list[int], split: bool) -> list[list[int]]:

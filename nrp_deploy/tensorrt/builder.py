@@ -12,7 +12,7 @@ ONNX Runtime backend turns TF32 off for FP32 too). The build runs on the device 
 primary context is made current for the build, since TensorRT builds on the current device.
 
 One optimisation profile covers (batch, height, width) from ``min`` to ``max``, tuned for ``opt``. Timings
-go to a cache on disk (one per TensorRT release and GPU kind) that later builds reuse, which cuts the
+go to a cache on disk (one per TensorRT release and GPU model) that later builds reuse, which cuts the
 rebuilds the engine cache triggers after a TensorRT upgrade or an ONNX change to a fraction.
 """
 
@@ -169,7 +169,8 @@ def _build(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     config.builder_optimization_level = options.optimization_level
-    if precision == "fp32":
+    tf32 = precision != "fp32"
+    if not tf32:
         config.clear_flag(trt.BuilderFlag.TF32)
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
@@ -211,6 +212,7 @@ def _build(
         workspace_mib=options.workspace_mib,
         version_compatible=options.version_compatible,
         hardware_compatibility=options.hardware_compatibility,
+        tf32=tf32,
         build_seconds=round(seconds, 3),
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         source=_onnx_source(onnx_path),

@@ -4,7 +4,7 @@
 rebuild a stale one when its ONNX is at hand, and otherwise refuse with the reasons
 (``StaleArtifactError``); what makes an engine stale is ``engine.stale_reasons``. Engines built on demand
 live in ``tensorrt/`` below the artifact cache, keyed by everything they depend on (``cache_key``), beside
-one timing cache per TensorRT release and GPU kind. The decisions need neither TensorRT nor a GPU, so CI
+one timing cache per TensorRT release and GPU model. The decisions need neither TensorRT nor a GPU, so CI
 tests them; the builder itself is passed in.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,9 @@ from nrp_deploy.tensorrt.engine import (
 def cache_key(onnx_sha256: str, options: BuildOptions, env: TargetEnvironment) -> str:
     """A short hash of everything an engine depends on; two builds share a key only if interchangeable.
 
-    The GPU enters through its compute capability (not its name): TensorRT engines are portable across
-    GPUs of one compute capability, and a cache shared by identical boards should hit.
+    The GPU enters by its name as well as its compute capability: a plan is tuned for one GPU model, and
+    TensorRT warns that it may be slow or fail on another model of the same compute capability. Identical
+    boards share a name, so a cache shared by them still hits.
     """
     key = {
         "format_version": FORMAT_VERSION,
@@ -48,6 +50,7 @@ def cache_key(onnx_sha256: str, options: BuildOptions, env: TargetEnvironment) -
         "version_compatible": options.version_compatible,
         "hardware_compatibility": options.hardware_compatibility,
         "tensorrt_version": env.tensorrt_version,
+        "gpu_name": env.gpu_name,
         "compute_capability": list(env.compute_capability),
         "platform": env.platform,
     }
@@ -64,13 +67,15 @@ def cached_engine_path(onnx: Path, key: str, directory: Path | None = None) -> P
 
 
 def timing_cache_path(env: TargetEnvironment, directory: Path | None = None) -> Path:
-    """One timing cache per TensorRT release and compute capability, beside the engine cache.
+    """One timing cache per TensorRT release and GPU model, beside the engine cache.
 
-    TensorRT refuses a timing cache from another device or release, so keeping them apart means every
-    build reuses the timings of earlier builds on the same kind of GPU.
+    Timings hold only for the GPU model they were measured on (and TensorRT refuses a cache from another
+    device or release), so keeping them apart means every build reuses the timings of earlier builds on
+    the same model.
     """
     major, minor = env.compute_capability
-    name = f"timing-trt{env.tensorrt_version}-sm{major}{minor}-{env.platform}.cache"
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", env.gpu_name).strip("-") or "gpu"
+    name = f"timing-trt{env.tensorrt_version}-{gpu}-sm{major}{minor}-{env.platform}.cache"
     return (directory or cache_dir()) / name
 
 

@@ -1,8 +1,9 @@
 """What a TensorRT engine is tied to, and whether it may run here: its sidecar, its build options, staleness.
 
 A serialized engine runs only under the TensorRT release that built it (or a later one of the same major
-when built version-compatible), only on GPUs of the compute capability it was built for (or Ampere and
-later when built hardware-compatible), on the same CPU platform, and it stands for exactly one ONNX file.
+when built version-compatible), only on the GPU model it was built for (or Ampere and later when built
+hardware-compatible): TensorRT warns that a plan run on another model of the same compute capability (an
+H100 plan on an H200, an A100 one on an A30) may be slow or fail, since its tactics were timed there, on the same CPU platform, and it stands for exactly one ONNX file.
 Every engine therefore carries a sidecar ``<engine>.json`` (``EngineMetadata``) recording all of that,
 and ``stale_reasons`` compares it with the machine at hand (``TargetEnvironment``). Plain functions of
 plain data, so CI tests them without TensorRT or a GPU.
@@ -23,13 +24,16 @@ from nrp_deploy.errors import InputError, MetadataError
 from nrp_deploy.fileutil import write_json_atomic
 
 FORMAT = "nrp-deploy/tensorrt-engine"
-FORMAT_VERSION = 1
+#: 2 records the builder's TF32 policy (``EngineMetadata.tf32``). Version 1 sidecars are still read, so
+#: that their engines are rebuilt from the recorded ONNX and options (or refused with the reason), never run.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 ENGINE_SUFFIX = ".engine"
 
 #: TensorRT's own default builder optimisation level (0 = fastest build .. 5 = most tactics tried).
 DEFAULT_OPT_LEVEL = 3
 DEFAULT_WORKSPACE_MIB = 2048
-#: ``hardware_compatibility`` values: "none" (this compute capability only) or "ampere_plus" (sm_80+).
+#: ``hardware_compatibility`` values: "none" (this GPU model only) or "ampere_plus" (sm_80+).
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus")
 
 
@@ -90,6 +94,9 @@ class EngineMetadata:
     workspace_mib: int
     version_compatible: bool = False
     hardware_compatibility: str = "none"
+    #: The builder policy: whether TensorRT could pick TF32 tactics (it may by default), which round FP32
+    #: convolution inputs to 10 mantissa bits. None: not recorded (format 1), so not known.
+    tf32: bool | None = None
     build_seconds: float = 0.0
     built_at: str = ""
     source: dict[str, Any] = field(default_factory=dict)
@@ -125,10 +132,10 @@ def read_engine_metadata(engine: str | os.PathLike[str]) -> EngineMetadata:
     path, data = read_sidecar(engine, made_by="build engines with `nrp build`")
     if data.get("format") != FORMAT:
         raise MetadataError(f"{path} is not TensorRT engine metadata (no format {FORMAT!r})")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise MetadataError(
             f"{path} has metadata format version {data.get('format_version')!r}; this nrp-deploy reads "
-            f"{FORMAT_VERSION}: rebuild the engine with `nrp build`"
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}: rebuild the engine with `nrp build`"
         )
     try:
         metadata = EngineMetadata.from_dict(data)
@@ -167,6 +174,13 @@ def stale_reasons(
     hash; either check is skipped when None.
     """
     reasons: list[str] = []
+    if metadata.tf32 is None:
+        reasons.append(
+            f"its metadata (format version {metadata.format_version}) does not record whether TensorRT could "
+            "use TF32, and engines built before nrp-deploy recorded it ran FP32 convolutions in TF32"
+        )
+    elif metadata.tf32 and metadata.precision == "fp32":
+        reasons.append("an FP32 engine built with TF32 allowed (convolution inputs rounded to 10 bits)")
     built, running = metadata.tensorrt_version, env.tensorrt_version
     if metadata.version_compatible:
         b, r = _version_tuple(built), _version_tuple(running)
@@ -184,7 +198,7 @@ def stale_reasons(
             reasons.append(
                 f"built for Ampere and later GPUs (sm_80+); {env.gpu_name} is sm_{cc_here[0]}{cc_here[1]}"
             )
-    elif cc_built != cc_here:
+    elif cc_built != cc_here or metadata.gpu_name != env.gpu_name:
         reasons.append(
             f"built for {metadata.gpu_name} (sm_{cc_built[0]}{cc_built[1]}); this GPU is {env.gpu_name} "
             f"(sm_{cc_here[0]}{cc_here[1]})"

@@ -18,8 +18,9 @@ needs TensorRT's libraries; the native ``tensorrt`` backend is the better route 
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,7 @@ class OrtBackend(BaseBackend):
             with self._graph_lock:
                 return self._infer_graph(x)
         inp, out = self._specs()
-        try:
+        with self._run_errors(x.shape):
             if self.on_gpu:
                 binding = session.io_binding()
                 binding.bind_cpu_input(inp.name, x)
@@ -199,19 +200,15 @@ class OrtBackend(BaseBackend):
                 y = binding.copy_outputs_to_cpu()[0]
             else:
                 y = session.run([out.name], {inp.name: x})[0]
-        except Exception as exc:  # onnxruntime raises its own Fail / InvalidArgument / RuntimeException types
-            first_line = (str(exc).strip().splitlines() or [""])[0]
-            raise ModelError(
-                f"ONNX Runtime failed to run {self.path} on an input of shape {x.shape} (the model takes "
-                f"{_shape_text(inp.shape)}): {type(exc).__name__}: {first_line}"
-            ) from exc
         return y.astype(np.float32, copy=False)
 
     def infer_device_impl(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
         """Run on device buffers (DeviceBackend). ONNX Runtime's Run waits for its compute stream before
         returning, so the output is complete for any later work; the caller's stream is synchronised
-        first when it is not the stream this session computes on, so its pending writes are visible.
-        In CUDA-graph mode the caller's buffers are copied into and out of the captured ones."""
+        first unless it is the user compute stream this session was given, so its pending writes are
+        visible (without one, the session computes on a non-blocking stream of its own, which not even the
+        legacy default stream orders). In CUDA-graph mode the caller's buffers are copied into and out of
+        the captured ones, and the copy out is waited for before the next call may replay over it."""
         session = self._session
         if not self.on_gpu:
             raise InputError("infer_device needs the CUDA execution provider; this session runs on the CPU")
@@ -219,7 +216,7 @@ class OrtBackend(BaseBackend):
             with self._graph_lock:
                 self._infer_graph_device(in_ptr, out_ptr, shape, stream)
             return
-        if stream != self.stream:
+        if not self._computes_on(stream):
             cuda_mem.synchronize(stream)
         binding = session.io_binding()
         for bind, spec, ptr in (
@@ -227,9 +224,27 @@ class OrtBackend(BaseBackend):
             (binding.bind_output, self.output_spec, out_ptr),
         ):
             bind(spec.name, "cuda", self.device_id, np.dtype(spec.dtype), list(shape), ptr)
-        session.run_with_iobinding(binding)
+        with self._run_errors(shape):
+            session.run_with_iobinding(binding)
 
     # -- internals -------------------------------------------------------------------------------------
+
+    def _computes_on(self, stream: int) -> bool:
+        """Whether ``stream`` is the session's compute stream, so work on it is ordered with its runs."""
+        return bool(self.stream) and stream == self.stream
+
+    @contextlib.contextmanager
+    def _run_errors(self, shape: tuple[int, ...]) -> Iterator[None]:
+        """ONNX Runtime's own error types (Fail, InvalidArgument, RuntimeException: a wrong output shape, a
+        failed kernel) raised by a run, as a ``ModelError`` naming the model and the shapes."""
+        try:
+            yield
+        except Exception as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            raise ModelError(
+                f"ONNX Runtime failed to run {self.path} on an input of shape {tuple(shape)} (the model takes "
+                f"{_shape_text(self.input_spec.shape)}): {type(exc).__name__}: {first_line}"
+            ) from exc
 
     def _specs(self) -> tuple[TensorSpec, TensorSpec]:
         self.check_active("its tensor specs are known after activate()")
@@ -344,7 +359,8 @@ class OrtBackend(BaseBackend):
         """CUDA-graph run: copy into the persistent input buffer, replay, copy the output out."""
         x_dev, y_dev, binding = self._graph_io(x.shape)
         x_dev.update_inplace(x)
-        self._session.run_with_iobinding(binding)
+        with self._run_errors(x.shape):
+            self._session.run_with_iobinding(binding)
         return y_dev.numpy().astype(np.float32, copy=False)
 
     def _infer_graph_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
@@ -354,12 +370,16 @@ class OrtBackend(BaseBackend):
         cuda_mem.copy_device(
             x_dev.data_ptr(), in_ptr, count * np.dtype(self.input_spec.dtype).itemsize, stream
         )
-        if stream != self.stream:
+        ordered = self._computes_on(stream)
+        if not ordered:
             cuda_mem.synchronize(stream)
-        self._session.run_with_iobinding(binding)
+        with self._run_errors(shape):
+            self._session.run_with_iobinding(binding)
         cuda_mem.copy_device(
             out_ptr, y_dev.data_ptr(), count * np.dtype(self.output_spec.dtype).itemsize, stream
         )
+        if not ordered:  # the next replay (under the lock, on the session's stream) overwrites y_dev
+            cuda_mem.synchronize(stream)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

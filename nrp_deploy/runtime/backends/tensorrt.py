@@ -24,7 +24,9 @@ Shapes: the engine accepts the (batch, height, width) range of its optimisation 
 Purifier tiles larger images at the profile's optimal shape, pads smaller ones, and splits larger batches.
 
 Thread safety: calls are serialised by a lock (``thread_safe`` is True); they share the scratch memory,
-and the GPU runs one engine call at a time anyway.
+and the GPU runs one engine call at a time anyway. Each call pushes the device's primary context and pops
+it after, so any thread may call, and the calling thread's current device (torch's, CuPy's) is left as
+it was.
 """
 
 from __future__ import annotations
@@ -230,7 +232,9 @@ class TensorRTBackend(BaseBackend):
     def activate_impl(self) -> None:
         with self._lock:
             try:
-                self._load()
+                self._cuda = cuda_mem.PrimaryContext(self.ordinal)
+                with self._cuda.current():
+                    self._load()
             except BaseException:
                 self._release()
                 raise
@@ -241,7 +245,7 @@ class TensorRTBackend(BaseBackend):
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
         """float32 NCHW host batch -> float32 NCHW output, through pinned buffers and the engine's stream."""
-        with self._lock:
+        with self._lock, self._cuda.current():
             shape = self._checked_shape(x.shape)
             slot = self._host_slot(shape)
             np.copyto(slot.host_in.array, x, casting="same_kind")
@@ -260,7 +264,7 @@ class TensorRTBackend(BaseBackend):
                     f"the {role} device pointer {ptr:#x} is not {ADDRESS_ALIGNMENT}-byte aligned, "
                     "as TensorRT requires of I/O buffers (allocations are; offsets into them may not be)"
                 )
-        with self._lock:
+        with self._lock, self._cuda.current():
             checked = self._checked_shape(shape)
             self._stream.wait_for(stream)
             self._enqueue(checked, in_ptr, out_ptr)
@@ -270,7 +274,6 @@ class TensorRTBackend(BaseBackend):
 
     def _load(self) -> None:
         trt = import_tensorrt()
-        self._cuda = cuda_mem.PrimaryContext(self.ordinal)
         logger = tensorrt_logger()
         logger.take_errors()
         trt_runtime = self._trt_runtime = trt.Runtime(logger)
@@ -309,8 +312,16 @@ class TensorRTBackend(BaseBackend):
         )
 
     def _release(self) -> None:
+        if self._cuda is None:
+            return
+        with self._cuda.current():
+            self._free()
+        self._cuda.close()
+        self._cuda = None
+
+    def _free(self) -> None:
+        """Everything but the context, which is current: the engine and contexts are destroyed in it."""
         if self._stream is not None:
-            self._cuda.make_current()
             self._stream.synchronize()
         for binding in self._bindings.values():
             binding.close()
@@ -325,9 +336,6 @@ class TensorRTBackend(BaseBackend):
         if self._stream is not None:
             self._stream.close()
             self._stream, self.stream = None, 0
-        if self._cuda is not None:
-            self._cuda.close()
-            self._cuda = None
 
     # -- running ---------------------------------------------------------------------------------------
 
@@ -339,7 +347,6 @@ class TensorRTBackend(BaseBackend):
         problem = outside_profile(self._profile, n, h, w)
         if problem is not None:
             raise InputError(f"{problem} (the Purifier tiles, pads and splits images to fit)")
-        self._cuda.make_current()
         return (n, CHANNELS, h, w)
 
     def _host_slot(self, shape: tuple[int, int, int, int]) -> _HostSlot:

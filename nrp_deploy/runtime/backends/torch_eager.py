@@ -2,7 +2,9 @@
 
 torch is imported only when this backend is opened, so the runtime stays importable without it. With the
 defaults (fp32, contiguous, not compiled) the model runs exactly as ``nrp_deploy.models.eager.EagerPurifier``
-runs it, and the shared pre/post-processing reproduces that baseline byte for byte.
+runs it, and the shared pre/post-processing reproduces that baseline byte for byte. FP32 is true FP32 on
+every GPU: TF32 is switched off around each call (``models.tf32``), as the TensorRT and ONNX Runtime FP32
+paths have it.
 
 On CUDA it is a ``DeviceBackend``: ``infer_device`` views the caller's device buffers as tensors (through
 the CUDA Array Interface, no copy), runs the module on a stream of the backend's own and writes the output
@@ -189,8 +191,10 @@ class TorchBackend(BaseBackend):
 
     def _forward_device(self, in_ptr: int, out_ptr: int, shape: tuple[int, ...], stream: int) -> None:
         torch = _torch()
+        from nrp_deploy.models.tf32 import tf32_allowed
+
         own = self._stream
-        with torch.cuda.device(self.device):
+        with torch.cuda.device(self.device), tf32_allowed(False):
             x = torch.as_tensor(_CudaArray(in_ptr, shape, self.input_spec.dtype), device=self.device)
             out = torch.as_tensor(_CudaArray(out_ptr, shape, self.output_spec.dtype), device=self.device)
             caller = None if stream == self.stream else torch.cuda.ExternalStream(stream, device=self.device)
@@ -211,7 +215,9 @@ class TorchBackend(BaseBackend):
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         torch = _torch()
-        with torch.inference_mode():
+        from nrp_deploy.models.tf32 import tf32_allowed
+
+        with torch.inference_mode(), tf32_allowed(False):
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             if self.precision == "fp16":
                 t = t.half()
