@@ -393,6 +393,12 @@ def test_publish_adds_a_verified_registry_entry_and_keeps_the_others(photo_dir, 
             "attacks": {"ssp": {"eps": 0.06, "images": 2, "psnr_purified_db": 30.0}},
         }
     }
+    worst = {"black-box": {"defences": {"purified": {"worst_case": 0.5, "recovered_points": 25.0}}}}
+    publish_model(
+        run.run_dir, "tiny", metrics={"heldout": {**report, "threat_models": worst}}, directory=models
+    )
+    entry = json.loads((models / "manifest.json").read_text())["models"][1]
+    assert entry["metrics"]["heldout"]["threat_models"] == worst  # the threat models' worst cases are kept
     assert entry["training"]["steps"] == 2
     assert entry["training"]["command"].startswith(f"nrp train --out {run.run_dir} --data {photo_dir}")
     monkeypatch.setenv("NRP_DEPLOY_MODELS_DIR", str(models))

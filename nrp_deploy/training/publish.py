@@ -126,10 +126,13 @@ def condense_eval_report(report: dict[str, Any]) -> dict[str, Any]:
         "ssim_purified",
         "fidelity",
     )
-    return {
+    condensed = {
         "settings": report["settings"],
         "attacks": {a["attack"]: {k: a[k] for k in keep if k in a} for a in report["attacks"]},
     }
+    if report.get("threat_models"):  # worst case and what each defence recovers, per threat model
+        condensed["threat_models"] = report["threat_models"]
+    return condensed
 
 
 def publish_model(
