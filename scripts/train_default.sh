@@ -86,18 +86,21 @@ SNAPSHOT=()
 [[ "$CHOSEN" == */snapshots/* ]] && SNAPSHOT=(--snapshot "$CHOSEN")
 
 # 3. Measure the chosen weights on the held-out photos with the held-out classifier (EfficientNet-Lite2,
-#    never used for training or selection): the 224x224 crops under the paper's three threat models
-#    (black-box transfers crafted on Lite0 + Lite1, gray-box through a local copy, white-box through the
-#    purifier with and without the dynamic defence), with the blur and JPEG baselines, and the photos at
-#    their own size (clean).
-"$NRP" eval corpus/heldout/crops224 --model "$CHOSEN" --classifier efficientnet_lite2 \
-    --source efficientnet_lite0,efficientnet_lite1 --protocol paper --iterations "${EVAL_ITERATIONS:-10}" \
-    --eot-samples 2 --baselines blur,jpeg --seed 0 --out "$RUN_DIR/eval_heldout_crops" --no-progress
+#    never used for training or selection), with the blur and JPEG baselines: the 224x224 crops clean and
+#    under the paper's three threat models (black-box: SSP and the transfer attacks crafted on Lite0 +
+#    Lite1; gray-box: PGD on Lite2 and through a local copy of the purifier; white-box: through the deployed
+#    purifier, with and without the dynamic defence, EOT over 2 noise draws), in two reports that can run
+#    side by side on two cores; then the photos at their own size (clean).
+EVAL=("$NRP" eval corpus/heldout/crops224 --model "$CHOSEN" --classifier efficientnet_lite2
+      --source efficientnet_lite0,efficientnet_lite1 --iterations "${EVAL_ITERATIONS:-10}" --eot-samples 2
+      --baselines blur,jpeg --seed 0 --no-progress)
+"${EVAL[@]}" --threat-model black-box --attacks none --out "$RUN_DIR/eval_heldout_blackbox"
+"${EVAL[@]}" --threat-model gray-box,white-box --attacks none --out "$RUN_DIR/eval_heldout_adaptive"
 "$NRP" eval corpus/heldout/full --model "$CHOSEN" --classifier efficientnet_lite2 --attacks none \
     --baselines blur,jpeg --seed 0 --out "$RUN_DIR/eval_heldout_full" --no-progress
 
 # 4. Ship: the chosen weights + their manifest entry (provenance and the figures above), into the package
 #    (nrp_deploy/assets/models/, where the registry's shipped files live).
 NRP_DEPLOY_MODELS_DIR=nrp_deploy/assets/models "$NRP" train --out "$RUN_DIR/train" --publish default \
-    "${SNAPSHOT[@]}" --metrics heldout_crops="$RUN_DIR/eval_heldout_crops/report.json" \
-    heldout_full="$RUN_DIR/eval_heldout_full/report.json"
+    "${SNAPSHOT[@]}" --metrics heldout_blackbox="$RUN_DIR/eval_heldout_blackbox/report.json" \
+    heldout_adaptive="$RUN_DIR/eval_heldout_adaptive/report.json" heldout_full="$RUN_DIR/eval_heldout_full/report.json"
