@@ -13,8 +13,12 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from onnx import checker, helper, numpy_helper
+from onnx import load as load_onnx
+from onnx import save as save_onnx
 
 from nrp_deploy.cli import main
 from nrp_deploy.export.onnx import export_onnx
@@ -54,7 +58,26 @@ def artifacts(tmp_path_factory) -> Path:
             str(folder / f"repo_{engine}"),
         ]
         assert main([*export, "--engine", engine, "--max-pixels", "4096", "--threads", "1"]) == 0
+    _write_batch_of_one(folder / "tiny.onnx", folder / "batch_of_one.onnx")
     return folder
+
+
+def _write_batch_of_one(source: Path, target: Path) -> None:
+    """``source`` with a Squeeze/Unsqueeze of the batch axis in front: the same output for one image, and a
+    run-time error inside ONNX Runtime for a batch of more (a model that fails inside the purifier)."""
+    model = load_onnx(source)
+    graph = model.graph
+    images = graph.input[0].name
+    for node in graph.node:
+        node.input[:] = [f"{images}_batch_of_one" if name == images else name for name in node.input]
+    axis = numpy_helper.from_array(np.zeros(1, np.int64), f"{images}_batch_axis")
+    graph.initializer.append(axis)
+    squeeze = helper.make_node("Squeeze", [images, axis.name], [f"{images}_squeezed"])
+    unsqueeze = helper.make_node("Unsqueeze", [f"{images}_squeezed", axis.name], [f"{images}_batch_of_one"])
+    graph.node.insert(0, unsqueeze)
+    graph.node.insert(0, squeeze)
+    checker.check_model(model)
+    save_onnx(model, target)
 
 
 @pytest.mark.parametrize("module", ["test_serve.py", "test_triton_export.py"])
