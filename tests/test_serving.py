@@ -3,7 +3,7 @@
 nvidia-pytriton requires numpy<2, so `nrp serve` and its tests live in their own environment, made by
 scripts/setup.sh. This module exports the tiny model they serve (torch is here, not there), writes the
 Triton repositories under test, and runs each module of tests/serving/ with that environment's
-interpreter. Without the environment the tests skip locally and fail under CI=true, where they must run.
+interpreter. Without the environment the tests skip locally and fail under CI=true (tests/ci_rule.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ci_rule import unavailable
 from onnx import checker, helper, numpy_helper
 from onnx import load as load_onnx
 from onnx import save as save_onnx
@@ -35,9 +36,7 @@ def serving_python() -> Path:
         message = (
             f"no serving environment at {SERVING_PYTHON}: run scripts/setup.sh (or set NRP_SERVING_PYTHON)"
         )
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     return SERVING_PYTHON
 
 
