@@ -198,6 +198,20 @@ def test_cached_artifact_with_fail_verdict_is_not_used(tmp_path, tiny_checkpoint
         Path(str(cached) + ".json").unlink()
 
 
+def test_cached_artifact_changed_after_export_is_not_used_but_exported_again(tiny_checkpoint, caplog):
+    from nrp_deploy.artifacts.metadata import DEFAULT_OPSET, verify_artifact
+
+    image = RNG.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    with _ort(tiny_checkpoint) as purifier:
+        expected = purifier(image)
+    cached = cached_onnx_path(sha256_file(tiny_checkpoint), "fp32", DEFAULT_OPSET)
+    tiny_onnx(cached)  # another model's bytes under the cached name; its sidecar still describes the export
+    with caplog.at_level("WARNING"), _ort(tiny_checkpoint) as purifier:
+        assert np.array_equal(purifier(image), expected)
+    assert "ignoring cached artifact" in caplog.text and "changed after export" in caplog.text
+    assert verify_artifact(cached).artifact_sha256 == sha256_file(cached)  # the cache holds a good one again
+
+
 def test_fidelity_counts_nan_as_the_worst_error():
     stats = ErrorStats()
     stats.add(np.array([0.5, np.nan], np.float32), np.array([0.5, 0.5], np.float32))
