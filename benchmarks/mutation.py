@@ -9,7 +9,7 @@ working tree is never touched) and run against its covering tests with ``-x``; a
 they fail, and *survives* when they pass. Every test selection first runs unmutated: a selection that
 fails, or skips (the runs set CI=true, so a missing prerequisite fails), is reported, not scored.
 
-Not part of CI (about 15 minutes on two cores). Run it from the checkout:
+Not part of CI (about 8 minutes on two cores). Run it from the checkout:
 
     python benchmarks/mutation.py                      # all mutants -> benchmarks/results/mutation.{md,json}
     python benchmarks/mutation.py --only serving       # the mutants whose id contains "serving"
