@@ -22,6 +22,7 @@ from nrp_deploy.artifacts.metadata import DEFAULT_MIN_PSNR_DB, verify_artifact
 from nrp_deploy.cli import main
 from nrp_deploy.errors import FidelityError
 from nrp_deploy.export.fidelity import measure_fidelity
+from nrp_deploy.fileutil import sha256_file
 from nrp_deploy.images import write_png
 from nrp_deploy.models import ModelSpec
 from nrp_deploy.runtime import load_purifier
@@ -118,7 +119,7 @@ def test_an_int8_artifact_exported_on_demand_that_fails_is_refused_then_and_from
     module, checkpoint = outlier
     with pytest.raises(FidelityError, match="FAIL int8"):
         load_purifier(checkpoint, backend="onnxruntime", precision="int8", threads=1)
-    (cached,) = cache_dir().glob("*-int8-*.onnx")
+    (cached,) = cache_dir().glob(f"{sha256_file(checkpoint)[:16]}-int8-*.onnx")
     metadata = verify_artifact(cached)
     assert not metadata.verdict.passed and metadata.fidelity.psnr_db < INT8_FLOOR_DB
     assert measure_fidelity(cached, module, _images(4)).psnr_db < INT8_FLOOR_DB
