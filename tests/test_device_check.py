@@ -11,7 +11,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,6 @@ def _module():
 
 
 def test_dry_run_names_every_step_and_why_it_skipped(tmp_path):
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--dry-run"],
         capture_output=True,
@@ -39,7 +37,6 @@ def test_dry_run_names_every_step_and_why_it_skipped(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert time.monotonic() - started < 60
     summary = json.loads((tmp_path / "summary.json").read_text())
     steps = {s["name"]: s for s in summary["steps"]}
     assert list(steps) == ["environment", *GPU_STEPS]

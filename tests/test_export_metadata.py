@@ -96,6 +96,9 @@ def test_verdict_lines():
     assert not bad.passed and bad.line.startswith("FAIL fp16 m.onnx: PSNR 49.9 dB < 50.0 dB")
     broken = judge("fp16", "m.onnx", Fidelity(math.inf, math.inf, -math.inf), 50.0, "x")
     assert not broken.passed
+    # A non-finite error anywhere fails, whatever the PSNR figure beside it says.
+    for max_abs in (math.inf, math.nan):
+        assert not judge("fp32", "m.onnx", Fidelity(max_abs, 1e-9, 150.0), 80.0, "x").passed
 
 
 def test_psnr():

@@ -2,8 +2,8 @@
 
 The resolution checks (scripts/check_extras.py) run pip's resolver in dry-run mode against PyPI for a
 Jetson (linux aarch64, CPython 3.10) and an x86-64 host (CPython 3.11): only package metadata is fetched,
-nothing is installed. They need the index, so they run where PyPI answers (CI's setup installs from it) and
-skip, saying so, where it does not. Everything else here is offline.
+nothing is installed. They need the index: where PyPI does not answer they skip, saying so, and under CI=true
+they fail (tests/ci_rule.py), since CI's setup installs from it. Everything else here is offline.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from ci_rule import unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ UNREACHABLE = _index_unreachable()
 @pytest.fixture(scope="module")
 def resolutions():
     if UNREACHABLE:
-        pytest.skip(UNREACHABLE)
+        unavailable(UNREACHABLE)
     return check_extras.run_all()
 
 

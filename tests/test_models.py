@@ -106,6 +106,30 @@ def test_unreadable_and_pickled_code_files_are_refused(tmp_path):
         read_state_dict(pickled)
 
 
+@pytest.mark.parametrize(
+    ("architecture", "config"),
+    [
+        ("NRP", {"nf": 8, "nb": 1, "gc": 8}),
+        ("NRP", {"nf": 8, "nb": 2, "gc": 8}),
+        ("NRP_resG", {"nf": 8, "nb": 1}),
+        ("NRP_resG", {"nf": 8, "nb": 3}),
+    ],
+)
+def test_receptive_field_is_the_measured_reach_of_one_output_pixel(architecture, config):
+    """The figure the tile overlap is set from, against an independent oracle: the input pixels whose
+    gradient reaches the centre output pixel of a random network span exactly ``receptive_field``."""
+    spec = ModelSpec(architecture, config)
+    torch.manual_seed(0)
+    module = spec.build().double().eval()
+    side = 2 * spec.receptive_field + 1
+    x = torch.rand(1, 3, side, side, dtype=torch.float64, requires_grad=True)
+    module(x)[0, :, side // 2, side // 2].sum().backward()
+    reach = x.grad.abs().sum((0, 1)) > 0
+    for axis in (0, 1):
+        touched = torch.nonzero(reach.any(dim=1 - axis)).flatten()
+        assert int(touched.max() - touched.min()) + 1 == spec.receptive_field
+
+
 def test_spec_figures_match_the_published_architectures():
     nrp, resg = ModelSpec("NRP"), ModelSpec("NRP_resG")
     assert nrp.receptive_field == 695 and resg.receptive_field == 97

@@ -17,6 +17,7 @@ from nrp_deploy.models import load_model
 from nrp_deploy.models.eager import EagerPurifier
 from nrp_deploy.models.spec import ModelSpec
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout under test, whatever the working directory
 BLOCKER = '''
 import sys
 
@@ -73,7 +74,7 @@ def test_runtime_runs_an_onnx_purifier_without_torch(tmp_path: Path):
     (tmp_path / "blocker").mkdir()
     (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCKER)
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"), os.getcwd()])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"), str(REPO)])}
     env["NRP_DEPLOY_CACHE"] = str(tmp_path / "empty-cache")
     args = {
         "onnx": str(onnx_path),
@@ -109,7 +110,7 @@ TORCH_FREE_PACKAGES = ("runtime", "kernels", "tensorrt", "artifacts")
 def test_every_module_of_the_torch_free_layers_imports_without_torch(tmp_path: Path):
     """runtime, kernels, tensorrt and artifacts: each of their modules imports where torch cannot, and
     importing them all loads no torch, TensorRT or ONNX Runtime."""
-    package = Path(__file__).resolve().parents[1] / "nrp_deploy"
+    package = REPO / "nrp_deploy"
     modules = sorted(
         ".".join(("nrp_deploy", *path.relative_to(package).with_suffix("").parts)).removesuffix(".__init__")
         for name in TORCH_FREE_PACKAGES

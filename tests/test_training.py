@@ -485,6 +485,8 @@ def test_training_runs_on_cuda(photo_dir, tmp_path):
 
 
 def test_the_shipped_default_purifier_is_registered_verified_and_small():
+    """The manifest's record of the default purifier is consistent; test_demo.py measures its clean-photo
+    fidelity and its effect on SSP adversaries again, independently of what the manifest says."""
     from nrp_deploy.models.registry import load_manifest, resolve
 
     manifest = load_manifest()

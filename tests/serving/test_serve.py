@@ -112,10 +112,14 @@ def test_bad_requests_are_refused_with_what_to_change_while_good_ones_succeed(se
     expected = in_process(good)
     stop = threading.Event()
     outcomes: list[bool] = []
+    failures: list[BaseException] = []
 
     def keep_sending() -> None:
-        while not stop.is_set():
-            outcomes.append(bool(np.array_equal(client.purify(good), expected)))
+        try:
+            while not stop.is_set():
+                outcomes.append(bool(np.array_equal(client.purify(good), expected)))
+        except BaseException as exc:  # handed to the test thread, raised there
+            failures.append(exc)
 
     workers = [threading.Thread(target=keep_sending) for _ in range(4)]
     for w in workers:
@@ -150,8 +154,42 @@ def test_bad_requests_are_refused_with_what_to_change_while_good_ones_succeed(se
         stop.set()
         for w in workers:
             w.join(60)
+    assert not any(w.is_alive() for w in workers)
+    if failures:
+        raise failures[0]
     assert outcomes and all(outcomes)
     assert np.array_equal(client.purify(good), expected)
+
+
+def test_a_batch_that_fails_inside_the_purifier_answers_each_request_and_the_server_stays_up(
+    tmp_path, artifacts: Path, in_process
+):
+    """batch_of_one.onnx fails inside ONNX Runtime on a batch of more than one image. Four concurrent
+    one-image requests, held in the batcher's 0.3 s queue so they run as one batch, each get an error of
+    their own; the server stays up and ready and serves the next requests."""
+    served = start_serve(tmp_path, artifacts / "batch_of_one.onnx", "--max-queue-delay-us", "300000")
+    try:
+        client = PurifierClient(served.grpc)
+        images = _images(np.random.default_rng(9), 4, 16, 16)
+
+        def send(k: int) -> str | None:
+            try:
+                client.purify(images[k : k + 1])
+            except ServerError as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(4) as pool:
+            errors = list(pool.map(send, range(4)))
+        batch_failed = "ONNX Runtime failed to run"
+        assert all(error and batch_failed in error and "(4, 3, 16, 16)" in error for error in errors), errors
+        assert served.process.poll() is None, served.log_tail()
+        with urllib.request.urlopen(served.http + "/v2/models/nrp_purifier/ready", timeout=10) as reply:
+            assert reply.status == 200
+        for k in range(2):
+            assert np.array_equal(client.purify(images[k : k + 1]), in_process(images[k : k + 1]))
+    finally:
+        served.stop()
 
 
 def test_the_client_refuses_bad_input_before_sending(server: Served):

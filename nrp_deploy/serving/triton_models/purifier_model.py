@@ -65,7 +65,8 @@ class TritonPythonModel:
         return responses
 
     def _respond(self, group: list[tuple[int, np.ndarray]], dynamic: object, start_index: int = 0) -> list:
-        """Purify a group's images in one call and split the result into one response per request."""
+        """Purify a group's images in one call and split the result into one response per request (on a
+        failure, an error response of its own for each request)."""
         from nrp_deploy.serving.protocol import OUTPUT
 
         try:
@@ -73,7 +74,8 @@ class TritonPythonModel:
                 np.concatenate([images for _, images in group]), dynamic=dynamic, start_index=start_index
             )
         except Exception as exc:
-            return [_error(exc)] * len(group)
+            # one response object per request: Triton's Python backend crashes when a response is repeated
+            return [_error(exc) for _ in group]
         bounds = np.cumsum([len(images) for _, images in group])[:-1]
         return [pb_utils.InferenceResponse([pb_utils.Tensor(OUTPUT, part)]) for part in np.split(out, bounds)]
 
