@@ -51,7 +51,8 @@ class BatchReport:
 
     def summary(self) -> str:
         text = f"{len(self.written)} written, {len(self.skipped)} skipped (exist), {len(self.failed)} failed"
-        lines = [text] + [f"  FAILED {path}: {msg}" for path, msg in self.failed]
+        lines = [text] + [f"  SKIPPED {path}: exists" for path in self.skipped]
+        lines += [f"  FAILED {path}: {msg}" for path, msg in self.failed]
         return "\n".join(lines)
 
 
@@ -127,28 +128,79 @@ def purify_files(
 
 
 def _plan(tasks: list[ImageTask], out_root: Path, overwrite: bool, report: BatchReport) -> list[ImageTask]:
-    """The tasks to run; collisions, outputs that would replace an input, and existing outputs are sorted
-    out into ``report`` first, so nothing is decoded for them."""
+    """The tasks to run; collisions, outputs that would replace an input or cannot be written where an
+    existing file or folder stands, and existing outputs are sorted out into ``report`` first, so nothing
+    is decoded for them.
+
+    Two outputs collide when they would share a name (compared without case) or when one output's name
+    would also be a folder holding others (``x.jpg`` and ``x.png/inner.png`` both want ``x.png``); every
+    task in a collision is refused, by name, since whichever ran first would lose the other's output."""
     by_name: dict[str, list[ImageTask]] = {}
+    inside: dict[str, list[ImageTask]] = {}  # output folder -> the tasks writing below it
     for task in tasks:
-        by_name.setdefault(str(task.output_path(out_root)).casefold(), []).append(task)
+        by_name.setdefault(_key(task.output_path(out_root)), []).append(task)
+        for folder in _folders_below_root(task, out_root):
+            inside.setdefault(_key(folder), []).append(task)
     sources = {_resolved(task.source) for task in tasks}
     pending = []
     for task in tasks:
         target = task.output_path(out_root)
-        sharing = by_name[str(target).casefold()]
+        sharing = by_name[_key(target)]
+        holder = next((f for f in _folders_below_root(task, out_root) if _key(f) in by_name), None)
         if len(sharing) > 1:
-            others = ", ".join(str(t.source) for t in sharing if t is not task)
+            others = _sources(t for t in sharing if t is not task)
             report.fail(
                 task.source, f"its output {target} would also be written from {others}; rename one of them"
             )
+        elif _key(target) in inside:
+            others = _sources(inside[_key(target)])
+            report.fail(
+                task.source,
+                f"its output {target} would also be a folder holding the outputs of {others}; rename one of them",
+            )
+        elif holder is not None:
+            others = _sources(by_name[_key(holder)])
+            report.fail(
+                task.source,
+                f"its output {target} would be inside {holder}, which would also be written as a file from "
+                f"{others}; rename one of them",
+            )
         elif _resolved(target) in sources:
             report.fail(task.source, f"its output {target} would replace an input file")
+        elif (blocker := _existing_non_folder_above(target, out_root)) is not None:
+            report.fail(task.source, f"cannot write {target}: {blocker} exists and is not a folder")
+        elif target.is_dir():
+            report.fail(task.source, f"cannot write {target}: a folder of that name exists")
         elif target.exists() and not overwrite:
             report.skipped.append(target)
         else:
             pending.append(task)
     return pending
+
+
+def _key(path: Path) -> str:
+    """Output names are compared without case: they collide on case-insensitive file systems."""
+    return str(path).casefold()
+
+
+def _folders_below_root(task: ImageTask, out_root: Path) -> list[Path]:
+    """The folders an output is written into, from its own folder up to, not including, ``out_root``."""
+    return [out_root / folder for folder in task.relative.parents[:-1]]
+
+
+def _sources(tasks: Iterable[ImageTask]) -> str:
+    return ", ".join(str(task.source) for task in tasks)
+
+
+def _existing_non_folder_above(target: Path, out_root: Path) -> Path | None:
+    """The first path above ``target`` (up to ``out_root`` included) that exists and is not a folder, which
+    would make writing ``target`` fail; None if there is none."""
+    for folder in target.parents:
+        if folder.exists() and not folder.is_dir():
+            return folder
+        if folder == out_root:
+            break
+    return None
 
 
 def _resolved(path: Path) -> Path:
@@ -168,8 +220,11 @@ def _write(task: ImageTask, image: np.ndarray, out_root: Path, overwrite: bool, 
     target = task.output_path(out_root)
     try:
         write_png(target, image, overwrite=overwrite)
-    except FileExistsError:
-        report.skipped.append(target)  # it appeared while the job ran: kept, as any existing output
+    except FileExistsError as exc:
+        if target.parent.is_dir():
+            report.skipped.append(target)  # it appeared while the job ran: kept, as any existing output
+        else:  # a file took the name of the output's folder while the job ran
+            report.fail(task.source, f"cannot write {target}: {exc}")
     except (OSError, NRPDeployError) as exc:
         report.fail(task.source, f"cannot write {target}: {exc}")
     else:

@@ -236,6 +236,52 @@ def test_output_name_collisions_refused_before_writing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["unique.png"]
 
 
+def test_output_file_and_output_folder_of_one_name_refused_together(tmp_path):
+    src = tmp_path / "in"
+    for name in ("x.jpg", "x.png/inner.png", "X.PNG/deeper/more.png", "other.png"):
+        _png(src / name)
+    out = tmp_path / "out"
+    report = purify_files([src], out, _identity, progress=False)
+    messages = {p.relative_to(src).as_posix(): m for p, m in report.failed}
+    assert sorted(messages) == ["X.PNG/deeper/more.png", "x.jpg", "x.png/inner.png"]
+    assert "would also be a folder holding the outputs of" in messages["x.jpg"]
+    assert str(src / "x.png" / "inner.png") in messages["x.jpg"]
+    assert f"which would also be written as a file from {src / 'x.jpg'}" in messages["x.png/inner.png"]
+    assert [p.name for p in report.written] == ["other.png"] and not report.skipped
+    assert sorted(p.name for p in out.iterdir()) == ["other.png"]
+
+
+def test_existing_file_or_folder_blocking_an_output_is_a_failure_not_a_skip(tmp_path):
+    src = tmp_path / "in"
+    _png(src / "a.png")
+    _png(src / "b" / "inner.png")
+    out = tmp_path / "out"
+    (out / "a.png").mkdir(parents=True)  # a folder where a.png goes
+    (out / "b").write_bytes(b"a file where the folder b goes")
+    report = purify_files([src], out, _identity, progress=False)
+    messages = {p.name: m for p, m in report.failed}
+    assert messages == {
+        "a.png": f"cannot write {out / 'a.png'}: a folder of that name exists",
+        "inner.png": f"cannot write {out / 'b' / 'inner.png'}: {out / 'b'} exists and is not a folder",
+    }
+    assert not report.skipped and not report.written
+
+
+def test_summary_names_every_skipped_output(tmp_path):
+    src = tmp_path / "in"
+    for name in ("a.png", "sub/b.png", "c.png"):
+        _png(src / name)
+    out = tmp_path / "out"
+    assert purify_files([src], out, _identity, progress=False).ok
+    (out / "c.png").unlink()
+    report = purify_files([src], out, _identity, progress=False)
+    assert report.summary().splitlines() == [
+        "1 written, 2 skipped (exist), 0 failed",
+        f"  SKIPPED {out / 'a.png'}: exists",
+        f"  SKIPPED {out / 'sub' / 'b.png'}: exists",
+    ]
+
+
 def test_output_that_appears_during_the_run_is_kept(tmp_path):
     src = _png(tmp_path / "in" / "x.png")
     target = tmp_path / "out" / "x.png"
