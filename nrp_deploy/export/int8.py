@@ -30,11 +30,9 @@ The metadata records the method, the calibration, and how many convolutions got 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,7 @@ from nrp_deploy.errors import ExportError, InputError
 from nrp_deploy.export.calibration import CalibrationOptions, CropSet, PictureSource, options_from_keywords
 from nrp_deploy.export.fidelity import measure_fidelity
 from nrp_deploy.export.onnx import opset_of
-from nrp_deploy.export.ort_quant import ORT_CALIBRATION_METHODS, quantize_ort_qdq
+from nrp_deploy.export.ort_quant import ORT_CALIBRATION_METHODS, quantize_ort_qdq_isolated
 from nrp_deploy.export.output import ExportResult, ModelLike, check_output, write_artifact
 from nrp_deploy.export.source import fp32_source
 
@@ -165,17 +163,9 @@ def export_int8(
             else:
                 # A fresh process: once ModelOpt has quantised anything, it has patched ONNX Runtime's
                 # quantisation classes for the rest of the process, and quantize_static then fails.
-                spawn = multiprocessing.get_context("spawn")
-                with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-                    pool.submit(
-                        quantize_ort_qdq,
-                        fp32,
-                        target,
-                        calib.batch,
-                        calibration_method,
-                        progress,
-                        reduce_range=cpu_target == "any",
-                    ).result()
+                quantize_ort_qdq_isolated(
+                    fp32, target, calib.batch, calibration_method, progress, reduce_range=cpu_target == "any"
+                )
             model = onnx.load(target)
             onnx.checker.check_model(model)
         except (FileNotFoundError, onnx.checker.ValidationError) as exc:

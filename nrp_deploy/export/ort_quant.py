@@ -1,9 +1,12 @@
 """ONNX Runtime static INT8 quantisation (QDQ format) for CPU deployment; torch-free, run in its own process.
 
-``int8.export_int8(method="ort")`` calls ``quantize_ort_qdq`` in a freshly spawned process: once ModelOpt
-has quantised a model, it has replaced methods of ONNX Runtime's calibrator and quantiser classes for the
-rest of that process, and ``quantize_static`` then fails. This module therefore imports nothing heavy, so
-the child starts in about a second.
+``int8.export_int8(method="ort")`` quantises through ``quantize_ort_qdq_isolated``, in a fresh process:
+once ModelOpt has quantised a model, it has replaced methods of ONNX Runtime's calibrator and quantiser
+classes for the rest of that process, and ``quantize_static`` then fails. That process is
+``python -m nrp_deploy.export.ort_quant``, not a ``multiprocessing`` spawn: spawn re-imports the caller's
+``__main__``, which reruns the top-level code of a user's script without a ``__name__`` guard and cannot
+be done at all for code read from stdin, and INT8 is exported on first use from exactly such scripts.
+This module therefore imports nothing heavy, so the child starts in about a second.
 
 Settings: the graph is first pre-processed as ONNX Runtime recommends (shape inference, basic graph
 optimisation); activations uint8, weights int8 per output channel, every operator ONNX Runtime can
@@ -21,15 +24,22 @@ still use ONNX Runtime's calibrator, which keeps every calibrated tensor of ever
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+import nrp_deploy
+from nrp_deploy.errors import ExportError
+
 ORT_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+_MODULE = "nrp_deploy.export.ort_quant"
 
 
 class _CropReader:
@@ -106,3 +116,61 @@ def _write_minmax_cache(
         for name, (low, high) in ranges.items()
     }
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, as_float32), cache_path)
+
+
+def quantize_ort_qdq_isolated(
+    fp32: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    crops: np.ndarray,
+    method: str = "minmax",
+    progress: bool = True,
+    reduce_range: bool = False,
+) -> None:
+    """``quantize_ort_qdq`` in a child ``python -m nrp_deploy.export.ort_quant``, which imports only this
+    package, never the caller's ``__main__``. The crops travel in a ``.npy`` beside ``target``; progress
+    bars go to this process's stderr; a failure in the child is raised here as an ``ExportError`` that
+    carries the child's message."""
+    crops_path = Path(target).with_suffix(".crops.npy")
+    np.save(crops_path, crops)
+    argv = [os.fspath(fp32), os.fspath(target), os.fspath(crops_path), "--method", method]
+    argv += [*([] if progress else ["--no-progress"]), *(["--reduce-range"] if reduce_range else [])]
+    # The package is importable in the child wherever it was imported from here (a checkout, a sys.path edit).
+    package_root = os.fspath(Path(nrp_deploy.__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", _MODULE, *argv], env=env, stdout=subprocess.PIPE, text=True, check=False
+        )
+    finally:
+        crops_path.unlink(missing_ok=True)
+    if done.returncode != 0:
+        reason = done.stdout.strip() or f"exit status {done.returncode}"
+        raise ExportError(f"ONNX Runtime INT8 quantisation failed in its own process: {reason}")
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """The child's entry point: quantise, and on failure print the reason on stdout for the parent."""
+    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}", description=quantize_ort_qdq.__doc__)
+    parser.add_argument("fp32")
+    parser.add_argument("target")
+    parser.add_argument("crops", help="NCHW float32 calibration crops, saved with numpy.save")
+    parser.add_argument("--method", choices=ORT_CALIBRATION_METHODS, default="minmax")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--reduce-range", action="store_true")
+    opts = parser.parse_args(args)
+    try:
+        crops = np.load(opts.crops)
+        quantize_ort_qdq(
+            opts.fp32, opts.target, crops, opts.method, opts.progress, reduce_range=opts.reduce_range
+        )
+    except Exception as exc:  # any failure is reported to the parent, which raises it
+        print(f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
