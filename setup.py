@@ -118,11 +118,12 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["nrp_deploy", "nrp_deploy.*"]),
     # What the package needs at run time travels inside it (resolved with importlib.resources): the CUDA
-    # sources, the registry manifest, the default purifier and its card, the example photos, class names.
+    # sources, the registry manifest, the default purifier, its card and its FP32 ONNX, the example photos,
+    # class names.
     package_data={
         "nrp_deploy": ["py.typed"],
         "nrp_deploy.kernels": ["*.cuh", "*.cu"],
-        "nrp_deploy.assets": ["*.txt", "*.md", "models/*", "examples/*"],
+        "nrp_deploy.assets": ["*.txt", "*.md", "models/*", "artifacts/*", "examples/*"],
     },
     include_package_data=False,
     install_requires=["numpy>=1.24", "pillow>=10", "tqdm>=4.60"],

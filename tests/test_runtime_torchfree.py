@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from nrp_deploy.export.onnx import export_onnx
 from nrp_deploy.models import load_model
@@ -137,3 +138,60 @@ def test_every_module_of_the_torch_free_layers_imports_without_torch(tmp_path: P
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+SHIPPED_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from nrp_deploy.cli import main
+    from nrp_deploy.runtime import load_purifier
+
+    args = json.loads(sys.argv[1])
+    with load_purifier("default", threads=1) as purifier:
+        np.save(args["out"], purifier(np.load(args["images"])))
+        backend = purifier.backend_name
+    rc = main(["purify", args["folder"], "-o", args["purified"], "--model", "default", "--no-progress"])
+    print(json.dumps({
+        "backend": backend,
+        "rc": rc,
+        "torch_imported": any(m == "torch" or m.startswith("torch.") for m in sys.modules),
+    }))
+    """
+)
+
+
+def test_the_default_purifier_runs_from_its_shipped_onnx_without_torch(tmp_path: Path):
+    """What an install with only the ``cpu`` extra does: an empty artifact cache, no torch, and the default
+    purifier still runs (the ONNX shipped in the package), through the API and ``nrp purify``, as eager
+    torch does."""
+    images = np.random.default_rng(8).integers(0, 256, size=(2, 24, 28, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(images[0]).save(tmp_path / "photos" / "a.png")
+    (tmp_path / "blocker").mkdir()
+    (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocker"), str(REPO)])}
+    env["NRP_DEPLOY_CACHE"] = str(tmp_path / "empty-cache")
+    args = {
+        "images": str(tmp_path / "images.npy"),
+        "out": str(tmp_path / "out.npy"),
+        "folder": str(tmp_path / "photos"),
+        "purified": str(tmp_path / "purified"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SHIPPED_CHILD, json.dumps(args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"backend": "onnxruntime-cpu", "rc": 0, "torch_imported": False}
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
+
+    eager = EagerPurifier(load_model("default").module)(images)
+    assert np.abs(np.load(tmp_path / "out.npy").astype(int) - eager).max() <= 1
+    written = np.asarray(Image.open(tmp_path / "purified" / "a.png"))
+    assert np.abs(written.astype(int) - eager[0]).max() <= 1

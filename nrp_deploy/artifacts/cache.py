@@ -3,7 +3,9 @@
 An entry is keyed by the checkpoint's sha256, its kind (the precision, plus the INT8 method when it is not
 the default) and the opset: ``<sha256[:16]>-<label>-opset<N>.onnx`` with its sidecar beside it. Only an
 entry whose sidecar checks out (the bytes it describes, the checkpoint and precision asked for) is found;
-filling the cache on a miss is the runtime's job (``runtime.on_demand``). TensorRT engines built on demand
+filling the cache on a miss is the runtime's job (``runtime.on_demand``). The package ships entries of its
+own, read-only, for its default purifier (``assets.shipped_artifacts_dir``): they are searched after the
+cache folder, so an install without torch, which cannot export, still runs the default. TensorRT engines built on demand
 live in ``tensorrt/`` below the same folder, and ONNX Runtime's TensorRT EP caches in ``ort-trt/``.
 """
 
@@ -14,6 +16,7 @@ import os
 from pathlib import Path
 
 from nrp_deploy.artifacts.metadata import verify_artifact
+from nrp_deploy.assets import shipped_artifacts_dir
 from nrp_deploy.errors import MetadataError, StaleArtifactError
 from nrp_deploy.fileutil import user_cache_dir
 
@@ -44,9 +47,14 @@ def cached_onnx_path(sha256: str, label: str, opset: int) -> Path:
 
 
 def find_cached_onnx(sha256: str, label: str, precision: str, opset: int | None) -> Path | None:
-    """A cached artifact of this checkpoint and kind whose sidecar checks out (highest opset first)."""
+    """A cached artifact of this checkpoint and kind whose sidecar checks out: from the cache folder, then
+    from those the package ships; in each, the highest opset first."""
     pattern = f"{sha256[:16]}-{label}-opset{opset if opset is not None else '*'}.onnx"
-    candidates = sorted(cache_dir().glob(pattern), key=_opset_of_name, reverse=True)
+    candidates = [
+        path
+        for folder in (cache_dir(), shipped_artifacts_dir())
+        for path in sorted(folder.glob(pattern), key=_opset_of_name, reverse=True)
+    ]
     for path in candidates:
         try:
             metadata = verify_artifact(path)

@@ -1,7 +1,8 @@
 """The files that travel inside the package: the registry, the default purifier, the example photos.
 
-``models/`` holds the registry manifest, the default purifier's weights and its model card; ``examples/``
-the four example photos and their attribution; ``imagenet_classes.txt`` the ImageNet-1k class names (see
+``models/`` holds the registry manifest, the default purifier's weights and its model card; ``artifacts/``
+the default purifier's FP32 ONNX with its sidecar, named as in the artifact cache, so an install without
+torch runs the default (``scripts/ship_default_onnx.py`` writes it); ``examples/`` the four example photos and their attribution; ``imagenet_classes.txt`` the ImageNet-1k class names (see
 ``IMAGENET_CLASSES.md`` for where they come from). Everything is found through ``importlib.resources``, so
 a wheel installed anywhere finds its own files and never looks for a source checkout. Torch-free.
 """
@@ -30,6 +31,12 @@ def asset_path(*parts: str) -> Path:
 def shipped_models_dir() -> Path:
     """The registry's packaged folder: ``manifest.json``, ``default.safetensors`` and its card."""
     return asset_path("models")
+
+
+def shipped_artifacts_dir() -> Path:
+    """The ONNX artifacts that travel with the package, laid out as the artifact cache; a read-only second
+    place the cache lookup searches (``artifacts.cache.find_cached_onnx``)."""
+    return asset_path("artifacts")
 
 
 def examples_dir() -> Path:
