@@ -4,7 +4,8 @@
 # Builds the sdist and, from it, the wheel (so the sdist is proved complete), checks both with
 # `twine check --strict`, installs the wheel into a fresh virtual environment outside the checkout with the
 # extras the demo uses, and from an unrelated empty folder runs `nrp --version`, `nrp demo` and
-# `load_purifier("default")`. Nothing of the checkout is on the path there, so a file the package needs at
+# `load_purifier("default")`; then installs it again, with the `cpu` extra only (no torch), into a second
+# environment and purifies there with the default purifier (its shipped ONNX). Nothing of the checkout is on the path there, so a file the package needs at
 # run time but does not carry fails here. The fresh environment gets its packages from the same indexes
 # and pip cache as scripts/setup.sh (nothing is shared with .venv, so a missing dependency shows).
 # Usage: bash scripts/check_wheel.sh        (PY: the interpreter that has `build` and `twine`; default .venv)
@@ -61,4 +62,15 @@ out = purifier(image)
 assert out.shape == image.shape and out.dtype == np.uint8
 print(f"load_purifier('default'): {purifier.backend_name}, {resolve('default').path}")
 PY
+
+step "installing $(basename "$WHEEL")[cpu] alone (no torch) into a second fresh virtual environment"
+"$BASE" -m venv "$WORK/slim"
+S="$WORK/slim/bin"
+"$S/python" -m pip install -q "$WHEEL[cpu]" >>"$WORK/pip.log" 2>&1 || { cat "$WORK/pip.log"; exit 1; }
+! "$S/python" -c "import torch" 2>/dev/null || { echo "the cpu extra installed torch" >&2; exit 1; }
+export NRP_DEPLOY_CACHE="$WORK/slim-cache"
+step "nrp purify --model default without torch (from $PWD)"
+"$S/nrp" purify "$("$S/python" -c 'from nrp_deploy.assets import examples_dir; print(examples_dir())')" \
+    -o slim_out --model default --no-progress
+[ "$(ls slim_out/*.png | wc -l)" -ge 4 ] || { echo "the slim install purified no photos" >&2; exit 1; }
 step "passed"
