@@ -133,8 +133,8 @@ def test_unavailable_backend_says_what_to_install(cache, checkpoint):
         pytest.skip("TensorRT is installed here")
     with pytest.raises(BackendUnavailableError, match="tensorrt"):
         load_purifier(checkpoint, backend="tensorrt")
-    with pytest.raises(BackendUnavailableError, match="unknown backend 'openvino'"):
-        load_purifier(checkpoint, backend="openvino")
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'onnx-runtime'"):
+        load_purifier(checkpoint, backend="onnx-runtime")
 
 
 def test_torch_backend_refuses_int8_and_onnx_sources(cache, checkpoint, ort_purifier):

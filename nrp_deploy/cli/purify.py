@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        choices=["auto", "torch", "onnxruntime", "tensorrt", "openvino"],
         help="inference backend (default: auto, the fastest that works here; torch is the eager baseline)",
     )
     p.add_argument(
@@ -54,7 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the GPU when the backend can)")
     p.add_argument("--tile", type=int, default=None, help="tile images larger than N px (bounds memory)")
     p.add_argument("--overlap", type=int, default=None, help="context px around each tile (with --tile)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (onnxruntime, torch)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op CPU threads (onnxruntime, openvino, torch)"
+    )
     p.add_argument("--batch-size", type=int, default=4, help="images of equal size per batch (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     p.add_argument(

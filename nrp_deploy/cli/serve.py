@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        choices=["auto", "torch", "onnxruntime", "tensorrt", "openvino"],
         help="inference backend (default: auto, the fastest that works here)",
     )
     p.add_argument("--precision", default=None, choices=PRECISIONS, help="model precision")

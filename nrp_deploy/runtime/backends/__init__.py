@@ -12,7 +12,7 @@ Each backend lives in its own module that provides:
   ``BackendOptions``), or a mapping of the same names (unknown ones are an ``InputError``).
 
 ``AUTO_ORDER`` is the preference of ``backend="auto"``: native TensorRT, then ONNX Runtime (which takes its
-CUDA provider when a GPU is usable, else the CPU), then eager torch. Importing a backend module imports
+CUDA provider when a GPU is usable, else the CPU), then eager torch. OpenVINO (CPU) is chosen by name only. Importing a backend module imports
 none of its engine (TensorRT, ONNX Runtime, torch): that happens when it is checked or opened.
 """
 
@@ -26,11 +26,22 @@ from nrp_deploy.artifacts.metadata import PRECISIONS
 from nrp_deploy.artifacts.sources import ModelSource
 from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError
-from nrp_deploy.runtime.backends import ort, tensorrt, torch_eager
+from nrp_deploy.runtime.backends import openvino, ort, tensorrt, torch_eager
 from nrp_deploy.runtime.backends.base import Backend, BackendNotActiveError, BaseBackend, DeviceBackend
-from nrp_deploy.runtime.backends.options import BackendOptions, OrtOptions, TensorRTOptions, TorchOptions
+from nrp_deploy.runtime.backends.options import (
+    BackendOptions,
+    OpenVinoOptions,
+    OrtOptions,
+    TensorRTOptions,
+    TorchOptions,
+)
 
-_MODULES: dict[str, ModuleType] = {"tensorrt": tensorrt, "onnxruntime": ort, "torch": torch_eager}
+_MODULES: dict[str, ModuleType] = {
+    "tensorrt": tensorrt,
+    "onnxruntime": ort,
+    "torch": torch_eager,
+    "openvino": openvino,
+}
 BACKENDS = tuple(_MODULES)
 AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
 
@@ -44,6 +55,7 @@ __all__ = [
     "BaseBackend",
     "DeviceBackend",
     "ModelSource",
+    "OpenVinoOptions",
     "OrtOptions",
     "ShapeProfile",
     "TensorRTOptions",

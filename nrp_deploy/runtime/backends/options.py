@@ -88,6 +88,19 @@ class TorchOptions(BackendOptions):
 
 
 @dataclass(frozen=True)
+class OpenVinoOptions(BackendOptions):
+    """OpenVINO on the CPU: ``inference_precision="bf16"`` runs an FP32 model's arithmetic in BF16 (CPUs
+    with AVX512-BF16 or AMX); None runs the model at its own precision."""
+
+    backend: ClassVar[str] = "openvino"
+    inference_precision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.inference_precision not in (None, "bf16"):
+            raise InputError(f"inference_precision must be None or 'bf16', not {self.inference_precision!r}")
+
+
+@dataclass(frozen=True)
 class TensorRTOptions(BackendOptions):
     """TensorRT: the ``engine`` path (built there when missing or stale), the ``cache_dir`` of engines built
     on demand, the build's shape ``profile`` (a ``ShapeProfile`` or a mapping with min / opt / max) or a
@@ -108,7 +121,7 @@ class TensorRTOptions(BackendOptions):
     def from_mapping(cls, options: Mapping[str, Any]) -> TensorRTOptions:
         """As for every backend, but names only other backends take mean "not TensorRT", so ``auto`` moves
         on to ONNX Runtime or torch with them."""
-        others = (OrtOptions.names() | TorchOptions.names()) - cls.names()
+        others = (OrtOptions.names() | TorchOptions.names() | OpenVinoOptions.names()) - cls.names()
         foreign = set(options) & others
         if foreign:
             raise BackendUnavailableError(
