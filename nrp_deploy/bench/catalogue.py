@@ -1,9 +1,9 @@
 """The benchmark's backends: one entry per name, saying what it runs and how its runner is built.
 
-Three families: ``EAGER`` (the torch variants, built by ``torch_configs``: dtype, ``channels_last``,
-``torch.compile`` with or without CUDA graphs), ``RUNTIME`` (the runtime's ``load_purifier`` with a backend
-and its typed options, built by ``targets``), and ``OPENVINO`` (the benchmark's own OpenVINO wrapper, driven
-by the runtime's Purifier). Torch-free, so ``nrp bench --list`` needs no torch.
+Two families: ``EAGER`` (the torch variants, built by ``torch_configs``: dtype, ``channels_last``,
+``torch.compile`` with or without CUDA graphs) and ``RUNTIME`` (the runtime's ``load_purifier`` with a
+backend and its typed options, built by ``targets``; OpenVINO included, so what is timed is the runtime's
+own object). Torch-free, so ``nrp bench --list`` needs no torch.
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from nrp_deploy.runtime.backends.options import BackendOptions, OrtOptions, TorchOptions
+from nrp_deploy.runtime.backends.options import BackendOptions, OpenVinoOptions, OrtOptions, TorchOptions
 
 
 class Family(enum.Enum):
     EAGER = "eager torch"
     RUNTIME = "the runtime's load_purifier"
-    OPENVINO = "OpenVINO on the runtime's Purifier"
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,11 @@ class BenchBackend:
     cuda_graphs: bool = False
     tf32: bool = False
 
+    @property
+    def model_precision(self) -> str:
+        """The precision of the model the runtime loads: a BF16 entry runs the FP32 model in BF16."""
+        return "fp32" if self.precision == "bf16" else self.precision
+
 
 _CPU_CUDA, _CUDA, _CPU = ("cpu", "cuda"), ("cuda",), ("cpu",)
 _EAGER, _RUNTIME = Family.EAGER, Family.RUNTIME
@@ -44,6 +48,10 @@ _EAGER, _RUNTIME = Family.EAGER, Family.RUNTIME
 
 def _ort(precision: str, devices: tuple[str, ...], what: str, **options: object) -> BenchBackend:
     return BenchBackend(_RUNTIME, precision, devices, what, "onnxruntime", OrtOptions(**options))
+
+
+def _openvino(precision: str, what: str, **options: object) -> BenchBackend:
+    return BenchBackend(_RUNTIME, precision, _CPU, what, "openvino", OpenVinoOptions(**options))
 
 
 CATALOGUE: dict[str, BenchBackend] = {
@@ -99,15 +107,11 @@ CATALOGUE: dict[str, BenchBackend] = {
     ),
     "onnxruntime-cpu-fp32": _ort("fp32", _CPU, "ONNX Runtime, CPU execution provider, FP32 ONNX"),
     "onnxruntime-cpu-int8": _ort("int8", _CPU, "ONNX Runtime, CPU execution provider, INT8 Q/DQ ONNX"),
-    "openvino-cpu-fp32": BenchBackend(
-        Family.OPENVINO, "fp32", _CPU, "OpenVINO CPU plugin, FP32 ONNX (optional: pip install openvino)"
+    "openvino-cpu-fp32": _openvino("fp32", "OpenVINO CPU plugin, FP32 ONNX (optional: pip install openvino)"),
+    "openvino-cpu-bf16": _openvino(
+        "bf16", "OpenVINO CPU plugin, FP32 ONNX run in BF16 (AVX512-BF16/AMX)", inference_precision="bf16"
     ),
-    "openvino-cpu-bf16": BenchBackend(
-        Family.OPENVINO, "bf16", _CPU, "OpenVINO CPU plugin, FP32 ONNX run in BF16 (AVX512-BF16/AMX)"
-    ),
-    "openvino-cpu-int8": BenchBackend(
-        Family.OPENVINO, "int8", _CPU, "OpenVINO CPU plugin, the INT8 Q/DQ ONNX of onnxruntime-cpu-int8"
-    ),
+    "openvino-cpu-int8": _openvino("int8", "OpenVINO CPU plugin, the INT8 Q/DQ ONNX of onnxruntime-cpu-int8"),
     "onnxruntime-cuda-fp32": _ort("fp32", _CUDA, "ONNX Runtime, CUDA execution provider, FP32 ONNX"),
     "onnxruntime-cuda-fp16": _ort("fp16", _CUDA, "ONNX Runtime, CUDA execution provider, FP16 ONNX"),
     "onnxruntime-trtep-fp16": _ort(

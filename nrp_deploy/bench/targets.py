@@ -7,7 +7,6 @@ the report shows.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,10 +42,10 @@ def _runtime_runner(name: str, entry: BenchBackend, model: BenchModel, ctx: Targ
 
     precision = entry.precision
     purifier, details = _open_purifier(name, entry, model, ctx)
-    if purifier.precision != precision:
+    if purifier.precision != entry.model_precision:
         purifier.close()
         raise BackendUnavailableError(
-            f"{name}: the runtime gave a {purifier.precision} model, not {precision}"
+            f"{name}: the runtime gave a {purifier.precision} model, not {entry.model_precision}"
         )
     noise = DynamicDefense(seed=0)
 
@@ -73,7 +72,7 @@ def _runtime_runner(name: str, entry: BenchBackend, model: BenchModel, ctx: Targ
 def _open_purifier(name: str, entry: BenchBackend, model: BenchModel, ctx: TargetContext) -> tuple[Any, dict]:
     """The runtime's Purifier for a benchmark backend, and what the INT8 artifact's sidecar says of it."""
     from nrp_deploy.artifacts.sources import identify
-    from nrp_deploy.runtime import Purifier, load_purifier
+    from nrp_deploy.runtime import load_purifier
     from nrp_deploy.runtime.on_demand import onnx_for
 
     precision = entry.precision
@@ -82,20 +81,11 @@ def _open_purifier(name: str, entry: BenchBackend, model: BenchModel, ctx: Targe
         # the runtime's artifact cache makes CPU INT8 with ONNX Runtime's static Q/DQ quantisation
         int8 = onnx_for(identify(model.checkpoint), "int8", int8_method="ort")
         details["int8_artifact"] = {"path": str(int8), "verdict": read_metadata(int8).verdict.line}
-    if entry.family is Family.OPENVINO:  # not a runtime backend: wrapped here, driven by the same Purifier
-        from nrp_deploy.bench.openvino_backend import openvino_backend
-
-        path = (
-            onnx_for(identify(model.checkpoint), "fp32")
-            if precision != "int8"
-            else Path(details["int8_artifact"]["path"])
-        )
-        return Purifier(openvino_backend(path, precision, ctx.threads, model.spec)), details
     device = "cuda:0" if ctx.device == "cuda" else "cpu"
     purifier = load_purifier(
         model.checkpoint,
         backend=entry.runtime_backend or "auto",
-        precision=precision,
+        precision=entry.model_precision,
         device=device,
         threads=ctx.threads,
         options=entry.options,
