@@ -62,7 +62,7 @@ def run_demo(
 ):  # -> EvalReport; torch-heavy imports stay inside
     """Attack ``images``, purify them with ``model`` and report; returns the evaluation report.
 
-    Prints what it does as it goes (the first use of a checkpoint exports it to ONNX, which takes a while)
+    Prints what it does as it goes (the first use of a checkpoint with no shipped or cached ONNX exports it)
     and writes ``report.json``, ``report.md`` and ``grid_<attack>.png`` into ``out_dir``.
     """
     images = Path(images)
@@ -74,7 +74,10 @@ def run_demo(
     from nrp_deploy.evaluation.report import format_predictions, format_table, write_report
     from nrp_deploy.evaluation.robustness import evaluate
 
-    _say(f"purifier {os.fspath(model)!r} through backend {backend} (a first run exports it to ONNX, once)")
+    _say(
+        f"purifier {os.fspath(model)!r} through backend {backend} "
+        "(a checkpoint with no shipped or cached ONNX is exported once)"
+    )
     _say(f"attacks on {images}: {', '.join(attacks)} ({iterations} iterations) ...")
     with _runtime_log_shown():
         options = EvalOptions(
