@@ -86,11 +86,10 @@ class TrainConfig:
             raise InputError("PGD needs at least one iteration and a positive step")
         if self.transfer_fraction > 0 and not self.classifiers:
             raise InputError("transfer adversaries need at least one classifier (--classifiers)")
-        if self.transfer_iterations < 1 or self.transfer_ti_kernel < 1 or self.snapshot_every < 0:
-            raise InputError(
-                "transfer attacks need at least one iteration and a TI kernel of at least 1 px; "
-                "--snapshot-every must be >= 0"
-            )
+        if self.transfer_iterations < 1 or self.transfer_ti_kernel < 1:
+            raise InputError("transfer attacks need at least one iteration and a TI kernel of at least 1 px")
+        if self.snapshot_every < 0:
+            raise InputError(f"--snapshot-every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
         if self.clean_noise_fraction > 0 and round(self.clean_fraction * self.batch_size) < 1:
             raise InputError("noisy clean crops need clean crops: raise clean_fraction or batch_size")
         for name in (

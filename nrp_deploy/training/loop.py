@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nrp_deploy.attacks.pgd import pgd_attack
+from nrp_deploy.attacks.ssp import ssp_attack
 from nrp_deploy.attacks.transfer import TRANSFER_ATTACKS, LossEnsemble, transfer_attack
 from nrp_deploy.errors import CheckpointError, InputError
 from nrp_deploy.fileutil import sha256_file, write_bytes_atomic, write_json_atomic
@@ -81,7 +83,8 @@ class _Trainer:
             self.model.load_state_dict(_init_state(config.init_weights, self.spec))
         self.features = features.to(self.device).eval().requires_grad_(False)
         self.classifiers = [c.to(self.device).eval().requires_grad_(False) for c in classifiers]
-        self.transfer_sources = LossEnsemble(self.classifiers) if self.classifiers else None
+        # validate() guarantees classifiers wherever transfer adversaries are asked for
+        self.transfer_sources = LossEnsemble(self.classifiers) if config.transfer_fraction > 0 else None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.99))
         total, floor = config.steps, config.lr_min / config.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -156,16 +159,12 @@ class _Trainer:
         towards a random class, half the steps each, labels from the classifier's own clean prediction),
         then the SSP adversaries.
         """
-        from nrp_deploy.attacks.pgd import pgd_attack
-        from nrp_deploy.attacks.ssp import ssp_attack
-
         cfg = self.config
         n_clean = round(cfg.clean_fraction * len(clean))
         n_pgd = round(cfg.pgd_fraction * (len(clean) - n_clean)) if classifier is not None else 0
         eps = cfg.eps * (cfg.eps_min_fraction + (1 - cfg.eps_min_fraction) * self._uniform())
         inputs = clean.clone()
-        transfer = self.transfer_sources is not None and cfg.transfer_fraction > 0
-        transfer = transfer and self._uniform() < cfg.transfer_fraction
+        transfer = self.transfer_sources is not None and self._uniform() < cfg.transfer_fraction
         if n_pgd and transfer:
             pgd = slice(n_clean, n_clean + n_pgd)
             attack = TRANSFER_ATTACKS[
