@@ -29,6 +29,7 @@ import torch
 
 from nrp_deploy.attacks.classifiers import load_classifier
 from nrp_deploy.attacks.features import build_feature_extractor
+from nrp_deploy.attacks.files import images_to_tensor, tensor_to_images
 from nrp_deploy.attacks.ssp import ssp_attack
 from nrp_deploy.attacks.transfer import transfer_attack
 from nrp_deploy.evaluation.metrics import psnr
@@ -65,8 +66,8 @@ def validation_crops(folder: Path) -> torch.Tensor:
 
 
 def on_grid(adversarial: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """Adversaries as saved to uint8 files, rounded inside the budget."""
-    return torch.min(torch.max((adversarial * 255).round() / 255, clean - EPS), clean + EPS).clamp(0, 1)
+    """Adversaries as saved to uint8 files (the attacks' own rounding, held inside the budget)."""
+    return images_to_tensor(tensor_to_images(adversarial, tensor_to_images(clean), EPS))
 
 
 def attacked_inputs(clean: torch.Tensor) -> dict[str, torch.Tensor]:
