@@ -51,6 +51,9 @@ ERRORS_MODULE = (
 MODELS = Path(__file__).parent / "triton_models"
 NETWORK_INPUT, NETWORK_OUTPUT = "input", "output"  # the ONNX export's tensor names
 WARMUP_SIDE = 64
+#: The NGC Triton release the repository is written for: 24.10 is Triton 2.51, the server nvidia-pytriton 0.7
+#: bundles, which the tests load the repository in. deploy/kubernetes runs the same image.
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,7 @@ Serve it with the NGC container (pick the release whose Triton matches your driv
 
 ```bash
 docker run --rm --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD":/models \\
-  nvcr.io/nvidia/tritonserver:24.10-py3 tritonserver --model-repository=/models
+  {TRITON_IMAGE} tritonserver --model-repository=/models
 ```
 
 or with any `tritonserver` binary: `tritonserver --model-repository=/path/to/this/folder`. Then, from Python,
