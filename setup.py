@@ -15,6 +15,7 @@ installs only what they run:
     pip install --no-deps torchattacks==3.5.1   # the transfer attacks (its metadata drags torchvision in)
     pip install -e ".[interop]"          # the Adversarial Robustness Toolbox preprocessor
     pip install -e ".[serve,cpu]"        # `nrp serve` behind Triton (numpy<2: a separate environment)
+    pip install -e ".[kubernetes]"       # validating deploy/kubernetes against the Kubernetes schemas
 
 GPU extras go by CUDA major, because cuda-bindings 13 needs a CUDA 13 driver and the onnxruntime-gpu wheels
 on PyPI are CUDA 12 builds up to 1.26 and CUDA 13 builds from 1.27 on. `jetson` pulls only what resolves
@@ -84,6 +85,8 @@ EXTRAS = {
     "openvino": ["openvino>=2024.4"],
     # build and twine: CI builds the wheel and sdist, checks their metadata and installs the wheel alone
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "build==1.6.1", "twine==7.0.0"],
+    # tests/test_kubernetes_manifests.py: deploy/kubernetes checked against the Kubernetes schemas, offline
+    "kubernetes": ["kubernetes-validate>=1.37", "pyyaml>=6"],
     # `nrp serve`: the Triton server bundled in nvidia-pytriton (which pins numpy<2: its own environment).
     "serve": ["nvidia-pytriton>=0.7,<0.8", "tritonclient[http,grpc]>=2.50"],
 }

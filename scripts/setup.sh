@@ -24,10 +24,10 @@ fi
 .venv/bin/python -m pip install -q "torch==${NRP_TORCH_VERSION:-2.13.0}"
 if [ "$mode" = gpu ]; then
   .venv/bin/python -m pip uninstall -q -y onnxruntime 2>/dev/null || true
-  .venv/bin/python -m pip install -q -e ".[gpu,export,attacks,interop,bench,dev]"
+  .venv/bin/python -m pip install -q -e ".[gpu,export,attacks,interop,bench,kubernetes,dev]"
 else
   .venv/bin/python -m pip uninstall -q -y onnxruntime-gpu 2>/dev/null || true
-  .venv/bin/python -m pip install -q -e ".[cpu,export,attacks,interop,bench,openvino,nvrtc,dev]"
+  .venv/bin/python -m pip install -q -e ".[cpu,export,attacks,interop,bench,openvino,nvrtc,kubernetes,dev]"
 fi
 # The transfer attacks come from torchattacks, installed alone: its metadata requires torchvision (which it
 # never imports, and whose CPU wheels break here) and requests~=2.25.1 (which downgrades urllib3 under twine).
@@ -44,3 +44,10 @@ fi
   echo "TensorRT bindings not fetched; the committed name snapshot is checked instead"
 .venv/bin/python -c "import nrp_deploy, torch, onnxruntime as ort; print('nrp-deploy', nrp_deploy.__version__, '| torch', torch.__version__, '| torch CUDA', torch.cuda.is_available(), '| onnxruntime', ort.__version__, ort.get_available_providers())"
 .venv-serving/bin/python -c "import numpy, pytriton, tritonclient; print('serving env | numpy', numpy.__version__)"
+# deploy/kubernetes is rendered by `kubectl kustomize` (kustomize v5 features: components, labels); Debian 12's
+# kubernetes-client (1.20) is too old for them, so kubectl is not installed here.
+if command -v kubectl >/dev/null; then
+  echo "kubectl | $(kubectl version --client 2>/dev/null | tr '\n' ' ')"
+else
+  echo "kubectl not found: tests/test_kubernetes_manifests.py needs it to render deploy/kubernetes" >&2
+fi

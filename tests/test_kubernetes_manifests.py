@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from ci_rule import unavailable
 
 from nrp_deploy.export.onnx import export_onnx
@@ -35,7 +34,17 @@ DEPLOY = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSIONS = ("1.29", "1.37")
 SERVING = ("base", "overlays/cpu", "overlays/gpu", "overlays/gpu-s3")
 KUSTOMIZATIONS = (*SERVING, "prometheus-adapter")
+#: Manifests applied with `kubectl apply -f`, outside any kustomization.
 PLAIN = ("repository-loader.yaml", "kserve/inference-service.yaml")
+#: Every file that holds whole objects (validated as written, kubectl or not).
+COMPLETE = (
+    *PLAIN,
+    "base/model-repository.yaml",
+    "base/deployment.yaml",
+    "base/service.yaml",
+    "base/hpa.yaml",
+    "components/service-monitor/service-monitor.yaml",
+)
 #: Custom resources: (apiVersion, kind) -> the fields their CRDs require.
 CUSTOM_RESOURCES = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ("spec.selector", "spec.endpoints"),
@@ -44,6 +53,14 @@ CUSTOM_RESOURCES = {
 #: Triton's health endpoints (KServe v2 protocol); tests/serving/test_serve.py calls them on a real server.
 LIVE, READY = "/v2/health/live", "/v2/health/ready"
 INSTANCE_KIND = {"overlays/cpu": "KIND_CPU", "overlays/gpu": "KIND_GPU"}
+
+
+def _documents(text: str) -> list[dict]:
+    try:
+        import yaml
+    except ImportError:
+        unavailable("PyYAML is not installed (the kubernetes extra): pip install -e '.[kubernetes]'")
+    return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
 def _kubectl() -> str:
@@ -63,16 +80,13 @@ def rendered() -> dict[str, list[dict]]:
             [kubectl, "kustomize", str(DEPLOY / name)], capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 0, f"kubectl kustomize {name} failed:\n{proc.stderr}"
-        out[name] = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+        out[name] = _documents(proc.stdout)
     return out
 
 
 @pytest.fixture(scope="module")
 def plain() -> dict[str, list[dict]]:
-    return {
-        name: [doc for doc in yaml.safe_load_all((DEPLOY / name).read_text(encoding="utf-8")) if doc]
-        for name in PLAIN
-    }
+    return {name: _documents((DEPLOY / name).read_text(encoding="utf-8")) for name in PLAIN}
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +119,9 @@ def _validate(obj: dict, version: str) -> None:
     try:
         import kubernetes_validate
     except ImportError:
-        unavailable("kubernetes-validate is not installed (the dev extra): pip install kubernetes-validate")
+        unavailable(
+            "kubernetes-validate is not installed (the kubernetes extra): pip install -e '.[kubernetes]'"
+        )
     kubernetes_validate.validate(obj, version, strict=True)
 
 
@@ -133,38 +149,61 @@ def _field(obj: dict, dotted: str) -> object:
     return obj
 
 
+def _check(obj: dict) -> None:
+    """Built-in kinds against the schemas; custom resources for their required fields."""
+    key = (obj["apiVersion"], obj["kind"])
+    if key in CUSTOM_RESOURCES:
+        for field in CUSTOM_RESOURCES[key]:
+            assert _field(obj, field), f"{obj['kind']} {obj['metadata']['name']} lacks {field}"
+        return
+    for version in KUBERNETES_VERSIONS:
+        _validate(obj, version)
+
+
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_every_kustomization_renders_and_its_objects_validate_strictly(rendered, name: str):
     objects = rendered[name]
     assert objects, f"{name} renders nothing"
     for obj in objects:
-        key = (obj["apiVersion"], obj["kind"])
-        if key in CUSTOM_RESOURCES:
-            for field in CUSTOM_RESOURCES[key]:
-                assert _field(obj, field), f"{name}: {obj['kind']} lacks {field}"
-            continue
-        for version in KUBERNETES_VERSIONS:
-            _validate(obj, version)
+        _check(obj)
     namespaces = {obj["metadata"].get("namespace") for obj in objects}
     expected = {"base": None, "prometheus-adapter": "monitoring"}.get(name, "nrp")
     assert namespaces == {expected}, f"{name}: objects in {namespaces}"
 
 
-def test_strict_validation_rejects_a_misspelt_field(rendered):
-    deployment = _one(rendered["overlays/gpu"], "Deployment")
+@pytest.mark.parametrize("name", COMPLETE)
+def test_every_complete_manifest_validates_as_written(name: str):
+    """The files that hold whole objects, checked without kubectl (the overlays' patches are partial)."""
+    objects = _documents((DEPLOY / name).read_text(encoding="utf-8"))
+    assert objects
+    for obj in objects:
+        _check(obj)
+
+
+def test_every_yaml_file_is_a_kustomization_what_one_uses_or_checked_as_written():
+    used = set()
+    for kustomization in DEPLOY.rglob("kustomization.yaml"):
+        (spec,) = _documents(kustomization.read_text(encoding="utf-8"))
+        files = [p["path"] for p in spec.get("patches", [])]
+        files += [f for generator in spec.get("configMapGenerator", []) for f in generator["files"]]
+        files += [r for r in spec.get("resources", []) if r.endswith(".yaml")]
+        used |= {(kustomization.parent / f).resolve() for f in files}
+    for path in DEPLOY.rglob("*.yaml"):
+        name = path.relative_to(DEPLOY).as_posix()
+        assert path.name == "kustomization.yaml" or path.resolve() in used or name in COMPLETE, name
+    assert {(DEPLOY / name).resolve() for name in COMPLETE} - used == {(DEPLOY / n).resolve() for n in PLAIN}
+
+
+def test_strict_validation_rejects_a_misspelt_field():
+    (deployment,) = _documents((DEPLOY / "base" / "deployment.yaml").read_text(encoding="utf-8"))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["readinessProbes"] = container.pop("readinessProbe")
     with pytest.raises(Exception, match="readinessProbes"):
         _validate(deployment, KUBERNETES_VERSIONS[-1])
-    container["readinessProbe"] = container.pop("readinessProbes")
 
 
-def test_the_plain_manifests_validate(plain, rendered):
-    (loader,) = plain["repository-loader.yaml"]
-    for version in KUBERNETES_VERSIONS:
-        _validate(loader, version)
+def test_the_kserve_predictor_is_a_triton_model_and_a_valid_pod(plain):
     (service,) = plain["kserve/inference-service.yaml"]
-    assert (service["apiVersion"], service["kind"]) in CUSTOM_RESOURCES
     predictor = service["spec"]["predictor"]
     model = predictor["model"]
     assert model["modelFormat"]["name"] == "triton" and model["protocolVersion"] == "v2"
@@ -177,6 +216,7 @@ def test_the_plain_manifests_validate(plain, rendered):
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": service["metadata"], "spec": pod_spec}
     for version in KUBERNETES_VERSIONS:
         _validate(pod, version)
+    (loader,) = plain["repository-loader.yaml"]
     assert service["metadata"]["namespace"] == loader["metadata"]["namespace"] == "nrp"
 
 
@@ -288,7 +328,7 @@ def test_the_init_container_accepts_the_matching_export_and_refuses_the_other(re
         e["value"] for e in init["env"] if e["name"] == "MODEL_REPOSITORY"
     )
     for kind, repository in repositories.items():
-        proc = _wait_for_repository(init, repository, timeout_s=30)
+        proc = _wait_for_repository(init, repository, timeout_s=10)
         if kind == INSTANCE_KIND[name]:
             assert proc.returncode == 0, proc.stderr
             assert f"model repository found at {repository}" in proc.stdout
@@ -327,7 +367,8 @@ def test_the_autoscaler_scales_the_deployment_on_the_adapter_rule_over_the_netwo
     assert metric["type"] == "Pods" and metric["pods"]["target"]["type"] == "AverageValue"
 
     config_map = _one(rendered["prometheus-adapter"], "ConfigMap")
-    (rule,) = yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
+    (adapter_config,) = _documents(config_map["data"]["config.yaml"])
+    (rule,) = adapter_config["rules"]
     assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
     assert rule["resources"]["overrides"] == {
         "namespace": {"resource": "namespace"},
