@@ -3,6 +3,8 @@ variant loads in the bundled tritonserver and answers through its ensemble as th
 
 from __future__ import annotations
 
+import re
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,9 @@ from nrp_deploy.serving.triton_server import free_ports
 
 pytestmark = pytest.mark.timeout(300)
 MODELS = {"nrp_purifier", "nrp_preprocess", "nrp_model", "nrp_postprocess"}
+ADAPTER_RULES = (
+    Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "prometheus-adapter" / "config.yaml"
+)
 
 
 def _parse(path: Path) -> model_config_pb2.ModelConfig:
@@ -86,6 +91,24 @@ def test_the_python_backend_repository_loads_and_answers_through_the_ensemble(
             with pytest.raises(Exception, match="unknown request parameter"):
                 raw.infer("nrp_purifier", [tensor], parameters={"colour": 1})
             raw.close()
+            _assert_adapter_series_are_served(endpoints.metrics_url)
         finally:
             assert server.stop() == 0, (tmp_path / "triton.log").read_text()[-3000:]
     assert server.remove_shared_memory() == []
+
+
+def _assert_adapter_series_are_served(metrics_url: str) -> None:
+    """The series the Kubernetes autoscaler's adapter rule reads exist, with its model label, on a server
+    that has answered requests (the rule file is read as text: this environment has no YAML parser)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        metrics = reply.read().decode()
+    wanted = set(re.findall(r'(nv_\w+)\{[^}]*model="(\w+)"', ADAPTER_RULES.read_text(encoding="utf-8")))
+    assert {series for series, _ in wanted} == {
+        "nv_inference_queue_duration_us",
+        "nv_inference_request_success",
+    }
+    for series, model in wanted:
+        values = re.findall(rf'^{series}\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$', metrics, re.M)
+        assert values, f"{series} for model {model} is not in {metrics_url}"
+        if series == "nv_inference_request_success":
+            assert float(values[0]) > 0
