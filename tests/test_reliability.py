@@ -83,7 +83,7 @@ def _purify_one(tmp_path: Path, model: Path, *extra: str) -> tuple[int, Path]:
     return main([*argv, *extra]), src
 
 
-def _identity(batch: np.ndarray) -> np.ndarray:
+def _identity(batch: np.ndarray, indices) -> np.ndarray:
     return batch.copy()
 
 
@@ -286,7 +286,7 @@ def test_output_that_appears_during_the_run_is_kept(tmp_path):
     src = _png(tmp_path / "in" / "x.png")
     target = tmp_path / "out" / "x.png"
 
-    def purify_while_someone_writes(batch):
+    def purify_while_someone_writes(batch, indices):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(b"written by another job meanwhile")
         return batch.copy()
@@ -363,7 +363,7 @@ def test_output_of_another_size_is_refused(tmp_path, capsys):
 
 def test_batch_rejects_a_result_of_the_wrong_shape(tmp_path):
     src = _png(tmp_path / "in" / "x.png")
-    report = purify_files([src], tmp_path / "out", lambda b: b[..., :1].copy(), progress=False)
+    report = purify_files([src], tmp_path / "out", lambda b, indices: b[..., :1].copy(), progress=False)
     assert "returned uint8 (1, 12, 10, 1) for a uint8 batch of shape (1, 12, 10, 3)" in report.failed[0][1]
 
 
