@@ -88,7 +88,7 @@ class BatchPurifier:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = _row_count(batch)
         errors = [""] * count
-        images = self._images(batch, count, errors)
+        images = self._images(batch, errors)
         indices = self._indices(batch, count)
         results: list[np.ndarray] = [NO_IMAGE] * count
         for rows in _size_groups(images, indices, errors):
@@ -98,7 +98,7 @@ class BatchPurifier:
                 )
             except NRPDeployError as exc:
                 for k in rows:
-                    errors[k] = _without_path(str(exc), batch, k)
+                    errors[k] = str(exc)
                 continue
             for k, image in zip(rows, out, strict=True):
                 results[k] = image
@@ -112,7 +112,7 @@ class BatchPurifier:
         columns[ERROR] = np.array(errors, dtype=object)
         return columns
 
-    def _images(self, batch: dict[str, np.ndarray], count: int, errors: list[str]) -> list[np.ndarray]:
+    def _images(self, batch: dict[str, np.ndarray], errors: list[str]) -> list[np.ndarray]:
         """The batch's images, decoded from ``path`` when there is no ``image`` column; a row that cannot
         be read gets its error and an empty image."""
         if IMAGE in batch:
@@ -177,10 +177,6 @@ def _size_groups(
         step = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
         groups += [rows[i : i + step] for i in range(0, len(rows), step)]
     return groups
-
-
-def _without_path(message: str, batch: dict[str, np.ndarray], k: int) -> str:
-    return message.removeprefix(f"{batch[PATH][k]}: ") if PATH in batch else message
 
 
 def _objects(values: list[Any]) -> np.ndarray:
