@@ -59,9 +59,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=None, help="tile images larger than N px (bounds memory)")
     p.add_argument("--overlap", type=int, default=None, help="context px around each tile (with --tile)")
     p.add_argument(
-        "--threads", type=int, default=None, help="intra-op CPU threads (onnxruntime, openvino, torch)"
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op CPU threads (onnxruntime, openvino, torch); with --ray also the CPUs each actor reserves",
     )
-    p.add_argument("--batch-size", type=int, default=4, help="images of equal size per batch (default: 4)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="images of equal size per batch; with --ray, files per Ray batch (default: 4)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     p.add_argument(
         "--allow-failed",
