@@ -76,6 +76,7 @@ def ray_cluster():
             address="local",
             num_cpus=2,
             include_dashboard=False,
+            object_store_memory=128 << 20,  # the tests move kilobytes; CI containers have little /dev/shm
             _node_ip_address="127.0.0.1",
             _temp_dir=str(folder / "t"),
             logging_level="WARNING",
