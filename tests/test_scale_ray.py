@@ -9,6 +9,7 @@ without Ray, by calling the class as Ray would.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from nrp_deploy.scale import BatchPurifier, PurifierSettings, path_index, purify
 from nrp_deploy.scale.job import import_ray
 
 SEED = 11
+SUMMARY_LINE = re.compile(r"^(\d+ written, |  FAILED |  SKIPPED )")
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,7 @@ def _run(argv: list[str], capsys) -> tuple[int, list[str]]:
     """Exit status and the report's lines (sorted: Ray's order of results is not the files' order)."""
     status = main(argv)
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "written," in line or line.startswith("  ")]
+    lines = [line for line in err.splitlines() if SUMMARY_LINE.match(line)]
     return status, sorted(lines)
 
 
