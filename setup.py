@@ -81,6 +81,8 @@ EXTRAS = {
     # nrp_deploy.interop.art: NRP as an ART preprocessing defence (ART needs numpy, scipy, scikit-learn).
     "interop": [*TORCH, "adversarial-robustness-toolbox>=1.17"],
     "bench": ["matplotlib>=3.8"],
+    # `nrp purify --ray` and nrp_deploy.scale: Ray Data actors (the CPU wheels; no torch, no CUDA).
+    "ray": ["ray[data]>=2.51"],
     # Optional CPU backend measured by `nrp bench` (INT8 / BF16 on AVX-512 VNNI / BF16 CPUs).
     "openvino": ["openvino>=2024.4"],
     # build and twine: CI builds the wheel and sdist, checks their metadata and installs the wheel alone

@@ -1,7 +1,13 @@
 """Purify many image files: group by size, run in batches, keep going past bad files, report them.
 
-Torch-free: the purification itself is a callable taking a uint8 NHWC batch and returning one of the same
-shape, so the eager baseline and every runtime backend share this one file-handling path.
+Torch-free: the purification itself is a callable taking a uint8 NHWC batch and the images' job indices and
+returning a batch of the same shape, so the eager baseline, every runtime backend, a server and a Ray
+cluster (``nrp_deploy.scale``) share this one file-handling path: ``plan_job`` decides what to do with each
+file, ``purify_batch`` runs one batch, ``write_output`` moves one result into place.
+
+An image's job index is its place among all the files the job found, in scan order (``scan_images``): the
+dynamic defence keys its noise by it, so a seeded job gives the same bytes whatever the batch size, however
+many workers share the job, and when a rerun resumes it (files already written keep their indices).
 
 No output is ever lost or replaced by accident: inputs whose outputs would share a name (``a.jpg`` and
 ``a.png``, or names differing only in case, which collide on case-insensitive file systems) are refused
@@ -14,9 +20,8 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +29,12 @@ import numpy as np
 from tqdm import tqdm
 
 from nrp_deploy.errors import NRPDeployError
-from nrp_deploy.fileutil import remove_stale_temporaries
-from nrp_deploy.images import ImageTask, read_image, scan_images, write_png
+from nrp_deploy.fileutil import atomic_output, remove_stale_temporaries
+from nrp_deploy.images import ImageTask, encode_png, read_image, scan_images
 
-BatchFn = Callable[[np.ndarray], np.ndarray]
+#: ``purify(batch, indices)``: a uint8 NHWC batch and each image's job index in, a uint8 batch of the same
+#: shape out; a purifier without the dynamic defence ignores the indices.
+BatchFn = Callable[[np.ndarray, Sequence[int]], np.ndarray]
 #: Pixels buffered per batch before it runs anyway: large images run alone, so memory stays bounded.
 BATCH_PIXELS = 1 << 24
 
@@ -56,6 +63,30 @@ class BatchReport:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class PlannedImage:
+    """One file a job will purify: its task and its job index (the dynamic defence's noise index)."""
+
+    index: int
+    task: ImageTask
+
+
+def plan_job(
+    inputs: Iterable[str | os.PathLike[str]], out_root: Path, overwrite: bool, report: BatchReport
+) -> list[PlannedImage]:
+    """The files to purify under ``inputs``, in scan order, each with its job index; the paths passed over,
+    the collisions and the existing outputs go into ``report`` instead. Temporary files a killed run left in
+    the output folders are removed."""
+    found = scan_images(inputs)
+    for path, reason in found.passed_over:
+        report.fail(path, reason)
+    pending = _plan(found.tasks, out_root, overwrite, report)
+    for directory in sorted({task.output_path(out_root).parent for task in pending}):
+        remove_stale_temporaries(directory)
+    index = {id(task): k for k, task in enumerate(found.tasks)}
+    return [PlannedImage(index[id(task)], task) for task in pending]
+
+
 def purify_files(
     inputs: Iterable[str | os.PathLike[str]],
     output_dir: str | os.PathLike[str],
@@ -75,45 +106,39 @@ def purify_files(
         raise NRPDeployError(f"--batch-size must be >= 1, got {batch_size}")
     out_root = Path(output_dir)
     report = BatchReport()
-    found = scan_images(inputs)
-    for path, reason in found.passed_over:
-        report.fail(path, reason)
-    pending = _plan(found.tasks, out_root, overwrite, report)
-    for directory in sorted({task.output_path(out_root).parent for task in pending}):
-        remove_stale_temporaries(directory)
+    pending = plan_job(inputs, out_root, overwrite, report)
 
     max_buffered = 4 * batch_size
-    buckets: OrderedDict[tuple[int, ...], list[tuple[ImageTask, np.ndarray]]] = OrderedDict()
+    buckets: OrderedDict[tuple[int, ...], list[tuple[PlannedImage, np.ndarray]]] = OrderedDict()
     bar = tqdm(total=len(pending), unit="img", disable=not progress, file=sys.stderr)
 
     def flush(shape: tuple[int, ...]) -> None:
         items = buckets.pop(shape)
         batch = np.stack([image for _, image in items])
-        batch_tasks = [task for task, _ in items]
+        planned = [item for item, _ in items]
         del items  # the stacked copy is all that is needed now
         try:
-            result = purify(batch)
-            _check_result(result, batch)
+            result = purify_batch(purify, batch, [item.index for item in planned])
         except NRPDeployError as exc:
-            for task in batch_tasks:
-                report.fail(task.source, str(exc))
+            for item in planned:
+                report.fail(item.task.source, str(exc))
         else:
-            for task, image in zip(batch_tasks, result, strict=True):
-                _write(task, image, out_root, overwrite, report)
-        bar.update(len(batch_tasks))
+            for item, image in zip(planned, result, strict=True):
+                write_output(item.task, encode_png(image), out_root, overwrite, report)
+        bar.update(len(planned))
 
     def buffered_pixels() -> int:
         return sum(len(items) * shape[0] * shape[1] for shape, items in buckets.items())
 
-    for task in pending:
+    for item in pending:
         try:
-            image = read_image(task.source, max_pixels=max_pixels)
+            image = read_image(item.task.source, max_pixels=max_pixels)
         except NRPDeployError as exc:
-            report.fail(task.source, str(exc))
+            report.fail(item.task.source, str(exc))
             bar.update(1)
             continue
         bucket = buckets.setdefault(image.shape, [])
-        bucket.append((task, image))
+        bucket.append((item, image))
         if len(bucket) >= batch_size or len(bucket) * image.shape[0] * image.shape[1] >= BATCH_PIXELS:
             flush(image.shape)
         while buckets and (
@@ -210,16 +235,23 @@ def _resolved(path: Path) -> Path:
         return path.absolute()
 
 
-def _check_result(result: object, batch: np.ndarray) -> None:
+def purify_batch(purify: BatchFn, batch: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+    """``purify`` run on one uint8 NHWC batch, its result checked: an NRPDeployError says what went wrong,
+    for the whole batch."""
+    result = purify(batch, indices)
     if not isinstance(result, np.ndarray) or result.dtype != np.uint8 or result.shape != batch.shape:
         got = f"{result.dtype} {result.shape}" if isinstance(result, np.ndarray) else type(result).__name__
         raise NRPDeployError(f"the purifier returned {got} for a uint8 batch of shape {batch.shape}")
+    return result
 
 
-def _write(task: ImageTask, image: np.ndarray, out_root: Path, overwrite: bool, report: BatchReport) -> None:
+def write_output(task: ImageTask, png: bytes, out_root: Path, overwrite: bool, report: BatchReport) -> None:
+    """Move one encoded output into place atomically (without ``overwrite``, only if its name is still
+    free) and record in ``report`` what happened."""
     target = task.output_path(out_root)
     try:
-        write_png(target, image, overwrite=overwrite)
+        with atomic_output(target, overwrite=overwrite) as fh:
+            fh.write(png)
     except FileExistsError as exc:
         if target.parent.is_dir():
             report.skipped.append(target)  # it appeared while the job ran: kept, as any existing output
@@ -231,17 +263,15 @@ def _write(task: ImageTask, image: np.ndarray, out_root: Path, overwrite: bool, 
         report.written.append(target)
 
 
-def continuing_index(purify: Callable[[np.ndarray, int], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """Turn ``purify(batch, start_index)`` into the batch callable ``purify_files`` takes, continuing one
-    image index across calls (thread-safe): with a seeded dynamic defence every image of a job then gets
-    its own noise, and the job replays exactly given the same files in the same order."""
-    lock = threading.Lock()
-    next_index = 0
+def by_index_runs(purify: Callable[[np.ndarray, int], np.ndarray]) -> BatchFn:
+    """Turn ``purify(batch, start_index)``, whose image ``n`` gets noise index ``start_index + n``, into a
+    ``BatchFn``: each run of consecutive job indices in a batch is one call, so every image gets the noise
+    of its own index (a bad file or an image of another size between two images splits a run)."""
 
-    def call(batch: np.ndarray) -> np.ndarray:
-        nonlocal next_index
-        with lock:
-            start, next_index = next_index, next_index + len(batch)
-        return purify(batch, start)
+    def call(batch: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+        starts = [k for k in range(len(indices)) if k == 0 or indices[k] != indices[k - 1] + 1]
+        ends = [*starts[1:], len(indices)]
+        parts = [purify(batch[a:b], int(indices[a])) for a, b in zip(starts, ends, strict=True)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     return call

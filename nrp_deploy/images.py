@@ -16,6 +16,7 @@ that names the file, so one bad file fails alone.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import stat
@@ -137,10 +138,20 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray, overwrite: bool =
     ``overwrite=False`` raises ``FileExistsError`` if ``path`` exists at the moment the file is moved into
     place, and leaves that file as it is.
     """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ImageError(f"{path}: expected a uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
+    png = encode_png(image, name=str(path))
     with atomic_output(path, overwrite=overwrite) as fh:
-        Image.fromarray(image).save(fh, format="PNG")
+        fh.write(png)
+
+
+def encode_png(image: np.ndarray, name: str = "image") -> bytes:
+    """An RGB uint8 (H, W, 3) array as the bytes of a PNG file, the same bytes wherever it is encoded: a
+    worker can encode and another process write (``name`` is the image's name in the error)."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ImageError(f"{name}: expected a uint8 (H, W, 3) array, got {got}")
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @dataclass(frozen=True)

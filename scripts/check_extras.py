@@ -84,6 +84,7 @@ CHECKS = (
     Check("nvrtc", X86, 13),
     Check("cpu", JETSON, None),
     Check("cpu", X86, None),
+    Check("ray", X86, None),  # Ray's CPU wheels: neither torch (whose Linux wheels pull CUDA) nor CUDA
 )
 
 

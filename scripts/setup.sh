@@ -24,10 +24,10 @@ fi
 .venv/bin/python -m pip install -q "torch==${NRP_TORCH_VERSION:-2.13.0}"
 if [ "$mode" = gpu ]; then
   .venv/bin/python -m pip uninstall -q -y onnxruntime 2>/dev/null || true
-  .venv/bin/python -m pip install -q -e ".[gpu,export,attacks,interop,bench,kubernetes,dev]"
+  .venv/bin/python -m pip install -q -e ".[gpu,export,attacks,interop,bench,kubernetes,ray,dev]"
 else
   .venv/bin/python -m pip uninstall -q -y onnxruntime-gpu 2>/dev/null || true
-  .venv/bin/python -m pip install -q -e ".[cpu,export,attacks,interop,bench,openvino,nvrtc,kubernetes,dev]"
+  .venv/bin/python -m pip install -q -e ".[cpu,export,attacks,interop,bench,openvino,nvrtc,kubernetes,ray,dev]"
 fi
 # The transfer attacks come from torchattacks, installed alone: its metadata requires torchvision (which it
 # never imports, and whose CPU wheels break here) and requests~=2.25.1 (which downgrades urllib3 under twine).

@@ -26,7 +26,7 @@ from sidecars import write_sidecar
 from nrp_deploy.artifacts.cache import cached_onnx_path
 from nrp_deploy.artifacts.metadata import judge
 from nrp_deploy.artifacts.sources import identify
-from nrp_deploy.batch import purify_files
+from nrp_deploy.batch import by_index_runs, purify_files
 from nrp_deploy.cli import main
 from nrp_deploy.errors import (
     CheckpointError,
@@ -83,7 +83,7 @@ def _purify_one(tmp_path: Path, model: Path, *extra: str) -> tuple[int, Path]:
     return main([*argv, *extra]), src
 
 
-def _identity(batch: np.ndarray) -> np.ndarray:
+def _identity(batch: np.ndarray, indices) -> np.ndarray:
     return batch.copy()
 
 
@@ -286,7 +286,7 @@ def test_output_that_appears_during_the_run_is_kept(tmp_path):
     src = _png(tmp_path / "in" / "x.png")
     target = tmp_path / "out" / "x.png"
 
-    def purify_while_someone_writes(batch):
+    def purify_while_someone_writes(batch, indices):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(b"written by another job meanwhile")
         return batch.copy()
@@ -363,8 +363,37 @@ def test_output_of_another_size_is_refused(tmp_path, capsys):
 
 def test_batch_rejects_a_result_of_the_wrong_shape(tmp_path):
     src = _png(tmp_path / "in" / "x.png")
-    report = purify_files([src], tmp_path / "out", lambda b: b[..., :1].copy(), progress=False)
+    report = purify_files([src], tmp_path / "out", lambda b, indices: b[..., :1].copy(), progress=False)
     assert "returned uint8 (1, 12, 10, 1) for a uint8 batch of shape (1, 12, 10, 3)" in report.failed[0][1]
+
+
+def test_job_index_is_the_place_in_scan_order_whatever_the_batching(tmp_path):
+    """The dynamic defence's noise index of a file is its place among the files found (a bad file keeps its
+    place), and ``by_index_runs`` hands each run of consecutive indices to the purifier as one call."""
+    src = tmp_path / "in"
+    for k in range(7):
+        _png(src / f"{k}.png", (12, 10) if k % 2 else (10, 12))
+    (src / "3.png").write_bytes(b"broken")
+    seen: dict[int, bytes] = {}
+    starts: list[tuple[int, int]] = []
+
+    def record(batch, start):
+        starts.append((start, len(batch)))
+        for row, image in enumerate(batch):
+            seen[start + row] = image.tobytes()
+        return batch.copy()
+
+    report = purify_files([src], tmp_path / "out", by_index_runs(record), batch_size=3, progress=False)
+    assert len(report.written) == 6 and [p.name for p, _ in report.failed] == ["3.png"]
+    expected = {k: read_image(src / f"{k}.png").tobytes() for k in range(7) if k != 3}
+    assert seen == expected
+    assert sorted(starts) == [(0, 1), (1, 1), (2, 1), (4, 1), (5, 1), (6, 1)]  # sizes alternate: no runs
+
+    starts.clear()
+    for k in (1, 3, 5):
+        _png(src / f"{k}.png", (10, 12))
+    purify_files([src], tmp_path / "again", by_index_runs(record), batch_size=8, progress=False)
+    assert starts == [(0, 7)]
 
 
 # 7. Memory: sizes are checked before anything is copied or decoded ---------------------------------------

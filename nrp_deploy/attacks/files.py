@@ -11,7 +11,7 @@ generator serves the whole run, so the same inputs, options and seed give the sa
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ def attack_files(
     """Run ``attack`` (float NCHW [0, 1] batch -> same) over image files into PNGs under ``output_dir``;
     ``eps``, the attack's L-inf budget, keeps the rounded files inside it."""
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray, indices: Sequence[int]) -> np.ndarray:
         return tensor_to_images(attack(images_to_tensor(batch, device)), batch, eps)
 
     return purify_files(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from nrp_deploy.artifacts.metadata import PRECISIONS
 from nrp_deploy.cli.common import finish_batch
 from nrp_deploy.errors import NRPDeployError
+
+#: ``--ray`` without an address: a local Ray, started for the job.
+LOCAL_RAY = "local"
 
 
 def _given(args: argparse.Namespace, name: str) -> bool:
@@ -55,9 +59,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=None, help="tile images larger than N px (bounds memory)")
     p.add_argument("--overlap", type=int, default=None, help="context px around each tile (with --tile)")
     p.add_argument(
-        "--threads", type=int, default=None, help="intra-op CPU threads (onnxruntime, openvino, torch)"
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op CPU threads (onnxruntime, openvino, torch); with --ray also the CPUs each actor reserves",
     )
-    p.add_argument("--batch-size", type=int, default=4, help="images of equal size per batch (default: 4)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="images of equal size per batch; with --ray, files per Ray batch (default: 4)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     p.add_argument(
         "--allow-failed",
@@ -71,6 +83,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="purify through a running `nrp serve` (http://HOST:PORT or grpc://HOST:PORT) instead of in "
         "process; the server's model is used, the output is the same",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL_RAY,
+        metavar="ADDRESS",
+        help="purify on the actors of a Ray cluster (auto, HOST:PORT or ray://HOST:PORT; without ADDRESS a "
+        "local Ray on this machine's CPUs); the same outputs and report. Put it after the inputs or write "
+        "--ray=ADDRESS. Needs pip install 'nrp-deploy[ray]'",
+    )
+    p.add_argument("--actors", type=int, default=None, help="with --ray: purifier actors (default: 2)")
+    p.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=None,
+        help="with --ray: GPUs each actor reserves, fractions share one (default: 0)",
+    )
     p.set_defaults(handler=_run_purify)
 
 
@@ -80,8 +108,17 @@ def _run_purify(args: argparse.Namespace) -> int:
 
     if args.seed is not None and not args.dynamic:
         raise NRPDeployError("--seed sets the --dynamic noise; add --dynamic or drop --seed")
+    ray_only = [
+        f"--{n.replace('_', '-')}" for n in ("actors", "gpus_per_actor") if getattr(args, n) is not None
+    ]
+    if ray_only and args.ray is None:
+        raise NRPDeployError(f"{', '.join(ray_only)} configure the --ray actors; add --ray or drop them")
+    if args.server and args.ray is not None:
+        raise NRPDeployError("--server and --ray are two ways to run the job; choose one")
     if args.server:
         return _run_purify_remote(args)
+    if args.ray is not None:
+        return _run_purify_on_ray(args)
     purifier = load_purifier(
         args.model,
         backend=args.backend,
@@ -122,6 +159,47 @@ def _run_purify_remote(args: argparse.Namespace) -> int:
         args.inputs,
         args.output,
         client.as_batch_fn(dynamic=True if args.dynamic else None, seed=args.seed),
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    return finish_batch(report)
+
+
+def _run_purify_on_ray(args: argparse.Namespace) -> int:
+    from nrp_deploy.runtime import DynamicDefense
+    from nrp_deploy.scale import PurifierSettings, purify_files_on_ray
+    from nrp_deploy.scale.job import import_ray
+
+    address = args.ray
+    if address != LOCAL_RAY and address != "auto" and ":" not in address:
+        raise NRPDeployError(
+            f"--ray {address!r}: not a Ray address (auto, HOST:PORT or ray://HOST:PORT); if it is an input, "
+            "write the inputs before --ray, or write --ray=ADDRESS"
+        )
+    settings = PurifierSettings(
+        source=str(args.model),
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        tile=args.tile,
+        overlap=args.overlap,
+        threads=args.threads,
+        allow_failed=args.allow_failed,
+        dynamic=DynamicDefense(seed=args.seed) if args.dynamic else None,
+    )
+    where = "a local Ray" if address == LOCAL_RAY else f"the Ray cluster at {address}"
+    actors = 2 if args.actors is None else args.actors
+    print(f"purifier: {args.model} on {actors} actors of {where}", file=sys.stderr)
+    import_ray()  # Ray Data configures its logger on import; the job's own bar and summary say enough
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    report = purify_files_on_ray(
+        args.inputs,
+        args.output,
+        settings,
+        address=None if address == LOCAL_RAY else address,
+        actors=actors,
+        gpus_per_actor=args.gpus_per_actor or 0.0,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         progress=not args.no_progress,

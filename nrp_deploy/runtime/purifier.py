@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from nrp_deploy.artifacts.sources import ModelSource, identify
-from nrp_deploy.batch import continuing_index
+from nrp_deploy.batch import BatchFn, by_index_runs
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError, NRPDeployError
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime import prepost
@@ -202,10 +202,12 @@ class Purifier:
                 results[k] = prepost.deliver(out[row : row + 1], prepared[k].kind)
         return results
 
-    def as_batch_fn(self, dynamic: DynamicDefense | None = None) -> Callable[[np.ndarray], np.ndarray]:
-        """A uint8 NHWC batch -> batch callable for ``nrp_deploy.batch.purify_files`` whose calls continue
-        one image index (``batch.continuing_index``), so a seeded ``dynamic`` job replays exactly."""
-        return continuing_index(lambda batch, start: self(batch, dynamic=dynamic, start_index=start))
+    def as_batch_fn(self, dynamic: DynamicDefense | None = None) -> BatchFn:
+        """The batch callable of ``nrp_deploy.batch.purify_files``: with ``dynamic``, every image gets the
+        noise of its job index (``batch.by_index_runs``), so a seeded job replays exactly."""
+        if dynamic is None:
+            return lambda batch, indices: self(batch)
+        return by_index_runs(lambda batch, start: self(batch, dynamic=dynamic, start_index=start))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         """One backend call; a batch below the profile's smallest is padded up to it and the padding's

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from nrp_deploy.batch import continuing_index
+from nrp_deploy.batch import BatchFn, by_index_runs
 from nrp_deploy.errors import BackendUnavailableError, InputError
 from nrp_deploy.serving import protocol
 from nrp_deploy.serving.triton_server import ServerError
@@ -111,12 +110,11 @@ class PurifierClient:
             raise ServerError(f"{self.url}: malformed answer for '{protocol.OUTPUT}'")
         return out[0] if single else out
 
-    def as_batch_fn(
-        self, dynamic: bool | None = None, seed: int | None = None
-    ) -> Callable[[np.ndarray], np.ndarray]:
-        """A batch callable for ``nrp_deploy.batch.purify_files`` that continues one image index across
-        calls, so a seeded job through the server replays ``Purifier.as_batch_fn`` byte for byte."""
-        return continuing_index(
+    def as_batch_fn(self, dynamic: bool | None = None, seed: int | None = None) -> BatchFn:
+        """The batch callable of ``nrp_deploy.batch.purify_files``: every image is sent with its job index
+        (``batch.by_index_runs``; the server's default may turn noise on), so a seeded job through the
+        server replays ``Purifier.as_batch_fn`` byte for byte."""
+        return by_index_runs(
             lambda batch, start: self.purify(batch, dynamic=dynamic, seed=seed, start_index=start)
         )
 
