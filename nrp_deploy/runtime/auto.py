@@ -376,3 +376,30 @@ def time_infer(backend: Backend, x: np.ndarray, fastest_ms: float | None) -> flo
         if fastest_ms is not None and runs[0] > GIVE_UP_RATIO * fastest_ms:
             break
     return statistics.median(runs)
+
+
+def recorded_choices() -> list[dict[str, Any]]:
+    """Auto's choices recorded in this cache folder (for ``nrp info``): the model, the request, the summary,
+    and whether the record still holds here (``current``: made on this machine and software stack)."""
+    here = machine_identity()
+    found = []
+    for path in sorted(records_dir().glob("auto-*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            key, value = data["key"], data["value"]
+            choice = AutoChoice.from_dict(value, how="cached")
+            entry = {
+                "model": str(value.get("source_name", key["source"][:16])),
+                "backend": key["backend"],
+                "precision": key["precision"] or "auto",
+                "threads": key["threads"],
+                "chosen": choice.chosen,
+                "summary": choice.summary(),
+                "current": key.get("machine") == here,
+                "record": str(path),
+            }
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.debug("skipping unreadable auto record %s: %s", path, exc)
+            continue
+        found.append(entry)
+    return found
