@@ -126,9 +126,10 @@ def test_an_explicit_backend_or_precision_wins(checkpoint, monkeypatch):
     with load_purifier(checkpoint, backend="onnxruntime") as purifier:  # its one candidate here: not timed
         assert purifier.backend_name == "onnxruntime-cpu" and purifier.auto_choice.how == "only"
         assert purifier.auto_choice.chosen == "onnxruntime fp32"
-    with load_purifier(checkpoint, precision="fp32") as purifier:  # BF16 arithmetic is not fp32
-        assert purifier.auto_choice.chosen == "openvino fp32"
-        assert "openvino bf16" not in purifier.auto_choice.timings_ms
+    for precision in ("fp32", None):  # None: the model's own, fp32 for a checkpoint; BF16 arithmetic is not
+        with load_purifier(checkpoint, precision=precision) as purifier:
+            assert purifier.auto_choice.chosen == "openvino fp32"
+            assert set(purifier.auto_choice.timings_ms) == {"onnxruntime fp32", "openvino fp32", "torch fp32"}
     with load_purifier(checkpoint, backend="onnxruntime", precision="fp32") as purifier:
         assert purifier.auto_choice is None and purifier.backend_name == "onnxruntime-cpu"
     with load_purifier(checkpoint, backend="openvino", options={"inference_precision": "bf16"}) as purifier:

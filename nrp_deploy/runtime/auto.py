@@ -15,7 +15,8 @@ source, request and machine (CPU model, ISA flags, library versions) plus the ca
 second load opens the winner without timing, and a new CPU, library or artifact times again.
 
 An explicit backend or precision always wins: auto then ranges over the other one only. With both explicit
-nothing is chosen. ``NRP_DEPLOY_AUTO=order`` skips the timing: auto then opens the first backend of
+nothing is chosen. ``precision=None`` is explicit too: the model's own (an artifact's, FP32 for a
+checkpoint), what callers that forward an unset precision (evaluation, interop) have always meant. ``NRP_DEPLOY_AUTO=order`` skips the timing: auto then opens the first backend of
 ``AUTO_ORDER`` that works, at the model's own precision (FP32 for a checkpoint), as it did before timing
 existed; for deployments that need a fixed start-up cost or a fixed backend. GPU machines keep that order
 too (TensorRT, then ONNX Runtime on CUDA, then torch): the timed choice covers CPUs only for now.
@@ -140,14 +141,17 @@ def open_chosen(
     options: BackendOptions | Mapping[str, Any],
 ) -> tuple[Backend, AutoChoice | None]:
     """An inactive backend for ``source`` (active when auto timed it), and what auto chose (None when
-    nothing was chosen: both given, the preference order, a GPU). ``precision`` ``auto`` or None: any."""
+    nothing was chosen: both given, the preference order, a GPU). ``precision``: ``auto`` (any that
+    passes), None (the model's own) or one of ``PRECISIONS``."""
     if backend != "auto" and backend not in BACKENDS:
         raise BackendUnavailableError(
             f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}"
         )
     if precision == "auto":
         precision = None
-    if precision is not None and precision not in PRECISIONS:
+    elif precision is None and source.kind != "engine":
+        precision = source.precision or "fp32"
+    elif precision is not None and precision not in PRECISIONS:
         raise InputError(f"precision must be auto or one of {', '.join(PRECISIONS)}, not {precision!r}")
     if backend != "auto" and precision is not None:
         return open_backend(backend, source, precision, device, options), None

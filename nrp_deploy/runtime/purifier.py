@@ -343,9 +343,10 @@ def load_purifier(
 
     ``backend``: ``auto`` (the fastest that works here; ``purifier.backend_name`` says which,
     ``purifier.auto_choice`` why), ``tensorrt``, ``onnxruntime``, ``openvino`` or ``torch``. ``precision``:
-    ``auto`` (None too: what auto finds fastest among the precisions that pass their fidelity checks; see
-    ``runtime.auto``) or fp32 / fp16 / int8; a checkpoint is exported to a cached ONNX of an asked precision
-    on first use. An explicit backend or precision always wins; auto ranges over the other. ``device``: ``cpu`` / ``cuda:N`` (None: the GPU when the backend can use one). ``tile``: tile
+    ``auto`` (the fastest here among the precisions whose fidelity checks pass; see ``runtime.auto``), None
+    (the model's own: an artifact's, fp32 for a checkpoint) or fp32 / fp16 / int8; a checkpoint is exported
+    to a cached ONNX of an asked precision on first use. An explicit backend or precision always wins; auto
+    ranges over the other. ``device``: ``cpu`` / ``cuda:N`` (None: the GPU when the backend can use one). ``tile``: tile
     side in pixels (or a TileConfig); ``overlap`` its context margin (default: ``DEFAULT_OVERLAP``).
     ``threads``: intra-op threads (ONNX Runtime, torch). ``fused``: the fused GPU path for uint8 images
     (None: wherever it can run). ``options``: backend-specific options, typed (``OrtOptions(cuda_graph=True,

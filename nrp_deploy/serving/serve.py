@@ -39,7 +39,7 @@ class ServeSettings:
 
     model: str = "default"
     backend: str = "auto"
-    precision: str = "auto"
+    precision: str | None = "auto"
     device: str | None = None
     threads: int | None = None
     dynamic: bool = False
@@ -96,7 +96,7 @@ def _prepared(settings: ServeSettings) -> ServeSettings:
             settings.model, settings.backend, settings.precision, settings.device, threads=settings.threads
         ).close()
         return settings
-    if source.kind != "checkpoint" or settings.backend == "torch" or settings.precision != "fp32":
+    if source.kind != "checkpoint" or settings.backend == "torch" or settings.precision not in (None, "fp32"):
         return settings
     return replace(settings, model=str(onnx_for(source, "fp32")))
 
