@@ -95,6 +95,8 @@ def _run_purify(args: argparse.Namespace) -> int:
         allow_failed=args.allow_failed,
     )
     print(f"purifier: {purifier.describe()}", file=sys.stderr)
+    if purifier.auto_choice is not None:
+        print(purifier.auto_choice.summary(), file=sys.stderr)
     dynamic = DynamicDefense(seed=args.seed) if args.dynamic else None
     report = purify_files(
         args.inputs,
