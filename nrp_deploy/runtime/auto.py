@@ -262,7 +262,14 @@ def _timed_choice(
             + "\n  ".join(f"{label}: {why}" for label, why in left_out.items())
         )
     threads = options.threads if isinstance(options, BackendOptions) else options.get("threads")
-    request = {"source": source.sha256, "backend": backend, "precision": precision, "threads": threads}
+    request = {
+        "source": source.sha256,
+        "backend": backend,
+        "precision": precision,
+        "threads": threads,
+        # other options can rule candidates out (another backend's typed options), so they key it too
+        "options": repr(options) if isinstance(options, BackendOptions) else repr(sorted(options.items())),
+    }
     digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:12]
     record = records_dir() / f"auto-{source.sha256[:16]}-{digest}.json"
     key = {
