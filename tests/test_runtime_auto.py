@@ -245,7 +245,7 @@ def test_nrp_info_says_what_auto_chose_and_why(onnx_model, monkeypatch, capsys):
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("auto")]
     assert main(["info", "--model", str(onnx_model)]) == 0
     out = capsys.readouterr().out
-    assert "auto chose openvino fp32: fastest at 1x224x224" in out
+    assert "auto chose openvino fp32: fastest at 224x224, batch 1" in out
     assert "onnxruntime fp32 5.0 ms (1.7x)" in out
     assert main(["info", "--json"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)["auto_choices"]

@@ -5,21 +5,23 @@ On a CPU machine (no CUDA device, or ``device="cpu"``) the candidates are every 
 arithmetic on the FP32 model) whose artifact is at hand: the source itself, an artifact in the cache or
 shipped with the package, or the FP32 export made on first use as before. Auto makes no INT8 artifact of
 its own: quantisation is a calibration job (tens of seconds to minutes, torch and the export tools, images
-that should look like the deployment's), so it stays a decision taken once by the user (an ``precision="int8"`` CPU load, which caches it); the package ships the default purifier's INT8 so that
-one needs neither. A candidate whose fidelity verdict FAILs (the artifact's sidecar, or BF16's verdict
-measured here) is rejected, as is one that cannot open; the rest are timed briefly on one input of the
-backend's optimal shape (1x3x224x224 for dynamic models): a warm-up call, then up to ``TIMED_RUNS`` calls,
-stopping early once a candidate is ``GIVE_UP_RATIO`` times slower than the best so far; the lowest median
-wins. The choice, its timings and the rejections are a machine record (``machine_records``): kept per
-source, request and machine (CPU model, ISA flags, library versions) plus the candidates' artifacts, so a
-second load opens the winner without timing, and a new CPU, library or artifact times again.
+that should look like the deployment's), so it stays the user's decision, taken once (one CPU load at
+``precision="int8"`` caches it); the package ships the default purifier's INT8, so that one needs neither.
+A candidate whose fidelity verdict FAILs (the artifact's sidecar, or BF16's verdict measured here) is
+rejected, as is one that cannot open; the rest are timed briefly on one input of the backend's optimal
+shape (1x3x224x224 for dynamic models): a warm-up call, then up to ``TIMED_RUNS`` calls, stopping early
+once a candidate is ``GIVE_UP_RATIO`` times slower than the best so far; the lowest median wins. The
+choice, its timings and the rejections are a machine record (``machine_records``), kept per source,
+request and machine (CPU model, ISA flags, library versions) plus the candidates' artifacts, so a second
+load opens the winner without timing, and a new CPU, library or artifact times again.
 
 An explicit backend or precision always wins: auto then ranges over the other one only. With both explicit
 nothing is chosen. ``precision=None`` is explicit too: the model's own (an artifact's, FP32 for a
-checkpoint), what callers that forward an unset precision (evaluation, interop) have always meant. ``NRP_DEPLOY_AUTO=order`` skips the timing: auto then opens the first backend of
-``AUTO_ORDER`` that works, at the model's own precision (FP32 for a checkpoint), as it did before timing
-existed; for deployments that need a fixed start-up cost or a fixed backend. GPU machines keep that order
-too (TensorRT, then ONNX Runtime on CUDA, then torch): the timed choice covers CPUs only for now.
+checkpoint), what callers that forward an unset precision (evaluation, interop) have always meant.
+``NRP_DEPLOY_AUTO=order`` skips the timing: auto then opens the first backend of ``AUTO_ORDER`` that
+works, at the model's own precision, as it did before timing existed; for deployments that need a fixed
+start-up cost or a fixed backend. GPU machines keep that order too (TensorRT, then ONNX Runtime on CUDA,
+then torch): the timed choice covers CPUs only for now.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ CPU_VARIANTS: dict[str, tuple[tuple[str, str], ...]] = {
     "openvino": (("fp32", "fp32"), ("fp32", "bf16"), ("int8", "int8")),
     "torch": (("fp32", "fp32"),),
 }
+#: The precisions an explicit ``precision`` can ask of the timed choice; another (fp16) takes ``AUTO_ORDER``.
+TIMED_PRECISIONS = frozenset(p for variants in CPU_VARIANTS.values() for p, a in variants if p == a)
 #: The module each CPU backend imports, looked up (not imported) to tell whether it is installed.
 _ENGINE_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch"}
 #: The (batch, height, width) timed for a model without a shape profile of its own.
@@ -97,7 +101,8 @@ class AutoChoice:
         timed = ", ".join(
             f"{label} {ms:.1f} ms" + ("" if ms == best else f" ({ms / best:.1f}x)") for label, ms in ranked
         )
-        shape = "x".join(map(str, self.shape))
+        batch, height, width = self.shape
+        shape = f"{height}x{width}, batch {batch}"
         why = {
             "timed": f"fastest at {shape}, timed now",
             "cached": f"fastest at {shape}, timed {self.measured} (cached)",
@@ -160,6 +165,7 @@ def open_chosen(
         and source.kind != "engine"
         and (device == "cpu" or (device is None and cuda_device_count() == 0))
         and backend in ("auto", *CPU_VARIANTS)
+        and (precision is None or precision in TIMED_PRECISIONS)
         and not _arithmetic_given(options)
     )
     if not timed:
