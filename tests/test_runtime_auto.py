@@ -154,6 +154,17 @@ def test_an_explicit_backend_or_precision_wins(checkpoint, monkeypatch):
             assert purifier.auto_choice is None and purifier.backend_name == "openvino-cpu-bf16"
 
 
+def test_a_precision_no_cpu_candidate_runs_takes_the_preference_order(onnx_model, tmp_path, monkeypatch):
+    calls = fake_costs(monkeypatch, COSTS)
+    fp16 = tmp_path / "fp16.onnx"  # FP32 bytes under an fp16 sidecar: what matters here is the label
+    shutil.copyfile(onnx_model, fp16)
+    write_sidecar(fp16, psnr_db=60.0, precision="fp16", min_psnr_db=50.0)
+    with load_purifier(fp16) as purifier:
+        assert purifier.auto_choice is None and purifier.backend_name == "onnxruntime-cpu"
+        assert purifier.precision == "fp16"
+    assert calls == []
+
+
 def test_the_choice_is_timed_for_real_once_and_then_read_back(onnx_model, monkeypatch):
     with load_purifier(onnx_model, threads=1) as first:
         choice = first.auto_choice

@@ -59,7 +59,7 @@ CPU_VARIANTS: dict[str, tuple[tuple[str, str], ...]] = {
     "openvino": (("fp32", "fp32"), ("fp32", "bf16"), ("int8", "int8")),
     "torch": (("fp32", "fp32"),),
 }
-#: The precisions an explicit ``precision`` can ask of the timed choice; another (fp16) takes ``AUTO_ORDER``.
+#: The precisions the timed choice runs; a model asked for or made at another (fp16) takes ``AUTO_ORDER``.
 TIMED_PRECISIONS = frozenset(p for variants in CPU_VARIANTS.values() for p, a in variants if p == a)
 #: The module each CPU backend imports, looked up (not imported) to tell whether it is installed.
 _ENGINE_MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch"}
@@ -160,12 +160,13 @@ def open_chosen(
         raise InputError(f"precision must be auto or one of {', '.join(PRECISIONS)}, not {precision!r}")
     if backend != "auto" and precision is not None:
         return open_backend(backend, source, precision, device, options), None
+    fixed = precision or (source.precision if source.kind == "onnx" else None)  # an artifact is one precision
     timed = (
         auto_mode() == "timed"
         and source.kind != "engine"
         and (device == "cpu" or (device is None and cuda_device_count() == 0))
         and backend in ("auto", *CPU_VARIANTS)
-        and (precision is None or precision in TIMED_PRECISIONS)
+        and (fixed is None or fixed in TIMED_PRECISIONS)
         and not _arithmetic_given(options)
     )
     if not timed:
