@@ -1,7 +1,7 @@
 """``backend="auto"`` / ``precision="auto"`` on a CPU: the fastest candidate that passes its fidelity check,
 timed once and recorded per machine; explicit choices win; BF16 arithmetic has a verdict of its own.
 
-The timing is made deterministic where the test is about which candidate wins (``time_infer`` replaced by
+The timing is made deterministic where the test is about which candidate wins (``time_call`` replaced by
 known costs); one test times for real and checks the record is reused. Tiny models (NRP_resG, 4 channels,
 one block), so every candidate opens and runs in well under a second. BF16 arithmetic is a candidate only
 where the CPU has it (AVX512-BF16, AMX; not on AVX2-only CPUs), so the known costs never let it win and the
@@ -80,12 +80,12 @@ def fake_costs(monkeypatch, costs: dict[str, float]) -> list[str]:
     """Replace the timing with ``costs`` (ms by backend name and precision); returns the calls made."""
     calls: list[str] = []
 
-    def timed(backend, x, fastest_ms):
+    def timed(backend, x):
         label = f"{backend.name} {backend.precision}"
         calls.append(label)
         return costs[label]
 
-    monkeypatch.setattr(auto, "time_infer", timed)
+    monkeypatch.setattr(auto, "time_call", timed)
     return calls
 
 
@@ -188,8 +188,8 @@ def _record(onnx_model: Path) -> Path:
 def test_a_stale_or_corrupt_record_is_timed_again_and_rewritten(onnx_model, monkeypatch):
     calls = fake_costs(monkeypatch, COSTS)
     load_purifier(onnx_model).close()
-    runs = len(FP32_ONNX)
-    assert len(calls) == runs
+    runs = len(calls)  # one timing's calls: the same costs give the same rounds every time
+    assert runs >= len(FP32_ONNX)
     record = _record(onnx_model)
     data = json.loads(record.read_text())
     data["key"]["machine"]["features"] = ["avx2"]  # recorded on another CPU
@@ -289,3 +289,30 @@ def test_auto_without_torch_picks_among_what_the_fp32_onnx_gives(onnx_model, tmp
     result = json.loads(run.stdout.splitlines()[-1])
     assert not result["torch_imported"] and result["second"] == "cached"
     assert set(result["first"]["timings_ms"]) == FP32_ONNX
+
+
+class _Fixed:
+    """A stand-in backend whose timing is given (what is tested is how rounds are run, not an engine)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.precision = name, "fp32"
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+
+def test_candidates_are_timed_in_interleaved_rounds_and_a_slow_one_leaves_early(monkeypatch):
+    costs = {"a": 1.0, "b": 1.5, "c": 10.0}
+    order: list[str] = []
+
+    def timed(backend, x):
+        order.append(backend.name)
+        return costs[backend.name]
+
+    monkeypatch.setattr(auto, "time_call", timed)
+    rejected: dict[str, str] = {}
+    runs = auto._timed_rounds(
+        {name: _Fixed(name) for name in costs}, np.zeros((1, 3, 4, 4), np.float32), rejected
+    )
+    assert runs == {"a": [1.0] * auto.TIMED_RUNS, "b": [1.5] * auto.TIMED_RUNS, "c": [10.0]}
+    assert order == ["a", "b", "c", "b", "a", "a", "b"] and not rejected  # each round starts one further on

@@ -8,9 +8,10 @@ its own: quantisation is a calibration job (tens of seconds to minutes, torch an
 that should look like the deployment's), so it stays the user's decision, taken once (one CPU load at
 ``precision="int8"`` caches it); the package ships the default purifier's INT8, so that one needs neither.
 A candidate whose fidelity verdict FAILs (the artifact's sidecar, or BF16's verdict measured here) is
-rejected, as is one that cannot open; the rest are timed briefly on one input of the backend's optimal
-shape (1x3x224x224 for dynamic models): a warm-up call, then up to ``TIMED_RUNS`` calls, stopping early
-once a candidate is ``GIVE_UP_RATIO`` times slower than the best so far; the lowest median wins. The
+rejected, as is one that cannot open; the rest are timed briefly on one input of the model's optimal
+shape (1x3x224x224 for dynamic models): a warm-up call each, then up to ``TIMED_RUNS`` interleaved rounds
+of one call each (a busy moment on the machine slows all of them alike), a candidate ``GIVE_UP_RATIO`` times
+slower than the fastest in the first round leaving the rounds; the lowest median wins. The
 choice, its timings and the rejections are a machine record (``machine_records``), kept per source,
 request and machine (CPU model, ISA flags, library versions) plus the candidates' artifacts, so a second
 load opens the winner without timing, and a new CPU, library or artifact times again.
@@ -344,11 +345,10 @@ def _time_candidates(
     source: ModelSource,
     options: BackendOptions | Mapping[str, Any],
 ) -> tuple[Backend, AutoChoice]:
-    """Open, check and time each candidate; keep the fastest open, close the rest."""
+    """Open and check every candidate, time those that open in interleaved rounds (so a busy moment on the
+    machine slows all of them alike), keep the fastest open and close the rest."""
     rejected = dict(left_out)
-    timings: dict[str, float] = {}
-    best: tuple[Backend, Candidate] | None = None
-    shape = DEFAULT_SHAPE
+    live: dict[str, tuple[Candidate, Backend]] = {}
     for candidate, _ in found:
         try:
             opened = _open_candidate(candidate, source, options)
@@ -357,43 +357,69 @@ def _time_candidates(
             rejected[candidate.label] = str(exc).splitlines()[0]
             log.info("auto: %s not used: %s", candidate.label, exc)
             continue
-        if len(found) == 1:
-            return opened, AutoChoice(candidate.label, {}, rejected, shape, "only", utc_now())
-        shape = tuple(opened.profile.opt) if opened.profile is not None else DEFAULT_SHAPE
-        x = np.random.default_rng(0).random((shape[0], 3, shape[1], shape[2]), dtype=np.float32)
-        fastest = min(timings.values(), default=None)
-        try:
-            timings[candidate.label] = time_infer(opened, x, fastest)
-        except NRPDeployError as exc:
-            opened.deactivate()
-            rejected[candidate.label] = str(exc).splitlines()[0]
-            continue
-        if fastest is None or timings[candidate.label] < fastest:
-            if best is not None:
-                best[0].deactivate()
-            best = (opened, candidate)
-        else:
-            opened.deactivate()
-    if best is None:
+        live[candidate.label] = (candidate, opened)
+    if not live:
         raise BackendUnavailableError(
             f"no candidate can run {source.path} here:\n  "
             + "\n  ".join(f"{label}: {why}" for label, why in rejected.items())
         )
-    return best[0], AutoChoice(best[1].label, timings, rejected, shape, "timed", utc_now())
+    profile = next((b.profile for _, b in live.values() if b.profile is not None), None)
+    shape = tuple(profile.opt) if profile is not None else DEFAULT_SHAPE
+    if len(live) == 1:
+        ((candidate, opened),) = live.values()
+        return opened, AutoChoice(candidate.label, {}, rejected, shape, "only", utc_now())
+    x = np.random.default_rng(0).random((shape[0], 3, shape[1], shape[2]), dtype=np.float32)
+    runs = _timed_rounds({label: b for label, (_, b) in live.items()}, x, rejected)
+    timings = {label: statistics.median(times) for label, times in runs.items()}
+    if not timings:
+        for _, opened in live.values():
+            opened.deactivate()
+        raise BackendUnavailableError(
+            f"no candidate could run {source.path} here:\n  "
+            + "\n  ".join(f"{label}: {why}" for label, why in rejected.items())
+        )
+    chosen = min(timings, key=timings.__getitem__)
+    for label, (_, opened) in live.items():
+        if label != chosen:
+            opened.deactivate()
+    return live[chosen][1], AutoChoice(chosen, timings, rejected, shape, "timed", utc_now())
 
 
-def time_infer(backend: Backend, x: np.ndarray, fastest_ms: float | None) -> float:
-    """Median milliseconds of ``backend.infer(x)`` after one warm-up call, over up to ``TIMED_RUNS`` calls;
-    fewer once it is ``GIVE_UP_RATIO`` times slower than ``fastest_ms``, the best so far."""
+def _timed_rounds(
+    backends: dict[str, Backend], x: np.ndarray, rejected: dict[str, str]
+) -> dict[str, list[float]]:
+    """Milliseconds of up to ``TIMED_RUNS`` rounds of one call per backend, after a warm-up call each, the
+    order rotating each round. A backend that fails is rejected; one ``GIVE_UP_RATIO`` times slower than the
+    fastest in the first round keeps that one timing and leaves the rounds."""
+    runs: dict[str, list[float]] = {}
+    for label, backend in backends.items():
+        try:
+            backend.infer(x)
+        except NRPDeployError as exc:
+            rejected[label] = str(exc).splitlines()[0]
+            continue
+        runs[label] = []
+    active = list(runs)
+    for round_index in range(TIMED_RUNS):
+        shift = round_index % len(active) if active else 0
+        for label in active[shift:] + active[:shift]:
+            try:
+                runs[label].append(time_call(backends[label], x))
+            except NRPDeployError as exc:
+                rejected[label] = str(exc).splitlines()[0]
+                del runs[label]
+        active = [label for label in active if label in runs]
+        if round_index == 0 and active:
+            fastest = min(runs[label][0] for label in active)
+            active = [label for label in active if runs[label][0] <= GIVE_UP_RATIO * fastest]
+    return runs
+
+
+def time_call(backend: Backend, x: np.ndarray) -> float:
+    """Milliseconds of one ``backend.infer(x)`` by the wall clock."""
+    start = time.perf_counter()
     backend.infer(x)
-    runs: list[float] = []
-    for _ in range(TIMED_RUNS):
-        start = time.perf_counter()
-        backend.infer(x)
-        runs.append((time.perf_counter() - start) * 1e3)
-        if fastest_ms is not None and runs[0] > GIVE_UP_RATIO * fastest_ms:
-            break
-    return statistics.median(runs)
+    return (time.perf_counter() - start) * 1e3
 
 
 def recorded_choices() -> list[dict[str, Any]]:
