@@ -5,7 +5,8 @@
 # `twine check --strict`, installs the wheel into a fresh virtual environment outside the checkout with the
 # extras the demo uses, and from an unrelated empty folder runs `nrp --version`, `nrp demo` and
 # `load_purifier("default")`; then installs it again, with the `cpu` extra only (no torch), into a second
-# environment and purifies there with the default purifier (its shipped ONNX). Nothing of the checkout is on the path there, so a file the package needs at
+# environment and purifies there with the default purifier (its shipped ONNX; `auto` times the shipped FP32
+and INT8 and `nrp info` must show the recorded choice). Nothing of the checkout is on the path there, so a file the package needs at
 # run time but does not carry fails here. The fresh environment gets its packages from the same indexes
 # and pip cache as scripts/setup.sh (nothing is shared with .venv, so a missing dependency shows).
 # Usage: bash scripts/check_wheel.sh        (PY: the interpreter that has `build` and `twine`; default .venv)
@@ -73,4 +74,7 @@ step "nrp purify --model default without torch (from $PWD)"
 "$S/nrp" purify "$("$S/python" -c 'from nrp_deploy.assets import examples_dir; print(examples_dir())')" \
     -o slim_out --model default --no-progress
 [ "$(ls slim_out/*.png | wc -l)" -ge 4 ] || { echo "the slim install purified no photos" >&2; exit 1; }
+step "nrp info --model default without torch: auto's recorded choice among the shipped FP32 and INT8"
+"$S/nrp" info --model default | tee "$WORK/slim-info.txt" | grep '^auto' >&2
+grep -q "auto chose onnxruntime .*(cached)" "$WORK/slim-info.txt" || { echo "auto recorded no choice" >&2; exit 1; }
 step "passed"

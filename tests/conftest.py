@@ -4,6 +4,8 @@
 - Artifacts that tests export on the fly go to a per-session cache, never the user's ~/.cache, and the
   registry's models folder is an empty per-session one: what a user or a checkout keeps there (their own
   manifest, published weights) never changes what a test sees.
+- ``backend="auto"`` takes its preference order (``NRP_DEPLOY_AUTO=order``), not the timed choice: which
+  backend a test gets must not hang on timing noise. tests/test_runtime_auto.py sets ``timed`` to test that.
 - torch runs single-threaded: test tensors are tiny, where threads cost more than they give, and CI has
   two cores.
 """
@@ -19,9 +21,10 @@ import pytest
 @pytest.fixture(scope="session", autouse=True)
 def _session_user_folders(tmp_path_factory):
     folders = {"NRP_DEPLOY_CACHE": "nrp-cache", "NRP_DEPLOY_MODELS_DIR": "nrp-models"}
-    previous = {name: os.environ.get(name) for name in folders}
+    previous = {name: os.environ.get(name) for name in (*folders, "NRP_DEPLOY_AUTO")}
     for name, folder in folders.items():
         os.environ[name] = str(tmp_path_factory.mktemp(folder))
+    os.environ["NRP_DEPLOY_AUTO"] = "order"
     yield
     for name, value in previous.items():
         if value is None:

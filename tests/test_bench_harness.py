@@ -335,6 +335,26 @@ def test_openvino_backends_match_the_baseline(checkpoint, tmp_path, monkeypatch)
     assert _case(doc, 2, "e2e-dynamic")["openvino-cpu-fp32"]["status"] == "ok"
 
 
+def test_auto_is_timed_as_the_runtime_opens_it_and_says_what_it_picked(checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("NRP_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NRP_DEPLOY_AUTO", "timed")
+    config = harness.BenchConfig(
+        models=(str(checkpoint),),
+        backends=("torch-fp32", "auto"),
+        batch_sizes=(1,),
+        scenarios=("model",),
+        device="cpu",
+        threads=1,
+        **FAST,
+    )
+    doc = harness.run_benchmark(config, progress=None)
+    result = _case(doc, 1, "model")["auto"]
+    assert result["status"] == "ok" and result["precision"] in ("fp32", "bf16")  # no INT8 at hand here
+    (status,) = [b for b in doc["models"][0]["backends"] if b["backend"] == "auto"]
+    assert status["details"]["auto_choice"].startswith("auto chose ")
+
+
 class _TF32Spy(torch.nn.Module):
     """Records torch's two TF32 switches each time the wrapped module runs."""
 

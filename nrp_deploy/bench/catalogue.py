@@ -38,7 +38,8 @@ class BenchBackend:
 
     @property
     def model_precision(self) -> str:
-        """The precision of the model the runtime loads: a BF16 entry runs the FP32 model in BF16."""
+        """The precision of the model the runtime loads: a BF16 entry runs the FP32 model in BF16; ``auto``
+        lets the runtime choose."""
         return "fp32" if self.precision == "bf16" else self.precision
 
 
@@ -122,6 +123,14 @@ CATALOGUE: dict[str, BenchBackend] = {
         _RUNTIME, "fp16", _CUDA, "native TensorRT engine, FP16 (mixed-precision ONNX)", "tensorrt"
     ),
     "tensorrt-int8": BenchBackend(_RUNTIME, "int8", _CUDA, "native TensorRT engine, INT8 Q/DQ", "tensorrt"),
+    "auto": BenchBackend(
+        _RUNTIME,
+        "auto",
+        _CPU_CUDA,
+        "load_purifier's defaults: backend and precision auto (on a CPU the fastest that passes its fidelity "
+        "check, timed once and recorded; its precision column says what it picked)",
+        "auto",
+    ),
 }
 BASELINE = "torch-fp32"
 

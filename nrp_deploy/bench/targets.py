@@ -42,7 +42,11 @@ def _runtime_runner(name: str, entry: BenchBackend, model: BenchModel, ctx: Targ
 
     precision = entry.precision
     purifier, details = _open_purifier(name, entry, model, ctx)
-    if purifier.precision != entry.model_precision:
+    if precision == "auto":  # the runtime chose: report what it runs
+        precision = "bf16" if purifier.backend_name.endswith("-bf16") else purifier.precision
+        choice = purifier.auto_choice
+        details["auto_choice"] = choice.summary() if choice else "no timed choice (preference order)"
+    elif purifier.precision != entry.model_precision:
         purifier.close()
         raise BackendUnavailableError(
             f"{name}: the runtime gave a {purifier.precision} model, not {entry.model_precision}"

@@ -1,9 +1,11 @@
-"""``nrp info``: what this machine can run, found without loading a model.
+"""``nrp info``: what this machine can run, found without loading a model, and what ``auto`` chose here.
 
 Versions of optional packages are read from their installed metadata; ONNX Runtime is imported for its
 execution providers, TensorRT for its version, and the CUDA driver is asked for its GPUs. torch is imported
 only by the torch backend's own availability check (the "backend" lines). Every probe catches its own
-failure and reports it, so the report never fails on a machine that lacks something.
+failure and reports it, so the report never fails on a machine that lacks something. The choices
+``backend="auto"`` recorded in the artifact cache are listed with their timings and rejections
+(``runtime.auto``); ``choice_for`` makes (or reads) the choice for one model.
 """
 
 from __future__ import annotations
@@ -98,8 +100,11 @@ def _gpus() -> dict[str, Any]:
 
 def collect_info() -> dict[str, Any]:
     """Everything ``nrp info`` reports, as plain JSON-ready data."""
+    from nrp_deploy.cpu_features import host_isa
+    from nrp_deploy.runtime.auto import recorded_choices
     from nrp_deploy.runtime.backends import available_backends
 
+    isa = host_isa()
     return {
         "nrp_deploy": __version__,
         "python": platform.python_version(),
@@ -112,8 +117,25 @@ def collect_info() -> dict[str, Any]:
         "cuda_python": _first_version("cuda-bindings", "cuda-python"),
         "nvrtc": _nvrtc(),
         "gpus": _gpus(),
+        "cpu": {"model": isa.model, "arch": isa.arch, "features": isa.headline()},
         "backends": available_backends(),
+        "auto_choices": recorded_choices(),
     }
+
+
+def choice_for(model: str, threads: int | None = None) -> dict[str, Any]:
+    """What ``load_purifier(model)`` opens here and why: loads it (timing and recording the choice when
+    none is recorded yet) and closes it again."""
+    from nrp_deploy.runtime.purifier import load_purifier
+
+    with load_purifier(model, threads=threads) as purifier:
+        choice = purifier.auto_choice
+        return {
+            "model": model,
+            "purifier": purifier.describe(),
+            "choice": choice.to_dict() if choice else None,
+            "summary": choice.summary() if choice else "no timed choice (a GPU, or NRP_DEPLOY_AUTO=order)",
+        }
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -140,6 +162,7 @@ def format_info(info: dict[str, Any]) -> str:
         ("tensorrt", state(info["tensorrt"])),
         ("cuda-python", info["cuda_python"] or "not installed"),
         ("nvrtc", state(nvrtc, nvrtc_detail)),
+        ("cpu", f"{info['cpu']['model']} ({info['cpu']['arch']}: {info['cpu']['features']})"),
         ("cuda driver", gpus["driver"] or f"none ({gpus.get('reason', 'no driver')})"),
     ]
     for gpu in gpus["devices"]:
@@ -154,5 +177,12 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(
             (f"backend {name}", "available" if reason is None else f"unavailable: {reason.split(';')[0]}")
         )
+    for entry in info["auto_choices"]:
+        asked = f"backend {entry['backend']}, precision {entry['precision']}, threads {entry['threads']}"
+        state = "" if entry["current"] else " [recorded on another machine or software stack: times again]"
+        lines.append((f"auto {entry['model']}", f"({asked}) {entry['summary']}{state}"))
+    if "auto_for" in info:
+        lines.append((f"auto for {info['auto_for']['model']}", info["auto_for"]["purifier"]))
+        lines.append(("  why", info["auto_for"]["summary"]))
     width = max(len(key) for key, _ in lines)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in lines)

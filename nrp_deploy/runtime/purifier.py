@@ -1,7 +1,8 @@
 """The Purifier facade: images in, purified images out, over whichever backend runs fastest here.
 
-``load_purifier`` resolves the model, picks and opens a backend (``auto``: TensorRT, then ONNX Runtime on a
-GPU or the CPU, then eager torch, first that works) and wraps it. A Purifier validates its input, applies
+``load_purifier`` resolves the model, picks and opens a backend (``auto``, ``runtime.auto``: on a CPU the
+fastest backend and precision that pass their fidelity checks here, timed once per machine; on a GPU
+TensorRT, then ONNX Runtime, then eager torch, first that works) and wraps it. A Purifier validates its input, applies
 the dynamic defence if asked, batches, tiles images that are larger than the tile or than the engine's
 shape profile allows, and hands the result back in the form it came in.
 
@@ -28,10 +29,11 @@ import numpy as np
 
 from nrp_deploy.artifacts.sources import ModelSource, identify
 from nrp_deploy.batch import BatchFn, by_index_runs
-from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError, NRPDeployError
+from nrp_deploy.errors import InputError, ModelError, NRPDeployError
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime import prepost
-from nrp_deploy.runtime.backends import AUTO_ORDER, BACKENDS, Backend, DeviceBackend, open_backend
+from nrp_deploy.runtime.auto import AutoChoice, open_chosen
+from nrp_deploy.runtime.backends import Backend, DeviceBackend
 from nrp_deploy.runtime.backends.options import BackendOptions
 from nrp_deploy.runtime.dynamic import DynamicDefense
 from nrp_deploy.runtime.tiling import TileConfig, infer_tiled
@@ -52,6 +54,8 @@ class Purifier:
     tiled only when the backend's shape profile cannot take them whole (then at the profile's optimal
     shape). ``max_batch`` bounds the images (or tiles) per backend call. ``fused``: use the fused GPU path
     for uint8 images (None: when the backend is on a GPU and the kernels load; True: insist).
+    ``auto_choice``: what ``backend="auto"`` / ``precision="auto"`` chose and why (None when nothing was
+    chosen by timing).
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class Purifier:
         max_batch: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         fused: bool | None = None,
+        auto_choice: AutoChoice | None = None,
     ) -> None:
         for name, value in (("max_batch", max_batch), ("max_pixels", max_pixels)):
             if value is not None and not _is_positive_int(value):
@@ -71,6 +76,7 @@ class Purifier:
         self.tile = tile
         self.max_batch = max_batch
         self.max_pixels = max_pixels
+        self.auto_choice = auto_choice
         self._lock = threading.Lock()
         backend.activate()
         self._pipeline = self._open_pipeline(fused)
@@ -323,7 +329,7 @@ def _default_tile(side: int, overlap: int | None = None) -> TileConfig:
 def load_purifier(
     source: str | os.PathLike[str],
     backend: str = "auto",
-    precision: str | None = None,
+    precision: str | None = "auto",
     device: str | None = None,
     tile: int | TileConfig | None = None,
     overlap: int | None = None,
@@ -337,10 +343,12 @@ def load_purifier(
 ) -> Purifier:
     """A ready Purifier for ``source`` (registry name, checkpoint, .onnx with its sidecar, TensorRT engine).
 
-    ``backend``: ``auto`` (the fastest that works here; ``purifier.backend_name`` says which), ``tensorrt``,
-    ``onnxruntime`` or ``torch``. ``precision``: fp32 / fp16 / int8 (None: fp32 for a checkpoint, an
-    artifact's own precision otherwise); a checkpoint is exported to a cached ONNX of that precision on
-    first use. ``device``: ``cpu`` / ``cuda:N`` (None: the GPU when the backend can use one). ``tile``: tile
+    ``backend``: ``auto`` (the fastest that works here; ``purifier.backend_name`` says which,
+    ``purifier.auto_choice`` why), ``tensorrt``, ``onnxruntime``, ``openvino`` or ``torch``. ``precision``:
+    ``auto`` (the fastest here among the precisions whose fidelity checks pass; see ``runtime.auto``), None
+    (the model's own: an artifact's, fp32 for a checkpoint) or fp32 / fp16 / int8; a checkpoint is exported
+    to a cached ONNX of an asked precision on first use. An explicit backend or precision always wins; auto
+    ranges over the other. ``device``: ``cpu`` / ``cuda:N`` (None: the GPU when the backend can use one). ``tile``: tile
     side in pixels (or a TileConfig); ``overlap`` its context margin (default: ``DEFAULT_OVERLAP``).
     ``threads``: intra-op threads (ONNX Runtime, torch). ``fused``: the fused GPU path for uint8 images
     (None: wherever it can run). ``options``: backend-specific options, typed (``OrtOptions(cuda_graph=True,
@@ -355,36 +363,18 @@ def load_purifier(
         backend_options: BackendOptions | Mapping[str, Any] = options.with_threads(threads)
     else:
         backend_options = {**(options or {}), **({} if threads is None else {"threads": threads})}
-    opened = _open(backend, model, precision, device, backend_options)
-    purifier = Purifier(opened, model, tile=config, max_batch=max_batch, max_pixels=max_pixels, fused=fused)
+    opened, choice = open_chosen(backend, model, precision, device, backend_options)
+    purifier = Purifier(
+        opened,
+        model,
+        tile=config,
+        max_batch=max_batch,
+        max_pixels=max_pixels,
+        fused=fused,
+        auto_choice=choice,
+    )
     log.info("purifier: %s", purifier.describe())
     return purifier
-
-
-def _open(
-    name: str,
-    model: ModelSource,
-    precision: str | None,
-    device: str | None,
-    options: BackendOptions | Mapping[str, Any],
-) -> Backend:
-    if name != "auto":
-        if name not in BACKENDS:
-            raise BackendUnavailableError(
-                f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}"
-            )
-        return open_backend(name, model, precision, device, options)
-    reasons = []
-    for candidate in AUTO_ORDER:
-        try:
-            opened = open_backend(candidate, model, precision, device, options)
-        except BackendUnavailableError as exc:
-            reasons.append(f"{candidate}: {exc}")
-            log.debug("backend auto: skipping %s: %s", candidate, exc)
-            continue
-        log.info("backend auto: chose %s on %s", opened.name, opened.device)
-        return opened
-    raise BackendUnavailableError("no backend can run this model here:\n  " + "\n  ".join(reasons))
 
 
 def _tile_config(tile: int | TileConfig | None, overlap: int | None) -> TileConfig | None:

@@ -22,7 +22,7 @@ from types import FrameType
 from nrp_deploy.artifacts.sources import identify
 from nrp_deploy.errors import InputError
 from nrp_deploy.runtime.on_demand import onnx_for
-from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS
+from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS, load_purifier
 from nrp_deploy.serving import protocol
 from nrp_deploy.serving.model_config import Batching, TensorSpec, model_config
 from nrp_deploy.serving.triton_server import Endpoints, ServerError, TritonServer
@@ -39,7 +39,7 @@ class ServeSettings:
 
     model: str = "default"
     backend: str = "auto"
-    precision: str | None = None
+    precision: str | None = "auto"
     device: str | None = None
     threads: int | None = None
     dynamic: bool = False
@@ -85,10 +85,17 @@ def write_serve_repository(
 
 
 def _prepared(settings: ServeSettings) -> ServeSettings:
-    """Refuse a missing or unreadable model before a server starts, and export an FP32 checkpoint to ONNX
-    here, once, rather than in every model instance (this also says what to install where torch is
-    missing, as in the serving environment)."""
+    """Refuse a missing or unreadable model before a server starts, and do here, once, what would otherwise
+    happen in every model instance (this also says what to install where torch is missing, as in the
+    serving environment): export an FP32 checkpoint to ONNX, or, for an ``auto`` choice, load the purifier
+    once, so that the choice is timed and recorded (``runtime.auto``) before the instances start and each
+    of them opens the recorded winner rather than timing on cores the others are timing on too."""
     source = identify(settings.model)
+    if settings.backend == "auto" or settings.precision == "auto":
+        load_purifier(
+            settings.model, settings.backend, settings.precision, settings.device, threads=settings.threads
+        ).close()
+        return settings
     if source.kind != "checkpoint" or settings.backend == "torch" or settings.precision not in (None, "fp32"):
         return settings
     return replace(settings, model=str(onnx_for(source, "fp32")))

@@ -11,9 +11,11 @@ Each backend lives in its own module that provides:
   (``backends.options``: ``TensorRTOptions``, ``OrtOptions``, ``TorchOptions``, or the common
   ``BackendOptions``), or a mapping of the same names (unknown ones are an ``InputError``).
 
-``AUTO_ORDER`` is the preference of ``backend="auto"``: native TensorRT, then ONNX Runtime (which takes its
-CUDA provider when a GPU is usable, else the CPU), then eager torch. OpenVINO (CPU) is chosen by name only. Importing a backend module imports
-none of its engine (TensorRT, ONNX Runtime, torch): that happens when it is checked or opened.
+``AUTO_ORDER`` is the preference of ``backend="auto"`` on GPU machines and with ``NRP_DEPLOY_AUTO=order``:
+native TensorRT, then ONNX Runtime (which takes its CUDA provider when a GPU is usable, else the CPU), then
+eager torch. On a CPU, ``runtime.auto`` times the CPU backends instead (OpenVINO included). Importing a
+backend module imports none of its engine (TensorRT, ONNX Runtime, OpenVINO, torch): that happens when it
+is checked or opened.
 """
 
 from __future__ import annotations

@@ -4,13 +4,16 @@ OpenVINO's CPU plugin runs the FP32 export and the INT8 Q/DQ model of ONNX Runti
 (which it executes with VNNI / AMX integer kernels where the CPU has them); with
 ``OpenVinoOptions(inference_precision="bf16")`` it runs the FP32 model's arithmetic in BF16 on CPUs with
 AVX512-BF16 or AMX. The artifacts are the ones ONNX Runtime's CPU path uses (``runtime.on_demand``, INT8
-by the ``ort`` quantiser), so their fidelity verdicts apply, and a FAILed one is refused the same way.
+by the ``ort`` quantiser), so their fidelity verdicts apply, and a FAILed one is refused the same way. BF16
+arithmetic has a verdict of its own, measured on this machine at first use and cached
+(``runtime.bf16_verdict``); a FAILed one is refused like a FAILed artifact.
 One compiled model serves the Purifier; its calls are serialised (one infer request at a time). OpenVINO is
 imported only when this backend is checked or opened.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,12 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from nrp_deploy.artifacts.metadata import check_verdict, read_metadata, sidecar_path
 from nrp_deploy.artifacts.sources import ModelSource, artifact_spec
 from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError
+from nrp_deploy.fileutil import sha256_file
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime.backends.base import BaseBackend
 from nrp_deploy.runtime.backends.options import BackendOptions, OpenVinoOptions
+from nrp_deploy.runtime.bf16_verdict import bf16_verdict
 from nrp_deploy.runtime.on_demand import onnx_for
 
 INSTALL_HINT = "pip install 'nrp-deploy[openvino]' (OpenVINO for Intel and AMD x86-64 CPUs)"
@@ -59,7 +65,8 @@ def open_backend(
     """An inactive OpenVINO backend for ``source`` (a checkpoint's ONNX comes from the cache or an export).
 
     ``precision=None`` means the artifact's own (fp32 for a checkpoint); fp16 artifacts are GPU artifacts and
-    are refused. ``device`` must be None or ``cpu``.
+    are refused. ``device`` must be None or ``cpu``. BF16 arithmetic is refused when its verdict here FAILs
+    (unless ``source.allow_failed``).
     """
     options = OpenVinoOptions.coerce(options)
     if source.kind == "engine":
@@ -72,7 +79,24 @@ def open_backend(
     if options.inference_precision == "bf16" and precision != "fp32":
         raise InputError(f"inference_precision='bf16' runs an fp32 model in BF16; this one is {precision}")
     path = onnx_for(source, precision, int8_method="ort")
-    return OpenVinoBackend(path, precision, source.spec or artifact_spec(path), options)
+    spec = source.spec or artifact_spec(path)
+    if options.inference_precision == "bf16":
+        _check_bf16(path, spec, options, source.allow_failed)
+    return OpenVinoBackend(path, precision, spec, options)
+
+
+def _check_bf16(path: Path, spec: ModelSpec | None, options: OpenVinoOptions, allow_failed: bool) -> None:
+    """Refuse BF16 arithmetic on ``path`` where its verdict on this machine FAILs (see ``bf16_verdict``)."""
+    sha256 = read_metadata(path).artifact_sha256 if sidecar_path(path).is_file() else sha256_file(path)
+
+    def backend(arithmetic: str) -> OpenVinoBackend:
+        precision = "bf16" if arithmetic == "bf16" else None
+        return OpenVinoBackend(
+            path, "fp32", spec, dataclasses.replace(options, inference_precision=precision)
+        )
+
+    verdict = bf16_verdict(path, sha256, backend)
+    check_verdict(Path(f"{path} with BF16 arithmetic"), verdict, allow_failed)
 
 
 class OpenVinoBackend(BaseBackend):
