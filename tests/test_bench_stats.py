@@ -4,7 +4,6 @@ and the resettable host-memory peak. Pure numpy, no models: milliseconds."""
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pytest

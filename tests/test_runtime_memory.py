@@ -65,7 +65,7 @@ def test_budget_forms_environment_and_errors():
     ]:
         with pytest.raises(InputError, match=message):
             memory.resolve_budget(bad, environ={}, available=available)
-    with pytest.raises(InputError, match="NRP_MEMORY_BUDGET|'lots'"):
+    with pytest.raises(InputError, match=r"NRP_MEMORY_BUDGET='lots': memory budget 'lots' is not a size"):
         memory.resolve_budget(None, environ={memory.BUDGET_ENV: "lots"})
 
 

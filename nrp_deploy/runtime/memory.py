@@ -9,7 +9,7 @@ overlap (see ``tiling``), so only peak memory and time change.
 The estimate is bytes per pixel = the widest activation's channels (``ModelSpec.widest_channels``) x 4
 bytes (float32) x a live-tensor factor per backend: how many such feature maps the backend holds at once at
 its peak. The factors were measured as the rise of the peak resident set over one untiled image, linear in
-the pixel count from 512x512 to 2048x1024 (``benchmarks/activation_memory.py``, results in
+the pixel count from 512x512 to 2048x1024 (``benchmarks/auto_tiling.py --calibrate``, results in
 ``benchmarks/results/auto_tiling_cpu.md``), rounded up by about 5 %.
 
 The budget: an explicit size (``4GB``, ``512MiB``, a byte count), a share of the memory available
@@ -166,12 +166,18 @@ def resolve_budget(
 
     ``available`` is read now when a share needs it and none is given.
     """
-    origin = "memory_budget"
-    if value is None:
-        value = environ.get(BUDGET_ENV)
-        origin = BUDGET_ENV
-        if value is None:
-            return _share(DEFAULT_SHARE, "default", available)
+    if value is not None:
+        return _budget(value, "memory_budget", available)
+    if BUDGET_ENV not in environ:
+        return _share(DEFAULT_SHARE, "default", available)
+    try:
+        return _budget(environ[BUDGET_ENV], BUDGET_ENV, available)
+    except InputError as exc:
+        raise InputError(f"{BUDGET_ENV}={environ[BUDGET_ENV]!r}: {exc}") from exc
+
+
+def _budget(value: int | str, origin: str, available: Available | None) -> MemoryBudget | None:
+    """One budget value (bytes, a size, a share or ``off``), ``origin`` naming where it was given."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise InputError(
             f"memory budget must be a size such as '4GB', a share such as '25%' or 'off', not {value!r}"
