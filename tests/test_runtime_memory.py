@@ -123,6 +123,9 @@ def test_activation_estimate_follows_the_widest_layer_and_the_backend():
     side = memory.largest_square(default, "openvino", GB, images=2)
     assert memory.activation_bytes(default, "openvino", side, side, 2) <= GB
     assert memory.activation_bytes(default, "openvino", side + 1, side + 1, 2) > GB
+    assert memory.tile_side(default, "openvino", GB, 2, 144, None) == (side // 8 * 8, True)
+    assert memory.tile_side(default, "openvino", GB, 2, 144, 512) == (512, True)  # the profile's largest
+    assert memory.tile_side(default, "openvino", 1000, 2, 144, None) == (144, False)  # nothing fits
 
 
 @pytest.fixture(scope="module")

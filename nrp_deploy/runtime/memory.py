@@ -228,3 +228,14 @@ def largest_square(spec: ModelSpec, backend: str, budget: int, images: int) -> i
     """Side of the largest square image of which ``images`` fit ``budget`` together."""
     per_pixel = spec.widest_channels * _BYTES_PER_VALUE * live_maps(backend) * images
     return math.isqrt(int(budget / per_pixel))
+
+
+def tile_side(
+    spec: ModelSpec, backend: str, budget: int, tiles_per_call: int, smallest: int, largest: int | None
+) -> tuple[int, bool]:
+    """Side of the largest tile (a multiple of 8 px, within [smallest, largest]) whose activations,
+    ``tiles_per_call`` at a time, fit ``budget``; and whether it does fit (False: ``smallest`` is over)."""
+    fits = largest_square(spec, backend, budget, tiles_per_call)
+    side = max(fits // 8 * 8, smallest)
+    side = min(side, largest) if largest else side
+    return side, side <= fits

@@ -319,11 +319,14 @@ class Purifier:
         estimate = self._estimate(height, width)
         if estimate is None or estimate <= self.memory_budget.bytes:
             return None
-        fits = memory.largest_square(
-            self.spec, self.backend_name, self.memory_budget.bytes, self._tiles_per_call()
+        side, fits = memory.tile_side(
+            self.spec,
+            self.backend_name,
+            self.memory_budget.bytes,
+            self._tiles_per_call(),
+            max(MIN_MEMORY_TILE, smallest),
+            largest,
         )
-        side = max(fits // 8 * 8, MIN_MEMORY_TILE, smallest)
-        side = min(side, largest) if largest else side
         if side >= max(height, width):
             return None
         config = _default_tile(side)
@@ -340,7 +343,7 @@ class Purifier:
                 side,
                 config.overlap,
                 config.feather,
-                "" if side <= fits else "; the smallest tile, still over the budget",
+                "" if fits else "; the smallest tile, still over the budget",
             )
         return config
 
