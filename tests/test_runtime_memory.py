@@ -118,6 +118,12 @@ def test_activation_estimate_follows_the_widest_layer_and_the_backend():
     assert memory.activation_bytes(default, "tensorrt", 100, 100) == memory.activation_bytes(
         default, "torch", 100, 100
     )
+    assert [memory.live_maps(n) for n in ("onnxruntime-cpu", "openvino-cpu-bf16", "torch-cpu")] == [
+        4.5,
+        2.4,
+        5.3,
+    ]
+    assert memory.live_maps("tensorrt") == memory.LIVE_MAPS_DEFAULT == 5.3
     nrp = ModelSpec("NRP", {"nf": 64, "gc": 32, "nb": 1})
     assert nrp.widest_channels == 192 and default.widest_channels == 64
     side = memory.largest_square(default, "openvino", GB, images=2)
@@ -150,7 +156,7 @@ def _calls(purifier):
 
 def test_an_image_over_the_budget_is_tiled_byte_identically_and_said(tiny_checkpoint, caplog):
     image = np.random.default_rng(5).integers(0, 256, (200, 230, 3), dtype=np.uint8)
-    per_pixel = TINY.widest_channels * 4 * memory.live_maps("torch")
+    per_pixel = TINY.widest_channels * 4 * memory.live_maps("torch-cpu")
     budget = int(per_pixel * 170 * 170)  # room for a 170 px tile, not the whole image
     untiled = load_purifier(tiny_checkpoint, backend="torch", threads=1, memory_budget="off")
     tiled = load_purifier(tiny_checkpoint, backend="torch", threads=1, memory_budget=budget)
@@ -162,7 +168,7 @@ def test_an_image_over_the_budget_is_tiled_byte_identically_and_said(tiny_checkp
     assert len(tiled_calls) == 4 and all(shape == (1, 3, 168, 168) for shape in tiled_calls)  # 170 -> x8
     (record,) = [r for r in caplog.records if r.name == "nrp_deploy.runtime.autotile"]
     message = record.getMessage()
-    assert message.startswith("1 image(s) of 200x230 (HxW)") and "on torch" in message
+    assert message.startswith("1 image(s) of 200x230 (HxW)") and "on torch-cpu" in message
     assert f"{memory.format_bytes(budget)} memory budget (memory_budget)" in message
     assert "tiling at 168 px (overlap 32 px, feather 16 px)" in message
     # an explicit tile wins over the budget, and nothing is said
@@ -187,7 +193,7 @@ def test_a_budget_below_the_smallest_tile_still_runs_and_says_so(tiny_checkpoint
 
 def test_whole_images_are_batched_only_as_far_as_the_budget_allows(tiny_checkpoint, caplog):
     images = np.random.default_rng(7).integers(0, 256, (5, 40, 50, 3), dtype=np.uint8)
-    one = memory.activation_bytes(TINY, "torch", 40, 50)
+    one = memory.activation_bytes(TINY, "torch-cpu", 40, 50)
     purifier = load_purifier(tiny_checkpoint, backend="torch", threads=1, memory_budget=2 * one + 1)
     calls = _calls(purifier)
     with caplog.at_level(logging.INFO, logger="nrp_deploy.runtime.autotile"):

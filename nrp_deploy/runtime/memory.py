@@ -214,8 +214,9 @@ def _share(share: float, origin: str, available: Available | None) -> MemoryBudg
 
 
 def live_maps(backend: str) -> float:
-    """Feature maps of the widest layer a backend holds at once at its peak (see ``LIVE_MAPS``)."""
-    return LIVE_MAPS.get(backend, LIVE_MAPS_DEFAULT)
+    """Feature maps of the widest layer a backend (by its name, ``onnxruntime-cpu``, ``torch-cuda``, or its
+    family, ``onnxruntime``) holds at once at its peak (see ``LIVE_MAPS``)."""
+    return LIVE_MAPS.get(backend.partition("-")[0], LIVE_MAPS_DEFAULT)
 
 
 def activation_bytes(spec: ModelSpec, backend: str, height: int, width: int, images: int = 1) -> int:
