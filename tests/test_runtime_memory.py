@@ -14,7 +14,7 @@ from nrp_deploy.cli import main
 from nrp_deploy.errors import InputError
 from nrp_deploy.models.spec import ModelSpec
 from nrp_deploy.runtime import load_purifier, memory
-from nrp_deploy.runtime.purifier import MIN_MEMORY_TILE
+from nrp_deploy.runtime.purifier import MAX_MEMORY_TILE, MIN_MEMORY_TILE
 
 GB = 10**9
 TINY = ModelSpec("NRP_resG", {"nf": 8, "nb": 2})  # receptive-field radius 6: the default overlap is exact
@@ -189,6 +189,15 @@ def test_a_budget_below_the_smallest_tile_still_runs_and_says_so(tiny_checkpoint
     assert np.array_equal(out, load_purifier(tiny_checkpoint, backend="torch", memory_budget="off")(image))
     assert {shape[2:] for shape in calls} == {(40, MIN_MEMORY_TILE)}
     assert "the smallest tile, still over the budget" in caplog.records[0].getMessage()
+
+
+def test_automatic_tiles_stay_small_even_when_a_larger_one_would_fit(tiny_checkpoint):
+    image = np.random.default_rng(9).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)
+    just_under = memory.activation_bytes(TINY, "torch-cpu", 1100, 1100) - 1  # a 1096 px tile would fit
+    purifier = load_purifier(tiny_checkpoint, backend="torch", threads=1, memory_budget=just_under)
+    calls = _calls(purifier)
+    purifier(image)
+    assert calls == [(1, 3, MAX_MEMORY_TILE, MAX_MEMORY_TILE)] * 4
 
 
 def test_whole_images_are_batched_only_as_far_as_the_budget_allows(tiny_checkpoint, caplog):

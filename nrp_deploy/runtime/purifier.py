@@ -47,6 +47,11 @@ DEFAULT_OVERLAP = 32
 DEFAULT_FEATHER = 16
 #: Smallest tile chosen for a memory budget: a 64 px core inside the default overlap and feather.
 MIN_MEMORY_TILE = 2 * (DEFAULT_OVERLAP + DEFAULT_FEATHER // 2) + 64
+#: Largest tile chosen for a memory budget. Beyond it a tile saves at most 18 % of the compute (its 944 px
+#: core against the 1024 px it runs), and memory no longer falls reliably: ONNX Runtime's CPU arena grows
+#: in powers of two, so 2160x2872 tiles of a 3840x2160 photo peaked at 11.3 GB, above the 7.1 GB of the
+#: untiled image (benchmarks/results/auto_tiling_cpu.md).
+MAX_MEMORY_TILE = 1024
 
 
 class Purifier:
@@ -325,7 +330,7 @@ class Purifier:
             self.memory_budget.bytes,
             self._tiles_per_call(),
             max(MIN_MEMORY_TILE, smallest),
-            largest,
+            min(largest or MAX_MEMORY_TILE, MAX_MEMORY_TILE),
         )
         if side >= max(height, width):
             return None
