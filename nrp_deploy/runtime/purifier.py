@@ -281,8 +281,8 @@ class Purifier:
 
         Tiles come from the Purifier's own ``tile`` (capped at the profile's largest shape), or, when an
         image exceeds the profile, from the profile's optimal shape, or, when its estimated activations
-        exceed the memory budget, from the largest tile within it (logged for ``announce`` images). An
-        image smaller than the profile's minimum runs as one tile padded up to it.
+        exceed the memory budget, from the largest tile within it, at most ``MAX_MEMORY_TILE`` (logged for
+        ``announce`` images). An image smaller than the profile's minimum runs as one tile padded up to it.
         """
         profile = self.backend.profile
         config = self.tile
