@@ -1,15 +1,15 @@
 """How much memory one backend call may take, and how much an image's activations need (torch-free).
 
 A purifier runs every convolution at full resolution, so its activations grow with the pixel count: one
-3840x2160 photo through the default NRP_resG (nf=64) on ONNX Runtime needs about 9 GB, an 8K photo four
-times that. The Purifier compares an estimate of that memory with a budget and tiles an image whose
+3840x2160 photo through the default NRP_resG (nf=64) on ONNX Runtime peaks at 7.1 GB, an 8K photo would
+need four times that. The Purifier compares an estimate of that memory with a budget and tiles an image whose
 estimate exceeds it (``Purifier._layout``); the tiling is backend-independent and exact with the default
 overlap (see ``tiling``), so only peak memory and time change.
 
 The estimate is bytes per pixel = the widest activation's channels (``ModelSpec.widest_channels``) x 4
 bytes (float32) x a live-tensor factor per backend: how many such feature maps the backend holds at once at
 its peak. The factors were measured as the rise of the peak resident set over one untiled image, linear in
-the pixel count from 512x512 to 2048x1024 (``benchmarks/auto_tiling.py --calibrate``, results in
+the pixel count from 512x512 to 1024x2048 (``benchmarks/auto_tiling.py --calibrate``, results in
 ``benchmarks/results/auto_tiling_cpu.md``), rounded up by about 5 %.
 
 The budget: an explicit size (``4GB``, ``512MiB``, a byte count), a share of the memory available
