@@ -54,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the GPU when the backend can)")
     p.add_argument("--tile", type=int, default=None, help="tile images larger than N px (bounds memory)")
+    p.add_argument("--overlap", type=int, default=None, help="context px around each tile (with --tile)")
     p.add_argument(
         "--memory-budget",
         default=None,
@@ -62,7 +63,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the available memory such as 25%%, or off); default: $NRP_MEMORY_BUDGET, else 50%% of the memory "
         "available (MemAvailable and cgroup limits); each tiled image is reported on stderr",
     )
-    p.add_argument("--overlap", type=int, default=None, help="context px around each tile (with --tile)")
     p.add_argument(
         "--threads", type=int, default=None, help="intra-op CPU threads (onnxruntime, openvino, torch)"
     )
