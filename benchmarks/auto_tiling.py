@@ -6,7 +6,7 @@
    ``LIVE_MAPS`` factors of ``nrp_deploy/runtime/memory.py``.
 2. The photo: the example ``astronaut.png`` upscaled (bicubic) to 3840x2160, through ``nrp purify`` (default
    purifier, ONNX Runtime FP32, 2 threads) with ``--memory-budget off`` (untiled), the default budget and
-   ``--memory-budget 2GB``; each run's peak RSS from ``wait4`` and its wall time; outputs compared byte for
+   ``--memory-budget 2GB`` (``--budgets`` picks), interleaved, ``--repeats`` times; each run's peak RSS from ``wait4`` and its wall time; outputs compared byte for
    byte with the untiled one.
 
     python benchmarks/auto_tiling.py --calibrate      # writes auto_tiling_calibration.json
@@ -36,7 +36,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = ((512, 512), (1024, 1024), (1024, 2048))
 BACKENDS = ("onnxruntime", "torch", "openvino")
 PHOTO = (2160, 3840)
-BUDGETS = ("off", None, "2GB")
+BUDGETS = ("off", "default", "2GB")
 
 _CHILD = """
 import json, re, sys
@@ -130,7 +130,7 @@ def _run(photo: Path, out: Path, budget: str | None) -> dict:
     }
 
 
-def photo_runs(repeats: int) -> dict:
+def photo_runs(repeats: int, budgets: list[str]) -> dict:
     from PIL import Image
 
     runs = []
@@ -139,9 +139,9 @@ def photo_runs(repeats: int) -> dict:
         photo = _photo(folder)
         outputs = {}
         for rep in range(repeats):
-            for budget in BUDGETS:
+            for budget in budgets:
                 out = folder / f"out_{budget}_{rep}"
-                run = _run(photo, out, budget)
+                run = _run(photo, out, None if budget == "default" else budget)
                 pixels = np.asarray(Image.open(out / "astronaut_3840x2160.png"))
                 outputs.setdefault(run["memory_budget"], pixels)
                 run["repeat"] = rep
@@ -158,10 +158,19 @@ def main() -> None:
     )
     parser.add_argument("--calibrate", action="store_true", help="measure the live-map factors instead")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each photo configuration")
+    parser.add_argument(
+        "--budgets",
+        nargs="+",
+        default=list(BUDGETS),
+        help="--memory-budget values to run (default: the machine's)",
+    )
+    parser.add_argument("--output", default=None, help="JSON file name in benchmarks/results")
     args = parser.parse_args()
-    doc = calibrate() if args.calibrate else photo_runs(args.repeats)
+    if "off" not in args.budgets:
+        parser.error("--budgets needs off: the untiled run is the reference for the byte comparison")
+    doc = calibrate() if args.calibrate else photo_runs(args.repeats, args.budgets)
     doc["machine"] = machine_info()
-    name = "auto_tiling_calibration.json" if args.calibrate else "auto_tiling_cpu.json"
+    name = args.output or ("auto_tiling_calibration.json" if args.calibrate else "auto_tiling_cpu.json")
     write_json_atomic(RESULTS / name, doc)
     print(f"wrote {RESULTS / name}")
 
