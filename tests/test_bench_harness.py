@@ -70,6 +70,7 @@ def test_result_schema_and_statistics(torch_doc):
             assert result["host_peak_rss_mib"] > 0
             peak = torch_doc["peak"]["per_precision"]["fp32"]  # the estimate: no matmul measured here
             assert result["peak_fraction"] == pytest.approx(result["achieved_tflops"] * 1e12 / peak)
+            assert result["peak_basis"].startswith("fp32: ") and result["peak_exceeded"] is False
     json.dumps(torch_doc, allow_nan=False)  # strict JSON: no NaN or infinity anywhere
 
 

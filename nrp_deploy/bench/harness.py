@@ -23,13 +23,8 @@ from nrp_deploy.artifacts.metadata import psnr
 from nrp_deploy.assets import examples_dir
 from nrp_deploy.bench import stats as bench_stats
 from nrp_deploy.bench.catalogue import BASELINE, CATALOGUE, default_backends, is_eager
-from nrp_deploy.bench.machine import (
-    HostMemory,
-    Peak,
-    cpu_peak,
-    gpu_peak,
-    machine_info,
-)
+from nrp_deploy.bench.machine import HostMemory, machine_info
+from nrp_deploy.bench.peaks import Peak, cpu_peak, gpu_peak
 from nrp_deploy.bench.runner import BenchModel, Runner, TargetContext
 from nrp_deploy.bench.targets import build_runner
 from nrp_deploy.errors import BackendUnavailableError, InputError, NRPDeployError
@@ -259,7 +254,9 @@ def _case_results(
             ),
             fidelity=_fidelity(baseline.output if base_ok else None, slot.output, scenario),
             achieved_tflops=achieved / 1e12,
-            peak_fraction=achieved / peak.for_precision(slot.runner.precision) if peak else None,
+            **(
+                peak.ceiling(slot.runner.precision, achieved).to_result() if peak else {"peak_fraction": None}
+            ),
             first_call_ms=slot.first_call_ms,
             host_peak_rss_mib=slot.host_peak / 2**20,
             host_peak_increase_mib=slot.host_delta / 2**20,

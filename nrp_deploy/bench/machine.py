@@ -1,7 +1,7 @@
-"""What a benchmark ran on (torch-free): CPU, GPU, library versions, peak arithmetic rates, host memory.
+"""What a benchmark ran on (torch-free): CPU, GPU, library versions, host memory.
 
-A latency figure means nothing without the machine, so every result carries this record. Peaks give the
-roofline context: achieved FLOP/s over the device's peak says how close to the limit a backend runs.
+A latency figure means nothing without the machine, so every result carries this record; ``peaks`` turns
+it into the peak arithmetic rates of the roofline context.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nrp_deploy.cpu_features import ISA_FEATURES, VNNI_FLAGS, host_isa
+from nrp_deploy.cpu_features import ISA_FEATURES, host_isa
 
 _LIBRARIES = (
     "nrp-deploy",
@@ -31,21 +31,6 @@ _LIBRARIES = (
     "openvino",
     "nvidia-modelopt",
     "cuda-bindings",
-)
-
-# Dense (no structured sparsity) peaks from NVIDIA's datasheets, in TFLOP/s (TOP/s for int8; TF32 tensor
-# cores run at half the FP16 rate, and Turing has none). Matched by substring of the device name, most
-# specific first.
-_GPU_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("H200", {"fp32": 67.0, "fp16": 989.4, "tf32": 494.7, "int8": 1978.9}),
-    ("H100 NVL", {"fp32": 60.0, "fp16": 835.0, "tf32": 417.5, "int8": 1670.0}),
-    ("H100 PCIe", {"fp32": 51.2, "fp16": 756.0, "tf32": 378.0, "int8": 1513.0}),
-    ("H100", {"fp32": 67.0, "fp16": 989.4, "tf32": 494.7, "int8": 1978.9}),  # SXM5
-    ("A100", {"fp32": 19.5, "fp16": 312.0, "tf32": 156.0, "int8": 624.0}),
-    ("L40S", {"fp32": 91.6, "fp16": 362.1, "tf32": 181.1, "int8": 733.0}),
-    ("L4", {"fp32": 30.3, "fp16": 121.0, "tf32": 60.5, "int8": 242.0}),
-    ("A10", {"fp32": 31.2, "fp16": 125.0, "tf32": 62.5, "int8": 250.0}),
-    ("T4", {"fp32": 8.1, "fp16": 65.0, "int8": 130.0}),
 )
 
 
@@ -68,21 +53,52 @@ def _lscpu() -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if v}
 
 
-def _cpuinfo_mhz() -> float | None:
+@dataclass(frozen=True)
+class ClockReading:
+    """A CPU clock in MHz, where it was read, and whether it is the maximum (boost) clock."""
+
+    mhz: float | None
+    source: str
+    is_max: bool
+
+
+def cpu_clock(
+    lscpu: dict[str, str],
+    cpufreq: Path = Path("/sys/devices/system/cpu"),
+    cpuinfo: Path = Path("/proc/cpuinfo"),
+) -> ClockReading:
+    """The highest clock the OS shows (the peak must not be too low).
+
+    cpufreq's ``cpuinfo_max_freq`` and lscpu's "CPU max MHz" are the boost clock; without them (VMs) only
+    /proc/cpuinfo's current "cpu MHz" is left, which a hypervisor often pins at the nominal clock.
+    """
+    readings: list[ClockReading] = []
+    for path in sorted(cpufreq.glob("cpu[0-9]*/cpufreq/cpuinfo_max_freq")):
+        try:
+            readings.append(
+                ClockReading(int(path.read_text().strip()) / 1000.0, "cpufreq cpuinfo_max_freq", True)
+            )
+        except (OSError, ValueError):
+            continue
+    if lscpu.get("CPU max MHz"):
+        readings.append(ClockReading(float(lscpu["CPU max MHz"]), "lscpu CPU max MHz", True))
+    if readings:
+        return max(readings, key=lambda reading: reading.mhz or 0.0)
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = cpuinfo.read_text()
     except OSError:
-        return None
-    values = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, flags=re.M)]
-    return max(values) if values else None
+        text = ""
+    current = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, flags=re.M)]
+    if current:
+        return ClockReading(max(current), "/proc/cpuinfo cpu MHz: current or nominal", False)
+    return ClockReading(None, "no clock visible", False)
 
 
 def cpu_info() -> dict[str, Any]:
     """CPU model, usable cores, clock and the vector extensions that decide the kernels backends pick."""
     info = _lscpu()
     isa = host_isa()
-    mhz = _cpuinfo_mhz()
-    max_mhz = info.get("CPU max MHz")
+    clock = cpu_clock(info)
     return {
         "model": info.get("Model name") or platform.processor() or "unknown",
         "vendor": info.get("Vendor ID", ""),
@@ -90,7 +106,9 @@ def cpu_info() -> dict[str, Any]:
         "model_number": info.get("Model", ""),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "mhz": float(max_mhz) if max_mhz else mhz,
+        "mhz": clock.mhz,
+        "mhz_source": clock.source,
+        "mhz_is_max": clock.is_max,
         "hypervisor": info.get("Hypervisor vendor", ""),
         "vector_extensions": [f for f in ISA_FEATURES if f in isa.flags],
         "isa": isa.headline(),
@@ -129,70 +147,6 @@ def machine_info() -> dict[str, Any]:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "argv": sys.argv,
     }
-
-
-@dataclass(frozen=True)
-class Peak:
-    """A device's peak arithmetic rate per precision (FLOP/s; int8 in OP/s) and how it was obtained."""
-
-    device: str
-    per_precision: dict[str, float]
-    method: str
-
-    def for_precision(self, precision: str) -> float:
-        """The peak a backend of that precision can reach (fp32's where the device has no faster path)."""
-        return self.per_precision.get(precision, self.per_precision["fp32"])
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def cpu_peak(info: dict[str, Any], measured_fp32: float | None = None, threads: int | None = None) -> Peak:
-    """CPU peak: cores x clock x FP32 FLOP per cycle from the vector width, or a measured matmul rate
-    (``measured_fp32``, measured on ``threads`` threads).
-
-    FLOP per cycle assumes two FMA pipes per core (x86 server cores since Haswell / Zen) of the widest
-    vector unit: 512-bit on Intel with AVX-512; 256-bit on AMD, where Zen 4 executes AVX-512 as two 256-bit
-    halves. int8 with VNNI (or AMX) does four multiply-adds per 32-bit lane, so its peak is 4x FP32; BF16
-    dot products do two, 2x. A measured matmul rate above the estimate replaces it (a VM hides its turbo
-    clock); one below it does not, since other processes on a shared machine pull a measurement down.
-    ``threads`` below the core count scales the peak to the cores the backends were allowed to use.
-    """
-    flags = set(info.get("vector_extensions", []))
-    wide = "avx512f" in flags and info.get("vendor") != "AuthenticAMD"
-    lanes = 16 if wide else 8 if "avx2" in flags else 4
-    cores = int(info.get("usable_cpus") or 1)
-    used = min(threads, cores) if threads else cores
-    ghz = float(info.get("mhz") or 0.0) / 1000.0
-    estimate = used * ghz * 1e9 * 2 * lanes * 2  # cores x Hz x FMA pipes x lanes x (mul + add)
-    method = (
-        f"estimate: {used} of {cores} cores x {ghz:.2f} GHz x 2 FMA pipes x {lanes} fp32 lanes x 2 FLOP "
-        f"= {estimate / 1e9:.0f} GFLOP/s"
-    )
-    fp32 = estimate
-    if measured_fp32 is not None:
-        method += f"; FP32 matmul measured {measured_fp32 / 1e9:.0f} GFLOP/s on {used} thread(s)"
-        if measured_fp32 > estimate:
-            fp32 = measured_fp32
-            method = "measured (above the estimate): " + method
-    peaks = {"fp32": fp32}
-    if flags & {"avx512_bf16", "amx_bf16"}:
-        peaks["bf16"] = 2 * fp32  # a BF16 dot product does two multiply-adds per 32-bit lane (AMX: more)
-    if flags & VNNI_FLAGS:
-        peaks["int8"] = 4 * fp32
-    return Peak(device=str(info.get("model", "cpu")), per_precision=peaks, method=method)
-
-
-def gpu_peak(name: str) -> Peak | None:
-    """Datasheet dense peaks for a known GPU name, else None (the roofline column then stays empty)."""
-    for key, peaks in _GPU_PEAKS:
-        if key.lower() in name.lower():
-            return Peak(
-                device=name,
-                per_precision={k: v * 1e12 for k, v in peaks.items()},
-                method=f"NVIDIA datasheet dense peaks for {key} (no sparsity)",
-            )
-    return None
 
 
 class HostMemory:

@@ -55,11 +55,39 @@ TABLE_HEADER = (
 )
 
 
+#: What a "% of peak" cell says when the achieved rate exceeds the peak: the peak model is wrong there.
+ABOVE_PEAK = "above peak (model wrong)"
+
+
+def _peak_text(result: dict[str, Any]) -> str:
+    if result.get("peak_exceeded"):
+        return ABOVE_PEAK
+    frac = result.get("peak_fraction")
+    return _fmt(None if frac is None else 100 * frac, ".1f")
+
+
+def _exceeded_note(doc: dict[str, Any]) -> list[str]:
+    """One line naming the results above their peak, if any: the peak model underestimates this machine."""
+    above = sorted(
+        {
+            f"{r['backend']} ({r['peak_ratio']:.2f}x its {r['peak_basis'].split(':')[0]} peak)"
+            for case in doc["cases"]
+            for r in case["results"]
+            if r.get("peak_exceeded")
+        }
+    )
+    if not above:
+        return []
+    return [
+        f"- **the peak model is wrong for this machine**: {', '.join(above)} ran faster than the modelled "
+        "peak allows, so their '% of peak' is not printed (a hidden clock or an unmodelled unit)"
+    ]
+
+
 def _row(result: dict[str, Any], batch: int) -> tuple[str, ...]:
     if result["status"] != "ok":
         return (result["backend"], str(batch), f"{result['status']}: {result.get('reason', '')}") + ("",) * 7
     lat = result["latency_ms"]
-    frac = result.get("peak_fraction")
     device = result.get("device_peak_mib")
     memory = f"{result['host_peak_rss_mib']:.0f} (+{result['host_peak_increase_mib']:.0f})"
     if device is not None:
@@ -73,7 +101,7 @@ def _row(result: dict[str, Any], batch: int) -> tuple[str, ...]:
         f"{result['throughput_ips']:.2f}",
         _speedup_text(result),
         _psnr_text(result),
-        _fmt(None if frac is None else 100 * frac, ".1f"),
+        _peak_text(result),
         memory,
     )
 
@@ -111,7 +139,9 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "",
         f"- when: {m['time_utc']} on `{m['hostname']}` ({m['os']})",
         f"- CPU: {cpu['model']} (vendor {cpu['vendor']}, family {cpu['family']} model {cpu['model_number']}), "
-        f"{cpu['usable_cpus']} usable cores, {_fmt(cpu['mhz'], '.0f')} MHz, "
+        f"{cpu['usable_cpus']} usable cores, {_fmt(cpu['mhz'], '.0f')} MHz"
+        + (f" ({cpu['mhz_source']})" if cpu.get("mhz_source") else "")
+        + ", "
         f"{', '.join(cpu['vector_extensions']) or 'no AVX'}"
         + (f", under {cpu['hypervisor']}" if cpu.get("hypervisor") else ""),
         f"- CPU ISA: {cpu.get('isa', 'not recorded')}",
@@ -127,10 +157,15 @@ def to_markdown(doc: dict[str, Any]) -> str:
     ]
     peak = doc.get("peak")
     if peak:
-        rates = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in peak["per_precision"].items())
-        lines.append(
-            f"- peak for '% of peak' ({peak['device']}), TFLOP/s (int8: TOP/s): {rates}; {peak['method']}"
+        rates = ", ".join(
+            f"{k} {v / 1e12:.3g} ({peak.get('basis', {}).get(k, 'basis not recorded')})"
+            for k, v in peak["per_precision"].items()
         )
+        lines.append(
+            f"- peak for '% of peak' ({peak['device']}), TFLOP/s (int8: TOP/s): {rates}; {peak['method']}; "
+            "each backend is measured against the fastest unit of its precision (fp32's where none is faster)"
+        )
+        lines += _exceeded_note(doc)
     lines += ["", "## Summary: fastest backend per case", ""]
     lines += _markdown_table(_summary_rows(doc), SUMMARY_HEADER)
     lines += ["", "## Models", ""]
@@ -191,7 +226,6 @@ def _summary_rows(doc: dict[str, Any]) -> list[tuple[str, ...]]:
             continue
         best = min(ok, key=lambda r: r["latency_ms"]["median_ms"])
         versus = best.get("speedup_vs_best_torch")
-        frac = best.get("peak_fraction")
         rows.append(
             (
                 case["model"],
@@ -203,7 +237,7 @@ def _summary_rows(doc: dict[str, Any]) -> list[tuple[str, ...]]:
                 _speedup_text(best),
                 f"{versus['paired_median']:.2f}x ({versus['best_torch']})" if versus else "-",
                 _psnr_text(best),
-                _fmt(None if frac is None else 100 * frac, ".1f"),
+                _peak_text(best),
             )
         )
     return rows

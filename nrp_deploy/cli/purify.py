@@ -61,6 +61,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=None, help="tile images larger than N px (bounds memory)")
     p.add_argument("--overlap", type=int, default=None, help="context px around each tile (with --tile)")
     p.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="SIZE",
+        help="without --tile, tile images whose estimated activations exceed SIZE (4GB, 512MiB, a share of "
+        "the available memory such as 25%%, or off); default: $NRP_MEMORY_BUDGET, else 50%% of the memory "
+        "available (MemAvailable and cgroup limits); each tiled image is reported on stderr",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -107,6 +115,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _run_purify(args: argparse.Namespace) -> int:
     from nrp_deploy.batch import purify_files
     from nrp_deploy.runtime import DynamicDefense, load_purifier
+    from nrp_deploy.runtime.purifier import autotile_log
 
     if args.seed is not None and not args.dynamic:
         raise NRPDeployError("--seed sets the --dynamic noise; add --dynamic or drop --seed")
@@ -130,10 +139,12 @@ def _run_purify(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         threads=args.threads,
         allow_failed=args.allow_failed,
+        memory_budget=args.memory_budget,
     )
     print(f"purifier: {purifier.describe()}", file=sys.stderr)
     if purifier.auto_choice is not None:
         print(purifier.auto_choice.summary(), file=sys.stderr)
+    _report_tiling(autotile_log)
     dynamic = DynamicDefense(seed=args.seed) if args.dynamic else None
     report = purify_files(
         args.inputs,
@@ -147,12 +158,31 @@ def _run_purify(args: argparse.Namespace) -> int:
     return finish_batch(report)
 
 
+class _AboveProgressBar(logging.Handler):
+    """Log records as ``nrp purify: ...`` lines on stderr, above the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"nrp purify: {record.getMessage()}", file=sys.stderr)
+
+
+def _report_tiling(logger: logging.Logger) -> None:
+    """Show the Purifier's automatic-tiling decisions (once per process, however often this runs)."""
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _AboveProgressBar) for h in logger.handlers):
+        logger.addHandler(_AboveProgressBar())
+    logger.propagate = False
+
+
 def _run_purify_remote(args: argparse.Namespace) -> int:
     from nrp_deploy.batch import purify_files
     from nrp_deploy.serving import PurifierClient
 
     local = [
-        f"--{n}" for n in ("backend", "precision", "device", "tile", "overlap", "threads") if _given(args, n)
+        f"--{n.replace('_', '-')}"
+        for n in ("backend", "precision", "device", "tile", "overlap", "threads", "memory_budget")
+        if _given(args, n)
     ]
     if local:
         raise NRPDeployError(f"{', '.join(local)} configure an in-process purifier; the server has its own")
@@ -190,11 +220,18 @@ def _run_purify_on_ray(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         threads=args.threads,
         allow_failed=args.allow_failed,
+        memory_budget=args.memory_budget,
         dynamic=DynamicDefense(seed=args.seed) if args.dynamic else None,
     )
     where = "a local Ray" if address == LOCAL_RAY else f"the Ray cluster at {address}"
     actors = 2 if args.actors is None else args.actors
     print(f"purifier: {args.model} on {actors} actors of {where}", file=sys.stderr)
+    if address == LOCAL_RAY and "auto" in (args.backend, args.precision):
+        # time and record auto's choice once here, so the local actors open the recorded winner rather than
+        # each timing the candidates on cores the others are timing on too
+        with settings.load() as chosen:
+            if chosen.auto_choice is not None:
+                print(chosen.auto_choice.summary(), file=sys.stderr)
     import_ray()  # Ray Data configures its logger on import; the job's own bar and summary say enough
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     report = purify_files_on_ray(

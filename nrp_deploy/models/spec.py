@@ -42,6 +42,7 @@ class Architecture:
     read_config: Callable[[StateShapes, int, int], dict[str, int]]
     convs: Callable[[Mapping[str, int]], int]
     macs: Callable[[Mapping[str, int]], int]
+    widest: Callable[[Mapping[str, int]], int]
     build: Callable[[Mapping[str, int]], Any]
 
 
@@ -90,6 +91,7 @@ NRP = Architecture(
     read_config=_nrp_config,
     convs=lambda c: 2 + c["nb"] * 3 * 5,  # conv_first, 3 dense blocks of 5 per RRDB, trunk_conv
     macs=_nrp_macs,
+    widest=lambda c: c["nf"] + 4 * c["gc"],  # a dense block's input to its last convolution
     build=_build_nrp,
 )
 NRP_RESG = Architecture(
@@ -100,6 +102,7 @@ NRP_RESG = Architecture(
     read_config=_resg_config,
     convs=lambda c: 2 + c["nb"] * 2,  # conv_first, 2 per residual block, conv_last
     macs=_resg_macs,
+    widest=lambda c: c["nf"],
     build=_build_resg,
 )
 #: Every architecture by name, in the order detection tries them.
@@ -148,6 +151,11 @@ class ModelSpec:
     def macs_per_pixel(self) -> int:
         """Multiply-accumulates per output pixel (all convolutions run at full resolution)."""
         return self.record.macs(self.config)
+
+    @property
+    def widest_channels(self) -> int:
+        """Channels of the widest activation, per pixel: what peak activation memory scales with."""
+        return self.record.widest(self.config)
 
     def describe(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.config.items())

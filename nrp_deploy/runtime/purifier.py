@@ -31,7 +31,7 @@ from nrp_deploy.artifacts.sources import ModelSource, identify
 from nrp_deploy.batch import BatchFn, by_index_runs
 from nrp_deploy.errors import InputError, ModelError, NRPDeployError
 from nrp_deploy.models.spec import ModelSpec
-from nrp_deploy.runtime import prepost
+from nrp_deploy.runtime import memory, prepost
 from nrp_deploy.runtime.auto import AutoChoice, open_chosen
 from nrp_deploy.runtime.backends import Backend, DeviceBackend
 from nrp_deploy.runtime.backends.options import BackendOptions
@@ -39,12 +39,21 @@ from nrp_deploy.runtime.dynamic import DynamicDefense
 from nrp_deploy.runtime.tiling import TileConfig, infer_tiled
 
 log = logging.getLogger(__name__)
+#: Where the Purifier says that it tiles an image to stay within its memory budget (``nrp purify`` shows it).
+autotile_log = logging.getLogger("nrp_deploy.runtime.autotile")
 
 #: Largest image (height x width) a Purifier accepts: 8192 x 8192, about 0.8 GB as float32 input.
 DEFAULT_MAX_PIXELS = 8192 * 8192
 #: Context kept around every tile's output when tiling (see tiling.py and benchmarks/results/runtime_tiling.md).
 DEFAULT_OVERLAP = 32
 DEFAULT_FEATHER = 16
+#: Smallest tile chosen for a memory budget: a 64 px core inside the default overlap and feather.
+MIN_MEMORY_TILE = 2 * (DEFAULT_OVERLAP + DEFAULT_FEATHER // 2) + 64
+#: Largest tile chosen for a memory budget. Beyond it a tile saves at most 18 % of the compute (its 944 px
+#: core against the 1024 px it runs), and memory no longer falls reliably: ONNX Runtime's CPU arena grows
+#: in powers of two, so 2160x2872 tiles of a 3840x2160 photo peaked at 11.3 GB, above the 7.1 GB of the
+#: untiled image (benchmarks/results/auto_tiling_cpu.md).
+MAX_MEMORY_TILE = 1024
 
 
 class Purifier:
@@ -56,6 +65,8 @@ class Purifier:
     for uint8 images (None: when the backend is on a GPU and the kernels load; True: insist).
     ``auto_choice``: what ``backend="auto"`` / ``precision="auto"`` chose and why (None when nothing was
     chosen by timing).
+    ``memory_budget``: without ``tile``, images whose estimated activations (``runtime.memory``) exceed it
+    are tiled, and equal-size images batched only as far as it allows (None: never for memory).
     """
 
     def __init__(
@@ -67,6 +78,7 @@ class Purifier:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         fused: bool | None = None,
         auto_choice: AutoChoice | None = None,
+        memory_budget: memory.MemoryBudget | None = None,
     ) -> None:
         for name, value in (("max_batch", max_batch), ("max_pixels", max_pixels)):
             if value is not None and not _is_positive_int(value):
@@ -77,6 +89,7 @@ class Purifier:
         self.max_batch = max_batch
         self.max_pixels = max_pixels
         self.auto_choice = auto_choice
+        self.memory_budget = memory_budget
         self._lock = threading.Lock()
         backend.activate()
         self._pipeline = self._open_pipeline(fused)
@@ -150,13 +163,11 @@ class Purifier:
         """Model output (unclamped float32 NCHW) for a validated float32 NCHW batch: batching and tiling."""
         count, _, height, width = x.shape
         prepost.check_size(height, width, self.max_pixels)
-        config, min_shape = self._layout(height, width)
+        config, min_shape = self._layout(height, width, announce=count)
         if config is None:
-            step = self._batch_limit(count)
+            step = min(self._batch_limit(count), self._images_within_budget(height, width, count))
             return np.concatenate([self._run(x[i : i + step]) for i in range(0, count, step)])
-        profile = self.backend.profile
-        per_call = min(self.max_batch or profile.opt[0], profile.max[0]) if profile else self.max_batch or 1
-        return infer_tiled(x, self._run, config, min_shape=min_shape, tiles_per_call=per_call)
+        return infer_tiled(x, self._run, config, min_shape=min_shape, tiles_per_call=self._tiles_per_call())
 
     def _purify(
         self, prepared: prepost.Prepared, dynamic: DynamicDefense | None, seed: int, start_index: int
@@ -267,16 +278,24 @@ class Purifier:
         profile = self.backend.profile
         return min(self.max_batch or count, profile.max[0] if profile else count)
 
-    def _layout(self, height: int, width: int) -> tuple[TileConfig | None, tuple[int, int]]:
+    def _tiles_per_call(self) -> int:
+        profile = self.backend.profile
+        return min(self.max_batch or profile.opt[0], profile.max[0]) if profile else self.max_batch or 1
+
+    def _layout(
+        self, height: int, width: int, announce: int = 0
+    ) -> tuple[TileConfig | None, tuple[int, int]]:
         """How an image of this size runs: (None, _) whole, or (tile config, minimum tile shape).
 
         Tiles come from the Purifier's own ``tile`` (capped at the profile's largest shape), or, when an
-        image exceeds the profile, from the profile's optimal shape. An image smaller than the profile's
-        minimum runs as one tile padded up to it.
+        image exceeds the profile, from the profile's optimal shape, or, when its estimated activations
+        exceed the memory budget, from the largest tile within it, at most ``MAX_MEMORY_TILE`` (logged for
+        ``announce`` images). An image smaller than the profile's minimum runs as one tile padded up to it.
         """
         profile = self.backend.profile
         config = self.tile
         min_shape = (1, 1)
+        largest = None
         if profile is not None:
             min_shape = (profile.min[1], profile.min[2])
             largest = min(profile.max[1], profile.max[2])
@@ -284,12 +303,62 @@ class Purifier:
                 config = TileConfig(largest, config.overlap, config.feather, config.ramp)
             elif config is None and (height > profile.max[1] or width > profile.max[2]):
                 config = _default_tile(min(profile.opt[1], profile.opt[2]))
+        if config is None:
+            config = self._memory_tile(height, width, largest, max(min_shape), announce)
         too_small = height < min_shape[0] or width < min_shape[1]
         if too_small and (config is None or (height <= config.tile and width <= config.tile)):
             return _default_tile(max(height, width, *min_shape)), min_shape
         if config is None or (height <= config.tile and width <= config.tile):
             return None, min_shape
         return config, min_shape
+
+    def _estimate(self, height: int, width: int, images: int = 1) -> int | None:
+        """Estimated activation bytes of ``images`` images in one call; None without a budget or a spec."""
+        if self.memory_budget is None or self.spec is None:
+            return None
+        return memory.activation_bytes(self.spec, self.backend_name, height, width, images)
+
+    def _images_within_budget(self, height: int, width: int, count: int) -> int:
+        """How many of ``count`` whole images of this size one call may take within the memory budget (at
+        least one)."""
+        one = self._estimate(height, width)
+        return max(1, min(count, self.memory_budget.bytes // one)) if one else count
+
+    def _memory_tile(
+        self, height: int, width: int, largest: int | None, smallest: int, announce: int
+    ) -> TileConfig | None:
+        """Tiles whose activations, ``_tiles_per_call`` at a time, fit the memory budget; None when the
+        whole image fits it."""
+        estimate = self._estimate(height, width)
+        if estimate is None or estimate <= self.memory_budget.bytes:
+            return None
+        side, fits = memory.tile_side(
+            self.spec,
+            self.backend_name,
+            self.memory_budget.bytes,
+            self._tiles_per_call(),
+            max(MIN_MEMORY_TILE, smallest),
+            min(largest or MAX_MEMORY_TILE, MAX_MEMORY_TILE),
+        )
+        if side >= max(height, width):
+            return None
+        config = _default_tile(side)
+        if announce:
+            autotile_log.info(
+                "%d image(s) of %dx%d (HxW): about %s of activations each on %s, over the %s: tiling at %d px "
+                "(overlap %d px, feather %d px)%s",
+                announce,
+                height,
+                width,
+                memory.format_bytes(estimate),
+                self.backend_name,
+                self.memory_budget.describe(),
+                side,
+                config.overlap,
+                config.feather,
+                "" if fits else "; the smallest tile, still over the budget",
+            )
+        return config
 
 
 def _pad_batch(batch: np.ndarray, minimum: int) -> np.ndarray:
@@ -340,6 +409,7 @@ def load_purifier(
     fused: bool | None = None,
     options: BackendOptions | Mapping[str, Any] | None = None,
     allow_failed: bool = False,
+    memory_budget: int | str | None = None,
 ) -> Purifier:
     """A ready Purifier for ``source`` (registry name, checkpoint, .onnx with its sidecar, TensorRT engine).
 
@@ -356,8 +426,12 @@ def load_purifier(
     ``nrp_deploy.runtime.backends.options``) or as a mapping of the same names
     (``{"cuda_graph": True, "fixed_shape": (1, 224, 224)}``).
     ``allow_failed``: use an artifact whose fidelity check FAILed (refused otherwise, see ``identify``).
+    ``memory_budget``: without ``tile``, tile images whose estimated activations exceed it: bytes, a size
+    (``"4GB"``, ``"512MiB"``), a share of the available memory (``"25%"``) or ``"off"`` (None:
+    ``$NRP_MEMORY_BUDGET``, else half the memory available now; see ``runtime.memory``).
     """
     config = _tile_config(tile, overlap)
+    budget = memory.resolve_budget(memory_budget)
     model = identify(source, allow_failed=allow_failed)
     if isinstance(options, BackendOptions):
         backend_options: BackendOptions | Mapping[str, Any] = options.with_threads(threads)
@@ -372,6 +446,7 @@ def load_purifier(
         max_pixels=max_pixels,
         fused=fused,
         auto_choice=choice,
+        memory_budget=budget,
     )
     log.info("purifier: %s", purifier.describe())
     return purifier

@@ -49,6 +49,7 @@ class PurifierSettings:
     overlap: int | None = None
     threads: int | None = None
     allow_failed: bool = False
+    memory_budget: str | None = None
     dynamic: DynamicDefense | None = None
 
     def load(self) -> Purifier:
@@ -61,6 +62,7 @@ class PurifierSettings:
             overlap=self.overlap,
             threads=self.threads,
             allow_failed=self.allow_failed,
+            memory_budget=self.memory_budget,
         )
 
 
