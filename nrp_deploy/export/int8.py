@@ -55,8 +55,9 @@ CALIBRATION_METHODS = {"modelopt": ("entropy", "max"), "ort": ORT_CALIBRATION_ME
 _DEFAULT_CALIBRATION_METHOD = {"modelopt": "entropy", "ort": "minmax"}
 
 
-def qdq_coverage(model: onnx.ModelProto) -> dict[str, int]:
-    """Counts of Q/DQ nodes and of convolutions whose activation and weight both come through DequantizeLinear."""
+def qdq_coverage(model: onnx.ModelProto) -> dict[str, Any]:
+    """Counts of Q/DQ nodes and of convolutions whose activation and weight both come through
+    DequantizeLinear, and the names of the convolutions left in floating point."""
     producer = {out: node.op_type for node in model.graph.node for out in node.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     quantized = [n for n in convs if all(producer.get(name) == "DequantizeLinear" for name in n.input[:2])]
@@ -64,6 +65,7 @@ def qdq_coverage(model: onnx.ModelProto) -> dict[str, int]:
     return {
         "conv_nodes": len(convs),
         "quantized_convs": len(quantized),
+        "float_convs": sorted(n.name for n in convs if n not in quantized),
         "quantize_linear": ops.count("QuantizeLinear"),
         "dequantize_linear": ops.count("DequantizeLinear"),
     }
