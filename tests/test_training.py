@@ -323,6 +323,44 @@ def test_fine_tuning_starts_from_given_weights_and_refuses_others(photo_dir, tmp
         )
 
 
+def test_shallower_resg_weights_start_a_deeper_purifier_as_the_same_function(photo_dir, tmp_path):
+    from nrp_deploy.models.spec import ModelSpec
+    from nrp_deploy.training import save_weights
+
+    torch.manual_seed(4)
+    start = ModelSpec("NRP_resG", {"nf": 8, "nb": 1}).build().eval()
+    with torch.no_grad():  # a trained-looking block, not the near-identity init
+        for p in start.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_weights(start, tmp_path / "start.safetensors")
+    config = tiny_config(
+        photo_dir,
+        steps=1,
+        model_config={"nf": 8, "nb": 3},
+        identity_init=False,
+        init_weights=str(tmp_path / "start.safetensors"),
+        lr=1e-9,
+        lr_min=1e-9,
+    )
+    deeper = load_model(_run(config, tmp_path / "run").weights).module.eval()
+    assert len(deeper.recon_trunk) == 3
+    x = torch.rand(2, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(x), start(x), atol=1e-5, rtol=0)
+        assert deeper.recon_trunk[2].conv1.weight.abs().sum() > 0  # fresh, not zero: it can learn
+    # NRP's RRDB blocks have no exact identity: a shallower NRP is refused, as any other mismatch
+    save_weights(ModelSpec("NRP", {"nf": 8, "nb": 1, "gc": 4}).build(), tmp_path / "nrp.safetensors")
+    refused = tiny_config(
+        photo_dir,
+        architecture="NRP",
+        model_config={"nf": 8, "nb": 2, "gc": 4},
+        identity_init=False,
+        init_weights=str(tmp_path / "nrp.safetensors"),
+    )
+    with pytest.raises(CheckpointError, match="does not hold NRP"):
+        _run(refused, tmp_path / "run2")
+
+
 def test_adversarial_loss_option_trains_a_discriminator(photo_dir, tmp_path):
     config = tiny_config(photo_dir, steps=2, adv_weight=0.01, checkpoint_every=2)
     result = _run(config, tmp_path / "run")

@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--init-weights",
         default=None,
-        help="start from these purifier weights (fine-tuning; with --no-identity-init)",
+        help="start from these purifier weights (fine-tuning; with --no-identity-init); NRP_resG weights with "
+        "fewer blocks than --nb get the missing ones appended as identity blocks",
     )
     p.add_argument("--feature-model", default=d.feature_model, help="efficientnet_lite0 or vgg16")
     p.add_argument("--feature-layer", default=d.feature_layer, help="extractor layer (default: its default)")

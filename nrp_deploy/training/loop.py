@@ -252,11 +252,19 @@ class _Trainer:
 
 
 def _init_state(path: str, spec: ModelSpec) -> dict[str, torch.Tensor]:
-    """The weights a fine-tuning run starts from, refused by name if they do not fit the architecture."""
+    """The weights a fine-tuning run starts from, refused by name if they do not fit the architecture.
+
+    NRP_resG weights with fewer residual blocks than ``spec`` asks for are deepened: the missing blocks are
+    appended to the trunk as exact identities (fresh first convolution, zero second one), so the deeper
+    purifier starts as the trained one and training grows its reach (receptive field) from there.
+    """
     from nrp_deploy.models.checkpoint import read_state_dict
 
     state = read_state_dict(path)
-    expected = spec.build().state_dict()
+    model = spec.build()
+    if spec.architecture == "NRP_resG":
+        state = _deepened(state, model)
+    expected = model.state_dict()
     wrong = sorted(k for k in expected if k not in state or state[k].shape != expected[k].shape)
     if wrong or len(state) != len(expected):
         raise CheckpointError(
@@ -264,6 +272,23 @@ def _init_state(path: str, spec: ModelSpec) -> dict[str, torch.Tensor]:
             f"(missing or mis-shaped: {', '.join(wrong[:3]) or 'none'}; {len(state)} tensors vs {len(expected)})"
         )
     return state
+
+
+def _deepened(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` with the NRP_resG trunk blocks it lacks added as identity blocks of ``model``'s init."""
+    prefix = "recon_trunk."
+    have = {int(k.split(".")[1]) for k in state if k.startswith(prefix)}
+    want = {int(k.split(".")[1]) for k in model.state_dict() if k.startswith(prefix)}
+    if not have or have != set(range(len(have))) or not have < want:
+        return state  # not a shallower trunk of the same kind: the shape check names what is wrong
+    fresh = model.state_dict()
+    added = {}
+    for block in sorted(want - have):
+        for name in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"):
+            key = f"{prefix}{block}.{name}"
+            tensor = fresh[key].clone()
+            added[key] = tensor.zero_() if name.startswith("conv2") else tensor
+    return {**state, **added}
 
 
 def _classifiers(config: TrainConfig) -> list[nn.Module]:
