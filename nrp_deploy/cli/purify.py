@@ -6,10 +6,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nrp_deploy.artifacts.metadata import PRECISIONS
 from nrp_deploy.cli.common import finish_batch
 from nrp_deploy.errors import NRPDeployError
+
+if TYPE_CHECKING:
+    from nrp_deploy.scale import PurifierSettings
 
 #: ``--ray`` without an address: a local Ray, started for the job.
 LOCAL_RAY = "local"
@@ -114,7 +118,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_purify(args: argparse.Namespace) -> int:
     from nrp_deploy.batch import purify_files
-    from nrp_deploy.runtime import DynamicDefense, load_purifier
     from nrp_deploy.runtime.purifier import autotile_log
 
     if args.seed is not None and not args.dynamic:
@@ -130,26 +133,16 @@ def _run_purify(args: argparse.Namespace) -> int:
         return _run_purify_remote(args)
     if args.ray is not None:
         return _run_purify_on_ray(args)
-    purifier = load_purifier(
-        args.model,
-        backend=args.backend,
-        precision=args.precision,
-        device=args.device,
-        tile=args.tile,
-        overlap=args.overlap,
-        threads=args.threads,
-        allow_failed=args.allow_failed,
-        memory_budget=args.memory_budget,
-    )
+    settings = _purifier_settings(args)
+    purifier = settings.load()
     print(f"purifier: {purifier.describe()}", file=sys.stderr)
     if purifier.auto_choice is not None:
         print(purifier.auto_choice.summary(), file=sys.stderr)
     _report_tiling(autotile_log)
-    dynamic = DynamicDefense(seed=args.seed) if args.dynamic else None
     report = purify_files(
         args.inputs,
         args.output,
-        purifier.as_batch_fn(dynamic),
+        purifier.as_batch_fn(settings.dynamic),
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         progress=not args.no_progress,
@@ -200,18 +193,12 @@ def _run_purify_remote(args: argparse.Namespace) -> int:
     return finish_batch(report)
 
 
-def _run_purify_on_ray(args: argparse.Namespace) -> int:
+def _purifier_settings(args: argparse.Namespace) -> PurifierSettings:
+    """The purifier the job runs, in process or on each Ray actor: ``load_purifier``'s arguments."""
     from nrp_deploy.runtime import DynamicDefense
-    from nrp_deploy.scale import PurifierSettings, purify_files_on_ray
-    from nrp_deploy.scale.job import import_ray
+    from nrp_deploy.scale import PurifierSettings
 
-    address = args.ray
-    if address != LOCAL_RAY and address != "auto" and ":" not in address:
-        raise NRPDeployError(
-            f"--ray {address!r}: not a Ray address (auto, HOST:PORT or ray://HOST:PORT); if it is an input, "
-            "write the inputs before --ray, or write --ray=ADDRESS"
-        )
-    settings = PurifierSettings(
+    return PurifierSettings(
         source=str(args.model),
         backend=args.backend,
         precision=args.precision,
@@ -223,6 +210,19 @@ def _run_purify_on_ray(args: argparse.Namespace) -> int:
         memory_budget=args.memory_budget,
         dynamic=DynamicDefense(seed=args.seed) if args.dynamic else None,
     )
+
+
+def _run_purify_on_ray(args: argparse.Namespace) -> int:
+    from nrp_deploy.scale import purify_files_on_ray
+    from nrp_deploy.scale.job import import_ray
+
+    address = args.ray
+    if address != LOCAL_RAY and address != "auto" and ":" not in address:
+        raise NRPDeployError(
+            f"--ray {address!r}: not a Ray address (auto, HOST:PORT or ray://HOST:PORT); if it is an input, "
+            "write the inputs before --ray, or write --ray=ADDRESS"
+        )
+    settings = _purifier_settings(args)
     where = "a local Ray" if address == LOCAL_RAY else f"the Ray cluster at {address}"
     actors = 2 if args.actors is None else args.actors
     print(f"purifier: {args.model} on {actors} actors of {where}", file=sys.stderr)
