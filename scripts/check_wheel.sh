@@ -7,8 +7,9 @@
 # `load_purifier("default")`; then installs it again, with the `cpu` extra only (no torch), into a second
 # environment and purifies there with the default purifier (its shipped ONNX; `auto` times the shipped FP32
 # and INT8, and `nrp info` must show the recorded choice). Nothing of the checkout is on the path there, so
-# a file the package needs at run time but does not carry fails here. The fresh environment gets its packages from the same indexes
-# and pip cache as scripts/setup.sh (nothing is shared with .venv, so a missing dependency shows).
+# a file the package needs at run time but does not carry fails here. The fresh environment gets its
+# packages from the same indexes and pip cache as scripts/setup.sh (nothing is shared with .venv, so a
+# missing dependency shows).
 # Usage: bash scripts/check_wheel.sh        (PY: the interpreter that has `build` and `twine`; default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
