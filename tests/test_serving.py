@@ -79,7 +79,7 @@ def _write_batch_of_one(source: Path, target: Path) -> None:
     save_onnx(model, target)
 
 
-@pytest.mark.parametrize("module", ["test_serve.py", "test_triton_export.py"])
+@pytest.mark.parametrize("module", ["test_serve.py", "test_serve_openvino.py", "test_triton_export.py"])
 def test_serving_suite(serving_python: Path, artifacts: Path, module: str):
     env = {**os.environ, "NRP_SERVING_TEST_DIR": str(artifacts), "PYTHONPATH": str(ROOT)}
     command = [str(serving_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/serving/{module}"]
