@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -101,6 +102,25 @@ def _prepared(settings: ServeSettings) -> ServeSettings:
     return replace(settings, model=str(onnx_for(source, "fp32")))
 
 
+def only_here(handler: Callable[[int, FrameType | None], None]) -> Callable[[int, FrameType | None], None]:
+    """``handler`` in this process; in a process forked from it, the signal's default action.
+
+    A library may fork this process from a thread of its own: OpenVINO's import sends a usage record from
+    a ``multiprocessing`` child that it terminates (SIGTERM) when the network does not answer in 3 s, and
+    ``multiprocessing`` joins that child when this process exits. A child that inherited ``shut_down``
+    would outlive the SIGTERM (holding our exit) and signal a copy of our server handle."""
+    owner = os.getpid()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() == owner:
+            handler(signum, frame)
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    return handle
+
+
 def serve(
     settings: ServeSettings,
     endpoints: Endpoints | None = None,
@@ -123,7 +143,7 @@ def serve(
             log.info("signal %d: shutting the server down", signum)
             server.terminate()
 
-        previous = {sig: signal.signal(sig, shut_down) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, only_here(shut_down)) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             try:
                 server.start(ready_timeout_s)
