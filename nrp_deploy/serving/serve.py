@@ -21,7 +21,8 @@ from pathlib import Path
 from types import FrameType
 
 from nrp_deploy.artifacts.sources import identify
-from nrp_deploy.errors import InputError
+from nrp_deploy.errors import BackendUnavailableError, InputError
+from nrp_deploy.runtime.backends import backend_module
 from nrp_deploy.runtime.on_demand import onnx_for
 from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS, load_purifier
 from nrp_deploy.serving import protocol
@@ -90,8 +91,16 @@ def _prepared(settings: ServeSettings) -> ServeSettings:
     happen in every model instance (this also says what to install where torch is missing, as in the
     serving environment): export an FP32 checkpoint to ONNX, or, for an ``auto`` choice, load the purifier
     once, so that the choice is timed and recorded (``runtime.auto``) before the instances start and each
-    of them opens the recorded winner rather than timing on cores the others are timing on too."""
+    of them opens the recorded winner rather than timing on cores the others are timing on too. A named
+    backend this environment cannot run (OpenVINO not installed, say) is refused here with what to install,
+    rather than by every model instance inside a server that then fails to start."""
     source = identify(settings.model)
+    if settings.backend != "auto":
+        reason = backend_module(settings.backend).unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"backend {settings.backend} is unavailable in this environment ({sys.executable}): {reason}"
+            )
     if settings.backend == "auto" or settings.precision == "auto":
         load_purifier(
             settings.model, settings.backend, settings.precision, settings.device, threads=settings.threads

@@ -4,6 +4,9 @@ OpenVINO purifier returns, byte for byte (the serving environment installs OpenV
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
@@ -70,3 +73,19 @@ def test_openvino_server_says_it_serves_openvino(openvino_server: Served):
     log = openvino_server.log.read_text(errors="replace")
     assert "nrp purifier: NRP_resG(in_nc=3, out_nc=3, nf=8, nb=1) from " in log, openvino_server.log_tail()
     assert "tiny.onnx on openvino-cpu (fp32, cpu)" in log, openvino_server.log_tail()
+
+
+def test_serve_refuses_openvino_where_it_is_not_installed_and_says_what_to_install(tmp_path, tiny_onnx: Path):
+    """An `openvino` module that fails to import, first on the path, stands in for an environment without
+    OpenVINO: `nrp serve` refuses before any server starts and names the package."""
+    (tmp_path / "openvino.py").write_text("raise ImportError('no OpenVINO here')\n")
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "nrp_deploy", "serve", "--model", str(tiny_onnx), "--backend", "openvino",
+         "--precision", "fp32", "--http-port", "9", "--grpc-port", "9", "--metrics-port", "9"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": path},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "backend openvino is unavailable in this environment" in proc.stderr, proc.stderr
+    assert "OpenVINO is not installed (no OpenVINO here); pip install 'nrp-deploy[openvino]'" in proc.stderr
+    assert "tritonserver" not in proc.stderr, proc.stderr
