@@ -33,17 +33,19 @@ fi
 # never imports, and whose CPU wheels break here) and requests~=2.25.1 (which downgrades urllib3 under twine).
 .venv/bin/python -m pip install -q --no-deps "torchattacks==3.5.1"
 # `nrp serve` runs the Triton server bundled in nvidia-pytriton, which requires numpy<2: it gets its own
-# torch-free environment, .venv-serving (tests/test_serving.py runs the serving tests in it).
+# torch-free environment, .venv-serving (tests/test_serving.py runs the serving tests in it). OpenVINO's
+# wheels take numpy 1.16.6 to 2.5, so the one resolve keeps numpy<2 and `nrp serve --backend openvino`
+# (and `auto` over ONNX Runtime and OpenVINO) runs there.
 if [ ! -x .venv-serving/bin/python ]; then
   "$PY" -m venv .venv-serving
 fi
 .venv-serving/bin/python -m pip install -q --upgrade pip
-.venv-serving/bin/python -m pip install -q -e ".[serve,cpu,dev]"
+.venv-serving/bin/python -m pip install -q -e ".[serve,cpu,openvino,dev]"
 # NVIDIA's TensorRT bindings wheels (names only; TensorRT's libraries are not needed) for the API-name test.
 .venv/bin/python scripts/tensorrt_api_names.py fetch ||
   echo "TensorRT bindings not fetched; the committed name snapshot is checked instead"
 .venv/bin/python -c "import nrp_deploy, torch, onnxruntime as ort; print('nrp-deploy', nrp_deploy.__version__, '| torch', torch.__version__, '| torch CUDA', torch.cuda.is_available(), '| onnxruntime', ort.__version__, ort.get_available_providers())"
-.venv-serving/bin/python -c "import numpy, pytriton, tritonclient; print('serving env | numpy', numpy.__version__)"
+.venv-serving/bin/python -c "import numpy, openvino, pytriton, tritonclient; print('serving env | numpy', numpy.__version__, '| openvino', openvino.get_version())"
 # deploy/kubernetes is rendered by `kubectl kustomize` (kustomize v5 features: components, labels); Debian 12's
 # kubernetes-client (1.20) is too old for them, so kubectl is not installed here.
 if command -v kubectl >/dev/null; then

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +81,7 @@ def _write_batch_of_one(source: Path, target: Path) -> None:
     save_onnx(model, target)
 
 
-@pytest.mark.parametrize("module", ["test_serve.py", "test_triton_export.py"])
+@pytest.mark.parametrize("module", ["test_serve.py", "test_serve_openvino.py", "test_triton_export.py"])
 def test_serving_suite(serving_python: Path, artifacts: Path, module: str):
     env = {**os.environ, "NRP_SERVING_TEST_DIR": str(artifacts), "PYTHONPATH": str(ROOT)}
     command = [str(serving_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/serving/{module}"]
@@ -142,3 +144,29 @@ def test_exported_repository_is_self_contained_and_never_half_written(artifacts:
     assert "max_batch_size: 4" in (repo / "nrp_model" / "config.pbtxt").read_text()
     assert main([*again, "--overwrite", "--max-batch", "0"]) == 2
     assert "max_batch_size: 4" in (repo / "nrp_model" / "config.pbtxt").read_text()  # kept whole
+
+
+FORKED_CHILD = """
+import multiprocessing, os, signal, time
+from nrp_deploy.serving.serve import only_here
+calls = []
+signal.signal(signal.SIGTERM, only_here(lambda signum, frame: calls.append(signum)))
+child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,), daemon=True)
+child.start()
+time.sleep(0.2)
+child.terminate()
+child.join(10)
+os.kill(os.getpid(), signal.SIGTERM)
+print(child.exitcode, calls)
+"""
+
+
+def test_the_serve_signal_handler_acts_only_in_its_own_process():
+    """A child forked by a library (OpenVINO's usage record) dies on SIGTERM instead of running `nrp serve`'s
+    handler; it would otherwise survive the SIGTERM and hold the server's exit until it ends."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", FORKED_CHILD], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(-signal.SIGTERM), f"[{int(signal.SIGTERM)}]"]

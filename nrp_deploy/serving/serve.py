@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -20,7 +21,8 @@ from pathlib import Path
 from types import FrameType
 
 from nrp_deploy.artifacts.sources import identify
-from nrp_deploy.errors import InputError
+from nrp_deploy.errors import BackendUnavailableError, InputError
+from nrp_deploy.runtime.backends import backend_module
 from nrp_deploy.runtime.on_demand import onnx_for
 from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS, load_purifier
 from nrp_deploy.serving import protocol
@@ -89,8 +91,16 @@ def _prepared(settings: ServeSettings) -> ServeSettings:
     happen in every model instance (this also says what to install where torch is missing, as in the
     serving environment): export an FP32 checkpoint to ONNX, or, for an ``auto`` choice, load the purifier
     once, so that the choice is timed and recorded (``runtime.auto``) before the instances start and each
-    of them opens the recorded winner rather than timing on cores the others are timing on too."""
+    of them opens the recorded winner rather than timing on cores the others are timing on too. A named
+    backend this environment cannot run (OpenVINO not installed, say) is refused here with what to install,
+    rather than by every model instance inside a server that then fails to start."""
     source = identify(settings.model)
+    if settings.backend != "auto":
+        reason = backend_module(settings.backend).unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"backend {settings.backend} is unavailable in this environment ({sys.executable}): {reason}"
+            )
     if settings.backend == "auto" or settings.precision == "auto":
         load_purifier(
             settings.model, settings.backend, settings.precision, settings.device, threads=settings.threads
@@ -99,6 +109,25 @@ def _prepared(settings: ServeSettings) -> ServeSettings:
     if source.kind != "checkpoint" or settings.backend == "torch" or settings.precision not in (None, "fp32"):
         return settings
     return replace(settings, model=str(onnx_for(source, "fp32")))
+
+
+def only_here(handler: Callable[[int, FrameType | None], None]) -> Callable[[int, FrameType | None], None]:
+    """``handler`` in this process; in a process forked from it, the signal's default action.
+
+    A library may fork this process from a thread of its own: OpenVINO's import sends a usage record from
+    a ``multiprocessing`` child that it terminates (SIGTERM) when the network does not answer in 3 s, and
+    ``multiprocessing`` joins that child when this process exits. A child that inherited ``shut_down``
+    would outlive the SIGTERM (holding our exit) and signal a copy of our server handle."""
+    owner = os.getpid()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() == owner:
+            handler(signum, frame)
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    return handle
 
 
 def serve(
@@ -123,7 +152,7 @@ def serve(
             log.info("signal %d: shutting the server down", signum)
             server.terminate()
 
-        previous = {sig: signal.signal(sig, shut_down) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, only_here(shut_down)) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             try:
                 server.start(ready_timeout_s)
