@@ -10,7 +10,10 @@ logits), which do not depend on the purifier and are crafted once. Each candidat
     clean agreement with and without the dynamic defence, and agreement under each attack with and
     without it (the dynamic defence with a fixed noise seed).
 
-The rule: the highest mean of those agreement rates; ties go to the higher clean PSNR. Every candidate's
+The rule: among the candidates that keep clean photos (static clean agreement at least CLEAN_FLOOR, the
+default purifier's clean goal), the highest mean of those agreement rates; ties go to the higher clean
+PSNR. Without the floor a mean over eight rates let a candidate that lost 4 of 24 clean crops win on one
+attacked crop. Every candidate's
 row and the choice are written to OUT (JSON) and printed; run again into the same OUT with more candidates
 (snapshots appear as a run trains), rows already scored there (same file, same crops and attacks) are kept.
 
@@ -39,6 +42,7 @@ from nrp_deploy.models import load_model
 from nrp_deploy.models.eager import dynamic_input
 
 RESIZE, CROP = 256, 224
+CLEAN_FLOOR = 0.95
 EPS, ITERATIONS = 16 / 255, 10
 JUDGE, SOURCE = "efficientnet_lite1", "efficientnet_lite0"
 NOISE_SEED = 0
@@ -148,9 +152,13 @@ def main() -> int:
         row = scored.get((str(path), digest)) or {**score(path, inputs, judge, labels), "sha256": digest}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    best = max(rows, key=lambda r: (r["score"], r["clean_psnr"]))
+    eligible = [r for r in rows if r["clean"] >= CLEAN_FLOOR]
+    if not eligible:
+        raise SystemExit(f"no candidate keeps {CLEAN_FLOOR:.0%} clean agreement: nothing to choose")
+    best = max(eligible, key=lambda r: (r["score"], r["clean_psnr"]))
     report = {
-        "rule": "highest mean agreement over clean and attacked inputs, static and dynamic; ties: clean PSNR",
+        "rule": f"clean agreement >= {CLEAN_FLOOR}; then highest mean agreement over clean and attacked "
+        "inputs, static and dynamic; ties: clean PSNR",
         "judge": JUDGE,
         "source": SOURCE,
         "crops": len(clean),
