@@ -109,14 +109,19 @@ def judge(
     return Verdict(passed, line)
 
 
-def check_verdict(path: Path, verdict: Verdict, allow_failed: bool) -> None:
-    """Refuse an artifact whose fidelity check FAILed, unless the caller allows it (then warn)."""
+#: What to do about an exported artifact that FAILed its check.
+REEXPORT = "Re-export it (other calibration images, a higher precision)"
+
+
+def check_verdict(path: Path, verdict: Verdict, allow_failed: bool, remedy: str = REEXPORT) -> None:
+    """Refuse an artifact (or arithmetic) whose fidelity check FAILed, unless the caller allows it (then
+    warn); ``remedy`` says what to do instead."""
     if verdict.passed:
         return
     if not allow_failed:
         raise FidelityError(
-            f"{path} failed its fidelity check and is not used: {verdict.line}. Re-export it (other "
-            "calibration images, a higher precision), or pass allow_failed=True (--allow-failed) to use it anyway"
+            f"{path} failed its fidelity check and is not used: {verdict.line}. {remedy}, or pass "
+            "allow_failed=True (--allow-failed) to use it anyway"
         )
     log.warning("using %s although it failed its fidelity check (allow_failed): %s", path, verdict.line)
 

@@ -96,7 +96,12 @@ def _check_bf16(path: Path, spec: ModelSpec | None, options: OpenVinoOptions, al
         )
 
     verdict = bf16_verdict(path, sha256, backend)
-    check_verdict(Path(f"{path} with BF16 arithmetic"), verdict, allow_failed)
+    check_verdict(
+        Path(f"{path} with BF16 arithmetic"),
+        verdict,
+        allow_failed,
+        remedy="Run it with FP32 arithmetic (precision fp32) or at INT8",
+    )
 
 
 class OpenVinoBackend(BaseBackend):
