@@ -228,7 +228,7 @@ def test_bf16_has_a_verdict_measured_once_and_a_failed_one_is_refused(onnx_model
     monkeypatch.setattr(bf16_verdict, "_outputs", measure)
     shutil.rmtree(records_dir())
     monkeypatch.setattr(bf16_verdict, "MIN_PSNR_DB", 500.0)  # no BF16 run reaches it
-    with pytest.raises(FidelityError, match="FAIL bf16.*Run it with FP32 arithmetic"):
+    with pytest.raises(FidelityError, match=r"FAIL bf16.*Run it with FP32 arithmetic"):
         load_purifier(onnx_model, backend="openvino", options=options)
     with load_purifier(onnx_model, backend="openvino", options=options, allow_failed=True) as purifier:
         assert purifier.backend_name == "openvino-cpu-bf16"
