@@ -17,15 +17,16 @@ check the backend's state once, in one place, and call the subclass's ``activate
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from nrp_deploy.artifacts import metadata, sources
 from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.deprecation import moved_names
-from nrp_deploy.errors import InputError
+from nrp_deploy.errors import BackendUnavailableError, InputError
 from nrp_deploy.models.spec import ModelSpec
 
 #: ``PRECISIONS`` and ``ModelSource`` lived here; they are artifact facts now.
@@ -85,6 +86,25 @@ class DeviceBackend(Backend, Protocol):
     def infer_device(
         self, in_ptr: int, out_ptr: int, shape: tuple[int, int, int, int], stream: int
     ) -> None: ...
+
+
+def import_engine(module: str, name: str, install_hint: str) -> Any:
+    """The inference library ``module`` a backend runs on, imported on first use; when it is missing, a
+    ``BackendUnavailableError`` naming it (``name``) and what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailableError(f"{name} is not installed ({exc}); {install_hint}") from exc
+
+
+def engine_unavailable(module: str, name: str, install_hint: str) -> str | None:
+    """A backend's ``unavailable_reason`` when its only requirement is its library: None when ``module``
+    imports, else why not and what to install."""
+    try:
+        import_engine(module, name, install_hint)
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
 
 
 class BackendNotActiveError(RuntimeError):

@@ -27,7 +27,7 @@ from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError
 from nrp_deploy.fileutil import sha256_file
 from nrp_deploy.models.spec import ModelSpec
-from nrp_deploy.runtime.backends.base import BaseBackend
+from nrp_deploy.runtime.backends.base import BaseBackend, engine_unavailable, import_engine
 from nrp_deploy.runtime.backends.options import BackendOptions, OpenVinoOptions
 from nrp_deploy.runtime.bf16_verdict import bf16_verdict
 from nrp_deploy.runtime.on_demand import onnx_for
@@ -40,20 +40,12 @@ _CAPABILITY = {"int8": "INT8", "bf16": "BF16"}
 
 
 def _openvino() -> Any:
-    try:
-        import openvino
-    except ImportError as exc:
-        raise BackendUnavailableError(f"OpenVINO is not installed ({exc}); {INSTALL_HINT}") from exc
-    return openvino
+    return import_engine("openvino", "OpenVINO", INSTALL_HINT)
 
 
 def unavailable_reason() -> str | None:
     """None when OpenVINO imports, else why not and what to install."""
-    try:
-        _openvino()
-    except BackendUnavailableError as exc:
-        return str(exc)
-    return None
+    return engine_unavailable("openvino", "OpenVINO", INSTALL_HINT)
 
 
 def open_backend(

@@ -32,7 +32,7 @@ from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError
 from nrp_deploy.kernels import cuda_api, cuda_mem
 from nrp_deploy.models.spec import ModelSpec
-from nrp_deploy.runtime.backends.base import BaseBackend
+from nrp_deploy.runtime.backends.base import BaseBackend, engine_unavailable, import_engine
 from nrp_deploy.runtime.backends.options import BackendOptions, OrtOptions
 from nrp_deploy.runtime.on_demand import onnx_for
 
@@ -45,20 +45,12 @@ _NUMPY_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
 def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailableError(f"ONNX Runtime is not installed ({exc}); {INSTALL_HINT}") from exc
-    return onnxruntime
+    return import_engine("onnxruntime", "ONNX Runtime", INSTALL_HINT)
 
 
 def unavailable_reason() -> str | None:
     """None when ONNX Runtime imports, else why not and what to install."""
-    try:
-        _ort()
-    except BackendUnavailableError as exc:
-        return str(exc)
-    return None
+    return engine_unavailable("onnxruntime", "ONNX Runtime", INSTALL_HINT)
 
 
 def gpu_usable() -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 from nrp_deploy.artifacts.sources import ModelSource
 from nrp_deploy.artifacts.specs import ShapeProfile, TensorSpec
 from nrp_deploy.errors import BackendUnavailableError, InputError, ModelError
-from nrp_deploy.runtime.backends.base import BaseBackend
+from nrp_deploy.runtime.backends.base import BaseBackend, engine_unavailable, import_engine
 from nrp_deploy.runtime.backends.options import BackendOptions, TorchOptions
 
 INSTALL_HINT = (
@@ -39,20 +39,12 @@ _DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 
 def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:
-        raise BackendUnavailableError(f"torch is not installed ({exc}); {INSTALL_HINT}") from exc
-    return torch
+    return import_engine("torch", "torch", INSTALL_HINT)
 
 
 def unavailable_reason() -> str | None:
     """None when torch imports, else why not and what to install."""
-    try:
-        _torch()
-    except BackendUnavailableError as exc:
-        return str(exc)
-    return None
+    return engine_unavailable("torch", "torch", INSTALL_HINT)
 
 
 def open_backend(
