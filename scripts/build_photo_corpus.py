@@ -21,6 +21,8 @@ measures on. The output (ignored by git, except ``manifest.json`` which is commi
     corpus/train/<id>.png                 training photos, shorter side at most TRAIN_SIDE px
     corpus/heldout/full/<id>.png          held-out photos, longer side at most HELDOUT_SIDE px
     corpus/heldout/crops224/<id>.png      their 224x224 centre crops (shorter side resized to 256)
+    corpus/heldout/crops224x5/<id>_<at>.png  five 224x224 crops each (shorter side resized to 320; centre
+                                          and corners): 60 crops where 12 resolve only 8-point steps
     corpus/licences/<package>.copyright   each Debian package's copyright file / each wheel's licence
     corpus/manifest.json                  per photo: source, path, licence, copyright, sha256s, sizes
 
@@ -49,6 +51,7 @@ from PIL import Image
 TRAIN_SIDE = 640
 HELDOUT_SIDE = 640
 CROP_RESIZE, CROP = 256, 224
+FIVE_CROP_RESIZE = 320  # room for corner crops that overlap the centre one by about half
 MIN_COLOURFULNESS = 8.0  # Hasler-Suesstrunk colourfulness; greyscale photos score ~0
 
 DEBIAN_PACKAGES = {
@@ -662,6 +665,26 @@ def centre_crop(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + CROP, top + CROP))
 
 
+def five_crops(image: Image.Image) -> dict[str, Image.Image]:
+    """Five 224x224 views of one photo (shorter side to 320): the centre and the four corners.
+
+    More views of each held-out photo make the evaluation's agreement rates finer than one crop per photo
+    allows (the views are correlated, so they add resolution rather than independent photos).
+    """
+    w, h = image.size
+    scale = FIVE_CROP_RESIZE / min(w, h)
+    image = image.resize((max(CROP, round(w * scale)), max(CROP, round(h * scale))), Image.Resampling.LANCZOS)
+    w, h = image.size
+    corners = {
+        "centre": ((w - CROP) // 2, (h - CROP) // 2),
+        "top_left": (0, 0),
+        "top_right": (w - CROP, 0),
+        "bottom_left": (0, h - CROP),
+        "bottom_right": (w - CROP, h - CROP),
+    }
+    return {at: image.crop((x, y, x + CROP, y + CROP)) for at, (x, y) in corners.items()}
+
+
 def _write(image: Image.Image, out: Path, relative: str) -> dict:
     """Save ``image`` as PNG at ``out / relative`` (atomically); its manifest record."""
     buffer = io.BytesIO()
@@ -744,6 +767,10 @@ def build(out: Path, cache: Path) -> dict:
             entry["files"] = {
                 "full": _write(_resized(image, longer=HELDOUT_SIDE), out, f"heldout/full/{photo.id}.png"),
                 "crop224": _write(centre_crop(image), out, f"heldout/crops224/{photo.id}.png"),
+                "crops224x5": [
+                    _write(view, out, f"heldout/crops224x5/{photo.id}_{at}.png")
+                    for at, view in five_crops(image).items()
+                ],
             }
         else:
             entry["files"] = {
