@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nrp_deploy.cli.common import add_runtime_options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="image folder (default: the example photos inside the package)",
     )
     p.add_argument("--iterations", type=int, default=None, help="attack iterations (default: 10)")
-    p.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch (default: auto)")
+    add_runtime_options(p, with_precision=False)
     p.add_argument("--with-pgd", action="store_true", help="also PGD straight-through (BPDA) against it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_demo)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from nrp_deploy.cli.attack import parse_budget
+from nrp_deploy.cli.common import add_runtime_options
 
 SPEC_HELP = (
     "a registry name (efficientnet_lite0/1/2), path/to/file.py:callable, package.module:callable, a "
@@ -35,8 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="torch checkpoint of the attacker's local copy of the purifier (default: --model)",
     )
-    p.add_argument("--backend", default="auto", help="runtime backend: auto, tensorrt, onnxruntime, torch")
-    p.add_argument("--precision", default=None, help="fp32, fp16 or int8 (default: the model's own)")
+    add_runtime_options(p, precision_default=None)
     p.add_argument(
         "--threat-model",
         default="",

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nrp_deploy.artifacts.metadata import PRECISIONS
-from nrp_deploy.cli.common import finish_batch
+from nrp_deploy.cli.common import add_runtime_options, finish_batch
 from nrp_deploy.errors import NRPDeployError
 
 if TYPE_CHECKING:
@@ -47,20 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="seed of the --dynamic noise (replays a run exactly); default: a fresh seed from the OS per batch",
     )
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "onnxruntime", "tensorrt", "openvino"],
-        help="inference backend (default: auto: on a CPU the fastest that passes here, timed once and "
-        "cached, `nrp info --model` says which and why; on a GPU TensorRT first; torch is the eager baseline)",
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", *PRECISIONS),
-        help="model precision (default: auto, the fastest whose fidelity check passes here; an ONNX/engine "
-        "runs at its own)",
-    )
+    add_runtime_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the GPU when the backend can)")
     p.add_argument("--tile", type=int, default=None, help="tile images larger than N px (bounds memory)")
     p.add_argument("--overlap", type=int, default=None, help="context px around each tile (with --tile)")

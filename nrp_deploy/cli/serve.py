@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nrp_deploy.artifacts.metadata import PRECISIONS
-from nrp_deploy.cli.common import add_serving_options
+from nrp_deploy.cli.common import add_runtime_options, add_serving_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,19 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="default",
         help="registry name (default, NRP, NRP_resG), checkpoint, .onnx (with its .json) or TensorRT engine",
     )
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "onnxruntime", "tensorrt", "openvino"],
-        help="inference backend (default: auto: on a CPU the fastest that passes here, timed once and cached; "
-        "on a GPU TensorRT first)",
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", *PRECISIONS),
-        help="model precision (default: auto, the fastest whose fidelity check passes here)",
-    )
+    add_runtime_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the GPU when the backend can)")
     p.add_argument("--threads", type=int, default=None, help="intra-op CPU threads per model instance")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback)")
