@@ -655,11 +655,16 @@ def _resized(image: Image.Image, shorter: int | None = None, longer: int | None 
     return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
 
 
+def _shorter_side_to(image: Image.Image, side: int) -> Image.Image:
+    """``image`` resized (up or down, Lanczos) so its shorter side is ``side`` px, never below a crop."""
+    w, h = image.size
+    scale = side / min(w, h)
+    return image.resize((max(CROP, round(w * scale)), max(CROP, round(h * scale))), Image.Resampling.LANCZOS)
+
+
 def centre_crop(image: Image.Image) -> Image.Image:
     """The standard ImageNet view: shorter side to 256, then the central 224x224."""
-    w, h = image.size
-    scale = CROP_RESIZE / min(w, h)
-    image = image.resize((max(CROP, round(w * scale)), max(CROP, round(h * scale))), Image.Resampling.LANCZOS)
+    image = _shorter_side_to(image, CROP_RESIZE)
     w, h = image.size
     left, top = (w - CROP) // 2, (h - CROP) // 2
     return image.crop((left, top, left + CROP, top + CROP))
@@ -671,9 +676,7 @@ def five_crops(image: Image.Image) -> dict[str, Image.Image]:
     More views of each held-out photo make the evaluation's agreement rates finer than one crop per photo
     allows (the views are correlated, so they add resolution rather than independent photos).
     """
-    w, h = image.size
-    scale = FIVE_CROP_RESIZE / min(w, h)
-    image = image.resize((max(CROP, round(w * scale)), max(CROP, round(h * scale))), Image.Resampling.LANCZOS)
+    image = _shorter_side_to(image, FIVE_CROP_RESIZE)
     w, h = image.size
     corners = {
         "centre": ((w - CROP) // 2, (h - CROP) // 2),
