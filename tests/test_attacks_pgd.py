@@ -331,3 +331,73 @@ def test_our_pgd_matches_torchattacks_pgd_on_the_same_model_budget_and_seed():
     )
     assert 0.1 < success(ours.adversarial) < 1.0  # a budget where success is not a foregone conclusion
     assert abs(success(ours_rs.adversarial) - success(theirs_rs)) <= 0.1
+
+
+def test_eot_without_noise_is_the_full_gradient_attack():
+    """sigma 0 and eps 0 leave the input as it is, so EOT averages N equal full gradients: the static attack."""
+    classifier, purifier = _models()
+    x = _images()
+    labels = torch.tensor([3, 3, 7, 1])
+    static = pgd_attack(x, classifier, purifier, mode="full", labels=labels, iterations=3)
+    eot = pgd_attack(
+        x,
+        classifier,
+        purifier,
+        mode="eot",
+        labels=labels,
+        iterations=3,
+        eot_samples=2,
+        sigma=0.0,
+        dynamic_eps=0.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.equal(eot.adversarial, static.adversarial)
+    published = pgd_attack(
+        x,
+        classifier,
+        purifier,
+        mode="eot",
+        labels=labels,
+        iterations=3,
+        eot_samples=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert not torch.equal(published.adversarial, static.adversarial)
+
+
+@pytest.mark.parametrize("mode", ["eot", "bpda-eot"])
+def test_every_noise_draw_of_an_eot_attack_has_the_level_asked_for(mode, monkeypatch):
+    """The gradients and the restarts' scoring alike draw the noise at the given sigma and eps."""
+    from nrp_deploy.attacks import pgd
+
+    levels = []
+
+    def recording(x, sigma, eps, generator=None):
+        levels.append((sigma, eps))
+        return dynamic_input(x, sigma, eps, generator=generator)
+
+    monkeypatch.setattr(pgd, "dynamic_input", recording)
+    classifier, purifier = _models()
+    iterations, eot_samples, restarts = 2, 3, 2
+    pgd_attack(
+        _images(),
+        classifier,
+        purifier,
+        mode=mode,
+        iterations=iterations,
+        eot_samples=eot_samples,
+        restarts=restarts,
+        sigma=0.01,
+        dynamic_eps=0.02,
+        generator=torch.Generator().manual_seed(0),
+    )
+    scoring = restarts * eot_samples
+    assert len(levels) == restarts * iterations * eot_samples + scoring
+    assert set(levels) == {(0.01, 0.02)}
+
+
+def test_pgd_refuses_a_noise_level_it_cannot_draw():
+    classifier, purifier = _models()
+    for kwargs, name in (({"sigma": -0.1}, "sigma"), ({"dynamic_eps": float("nan")}, "dynamic_eps")):
+        with pytest.raises(InputError, match=f"^{name} must be a finite number >= 0"):
+            pgd_attack(_images(), classifier, purifier, mode="eot", **kwargs)

@@ -19,6 +19,8 @@ import torch
 from nrp_deploy.attacks.classifiers import load_classifier
 from nrp_deploy.attacks.features import build_feature_extractor
 from nrp_deploy.attacks.pgd import (
+    DYNAMIC_EPS,
+    DYNAMIC_SIGMA,
     EOT_SAMPLES,
     PGD_EPS,
     PGD_ITERATIONS,
@@ -131,10 +133,13 @@ def pgd_files(
     progress: bool = True,
     random_start: bool = False,
     restarts: int = 1,
+    sigma: float = DYNAMIC_SIGMA,
+    dynamic_eps: float = DYNAMIC_EPS,
 ) -> BatchReport:
     """PGD adversaries against ``classifier`` (a classifier spec, see ``load_classifier``) behind the
-    purifier ``model`` (registry name or checkpoint)."""
-    check_pgd_options(mode, eps, step, iterations, eot_samples, restarts)
+    purifier ``model`` (registry name or checkpoint); ``sigma`` / ``dynamic_eps``: the noise level the EOT
+    modes average over (``pgd_attack``)."""
+    check_pgd_options(mode, eps, step, iterations, eot_samples, restarts, sigma, dynamic_eps)
     purifier = load_model(model, device=device).module.eval()
     net = load_classifier(classifier, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -154,6 +159,8 @@ def pgd_files(
             progress=progress,
             random_start=random_start,
             restarts=restarts,
+            sigma=sigma,
+            dynamic_eps=dynamic_eps,
         )
         return result.adversarial
 

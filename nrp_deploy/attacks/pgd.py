@@ -16,6 +16,10 @@ dynamic one. Gradient modes:
 - ``bpda-eot``: both at once, for a randomised defence whose purifier gives no gradient: the mean over N
   noise draws of the straight-through gradient at the purified noisy image.
 
+The noise the EOT modes draw has the published level (sigma 0.05, eps 16/255) unless ``sigma`` and
+``dynamic_eps`` say otherwise: give the level the attacked deployment runs, so that the attacker averages
+over the noise it will face (the restarts' scoring draws the same noise).
+
 Defaults as published: targeted (a random target different from the clean prediction), eps 16/255,
 step 2/255, 10 iterations, signed-gradient descent on the cross-entropy, projection and clamp each step,
 starting from the clean image. ``random_start`` starts from a uniform draw in the eps-ball instead (Madry
@@ -42,6 +46,7 @@ from nrp_deploy.errors import InputError
 from nrp_deploy.kernels.philox import PUBLISHED_EPS as DYNAMIC_EPS
 from nrp_deploy.kernels.philox import PUBLISHED_SIGMA as DYNAMIC_SIGMA
 from nrp_deploy.models.eager import dynamic_input
+from nrp_deploy.runtime.dynamic import check_noise_level
 
 GRADIENT_MODES = ("full", "bpda", "eot", "bpda-eot")
 PGD_EPS = 16 / 255
@@ -60,13 +65,22 @@ class PGDResult:
 
 
 def check_pgd_options(
-    mode: str, eps: float, step: float, iterations: int, eot_samples: int, restarts: int = 1
+    mode: str,
+    eps: float,
+    step: float,
+    iterations: int,
+    eot_samples: int,
+    restarts: int = 1,
+    sigma: float = DYNAMIC_SIGMA,
+    dynamic_eps: float = DYNAMIC_EPS,
 ) -> None:
-    """Raise ``InputError`` for a gradient mode, budget or restart count PGD cannot run with."""
+    """Raise ``InputError`` for a gradient mode, budget, restart count or noise level PGD cannot run with."""
     _check_mode(mode, eot_samples)
     check_budget(eps, step, iterations)
     if not isinstance(restarts, int) or restarts < 1:
         raise InputError(f"restarts must be an integer >= 1, got {restarts!r}")
+    check_noise_level("sigma", sigma)
+    check_noise_level("dynamic_eps", dynamic_eps)
 
 
 def _check_mode(mode: str, eot_samples: int) -> None:
@@ -142,15 +156,17 @@ def pgd_attack(
     progress: bool = False,
     random_start: bool = False,
     restarts: int = 1,
+    sigma: float = DYNAMIC_SIGMA,
+    dynamic_eps: float = DYNAMIC_EPS,
 ) -> PGDResult:
     """Targeted or untargeted L-inf PGD on ``classifier(clamp(purifier(x)))`` with ``mode`` gradients.
 
     ``labels`` default to random targets != the clean prediction (targeted) or to the clean prediction
     (untargeted). ``generator`` draws the targets, the random starts and the EOT noise, so a seeded one
     makes a run replayable. ``random_start`` / ``restarts``: see the module docstring (``restarts`` > 1
-    implies random starts).
+    implies random starts). ``sigma`` / ``dynamic_eps``: the noise level of the EOT modes.
     """
-    check_pgd_options(mode, eps, step, iterations, eot_samples, restarts)
+    check_pgd_options(mode, eps, step, iterations, eot_samples, restarts, sigma, dynamic_eps)
     check_images(images)
     clean = images.detach().clone()
     if labels is None:
@@ -175,13 +191,26 @@ def pgd_attack(
             step,
             iterations,
             eot_samples,
+            sigma,
+            dynamic_eps,
             generator,
             progress and run == 0,
             random_start,
         )
         if restarts == 1:
             return PGDResult(adversarial=adversarial, labels=labels, targeted=targeted)
-        score = _score(adversarial, labels, classifier, purifier, mode, targeted, eot_samples, generator)
+        score = _score(
+            adversarial,
+            labels,
+            classifier,
+            purifier,
+            mode,
+            targeted,
+            eot_samples,
+            sigma,
+            dynamic_eps,
+            generator,
+        )
         if best is None or best_score is None:
             best, best_score = adversarial, score
             continue
@@ -203,6 +232,8 @@ def _one_run(
     step: float,
     iterations: int,
     eot_samples: int,
+    sigma: float,
+    dynamic_eps: float,
     generator: torch.Generator | None,
     progress: bool,
     random_start: bool,
@@ -217,7 +248,15 @@ def _one_run(
     )
     for _ in bar:
         grad = attack_gradient(
-            adversarial, labels, classifier, purifier, mode, eot_samples=eot_samples, generator=generator
+            adversarial,
+            labels,
+            classifier,
+            purifier,
+            mode,
+            eot_samples=eot_samples,
+            sigma=sigma,
+            dynamic_eps=dynamic_eps,
+            generator=generator,
         )
         adversarial = project(adversarial + direction * step * grad.sign(), clean, eps)
     return adversarial
@@ -231,10 +270,13 @@ def _score(
     mode: str,
     targeted: bool,
     eot_samples: int,
+    sigma: float,
+    dynamic_eps: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Per image, how good an adversary is for the attacker: success first (+1e6), then the loss (its
-    negative for a targeted attack); the noise of a randomised defence is averaged over ``eot_samples``."""
+    negative for a targeted attack); the noise of a randomised defence (``sigma``, ``dynamic_eps``) is
+    averaged over ``eot_samples``."""
     draws = eot_samples if mode in ("eot", "bpda-eot") else 1
     loss = torch.zeros(len(adversarial), device=adversarial.device)
     hits = torch.zeros(len(adversarial), device=adversarial.device)
@@ -242,7 +284,7 @@ def _score(
         for _ in range(draws):
             x = adversarial
             if draws > 1:
-                x = dynamic_input(x, generator=generator)
+                x = dynamic_input(x, sigma=sigma, eps=dynamic_eps, generator=generator)
             logits = classifier(purifier(x).clamp(0.0, 1.0))
             loss += F.cross_entropy(logits, labels, reduction="none")
             hits += (logits.argmax(1) == labels).float()

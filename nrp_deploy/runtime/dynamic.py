@@ -19,6 +19,16 @@ from nrp_deploy.kernels import philox
 from nrp_deploy.kernels.philox import PUBLISHED_EPS, PUBLISHED_SIGMA
 
 
+def check_noise_level(name: str, value: object) -> None:
+    """Refuse a noise level (sigma or eps) the defence cannot apply: it must be a finite number >= 0.
+
+    The one rule for every place a level is given (``DynamicDefense``, the evaluation's and the servers'
+    settings, the command line), so each names its own ``name`` in the ``InputError``.
+    """
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class DynamicDefense:
     """Noise settings of the dynamic defence; ``seed=None`` draws a fresh seed from the OS for every call.
@@ -33,9 +43,7 @@ class DynamicDefense:
 
     def __post_init__(self) -> None:
         for name in ("sigma", "eps"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise InputError(f"DynamicDefense.{name} must be a finite number >= 0, got {value!r}")
+            check_noise_level(f"DynamicDefense.{name}", getattr(self, name))
         if self.seed is not None:
             philox.seed_key(self.seed)  # raises InputError for anything but a 64-bit unsigned integer
 
