@@ -385,3 +385,51 @@ def test_baselines_join_the_comparison_with_fidelity_and_a_defence_table(images)
     fidelity_rows = [line for line in format_fidelity_table(report).splitlines() if line.startswith("| ")]
     assert "CIEDE2000" in fidelity_rows[0] and len(fidelity_rows) == 2 + len(none.defences)
     json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_the_dynamic_rows_and_the_eot_attacks_run_the_noise_level_asked_for(images, nets, monkeypatch):
+    from nrp_deploy.attacks import pgd
+
+    seen, drawn = [], []
+
+    def purify(x: np.ndarray, dynamic: DynamicDefense | None) -> np.ndarray:
+        seen.append(dynamic)
+        return x
+
+    def recording(x, sigma, eps, generator=None):
+        drawn.append((sigma, eps))
+        return x
+
+    monkeypatch.setattr(pgd, "dynamic_input", recording)
+    options = _options(
+        attacks=("none", "bpda-eot"), classifier=f"{nets}:target", noise_sigma=0.02, noise_eps=0.03
+    )
+    report = evaluate([images], options, purify=purify, progress=False)
+    assert {(d.sigma, d.eps) for d in seen if d is not None} == {(0.02, 0.03)}
+    assert {d.seed for d in seen if d is not None} == {None, options.seed}  # dynamic-fresh and dynamic
+    assert drawn and set(drawn) == {(0.02, 0.03)}  # the white-box attacker averages over the same noise
+    assert report.settings["dynamic"]["sigma"] == 0.02 and report.settings["dynamic"]["eps"] == 0.03
+    for table in (format_defence_table(report), format_table(report)):
+        assert "dynamic noise sigma 0.02, eps 0.03" in table.splitlines()[0]
+    published = evaluate([images], _options(attacks=("none",)), purify=_identity, progress=False)
+    assert published.settings["dynamic"]["sigma"] == 0.05
+    assert published.settings["dynamic"]["eps"] == pytest.approx(16 / 255)
+    assert "dynamic noise sigma 0.05, eps 16/255" in format_defence_table(published)
+
+
+def test_nrp_eval_cli_measures_the_dynamic_defence_at_the_level_given(images, checkpoint, nets, tmp_path):
+    """Without noise (sigma 0) the dynamic rows are the purifier's, image for image."""
+    out = tmp_path / "eval"
+    code = main(
+        ["eval", str(images), "--model", str(checkpoint), "--backend", "torch", "--attacks", "none",
+         "--classifier", f"{nets}:target?norm=none", "--noise-sigma", "0", "--out", str(out), "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["settings"]["dynamic"]["sigma"] == 0 and data["settings"]["dynamic"]["seed"] == 0
+    assert data["settings"]["dynamic"]["eps"] == pytest.approx(16 / 255)
+    for record in data["attacks"][0]["per_image"]:
+        for defence in ("dynamic", "dynamic-fresh"):
+            assert record[defence] == record["purified"]
+            assert record[f"psnr_{defence}"] == record["psnr_purified"]
+    assert "dynamic noise sigma 0, eps 16/255" in (out / "report.md").read_text()

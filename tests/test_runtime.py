@@ -324,6 +324,13 @@ def test_nrp_purify_backends_and_seeded_dynamic(cache, checkpoint, images, tmp_p
     assert main(["purify", *base, "-o", str(tmp_path / "c"), "--seed", "9"]) == 2
     assert "add --dynamic" in capsys.readouterr().err
 
+    level = ["--noise-sigma", "0.02", "--noise-eps", "0.03"]
+    assert main(["purify", *base, "-o", str(tmp_path / "level"), *seeded, *level]) == 0
+    chosen = np.stack([read_image(tmp_path / "level" / f"{k}.png") for k in range(len(images))])
+    expected = purifier(images, dynamic=DynamicDefense(sigma=0.02, eps=0.03, seed=9))
+    np.testing.assert_array_equal(chosen, expected)
+    assert not np.array_equal(chosen, np.stack(outputs[0]))  # the same seed at the published level differs
+
 
 def test_torch_backend_options_channels_last_and_half(cache, checkpoint, torch_purifier, images):
     x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255

@@ -8,12 +8,15 @@ interpreter. Without the environment the tests skip locally and fail under CI=tr
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -170,3 +173,145 @@ def test_the_serve_signal_handler_acts_only_in_its_own_process():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(-signal.SIGTERM), f"[{int(signal.SIGTERM)}]"]
+
+
+# -- the noise level a server runs: fixed when it is served or exported, honoured by its Python models ----
+
+VENDORED_NAMES = ("nrp_philox", "nrp_prepost", "nrp_protocol", "nrp_errors")
+
+
+class _Tensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self.name, self.array = name, array
+
+    def as_numpy(self) -> np.ndarray:
+        return self.array
+
+
+class _Response:
+    def __init__(self, output_tensors: list | None = None, error: object = None) -> None:
+        self.output_tensors, self.error = output_tensors, error
+
+
+class _Request:
+    def __init__(self, images: np.ndarray, parameters: dict) -> None:
+        self.images, self._parameters = images, parameters
+
+    def parameters(self) -> str:
+        return json.dumps(self._parameters)
+
+
+class _TritonError(Exception):
+    INVALID_ARG = 3
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+
+
+#: Just what the Python-backend models use of Triton's ``triton_python_backend_utils``, so they run here.
+FAKE_PB_UTILS = SimpleNamespace(
+    Tensor=_Tensor,
+    InferenceResponse=_Response,
+    TritonError=_TritonError,
+    get_input_tensor_by_name=lambda request, name: _Tensor(name, request.images),
+    triton_string_to_numpy=lambda name: {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}[name],
+    Logger=SimpleNamespace(log_info=lambda message: None, log_error=lambda message: None),
+)
+
+
+@pytest.fixture
+def python_model(monkeypatch):
+    """Load a Python-backend ``model.py`` with the fake ``triton_python_backend_utils``, initialised with the
+    ``nrp_settings`` of its ``config.pbtxt``; the modules a repository vendors are forgotten afterwards."""
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", FAKE_PB_UTILS)
+    monkeypatch.setattr(sys, "path", [*sys.path])
+
+    def load(model_dir: Path, output: dict | None = None) -> object:
+        spec = importlib.util.spec_from_file_location(
+            f"model_{model_dir.parent.name}", model_dir / "1" / "model.py"
+        )
+        module: ModuleType = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = {"parameters": {"nrp_settings": {"string_value": _settings_text(model_dir)}}}
+        model = module.TritonPythonModel()
+        model.initialize(
+            {"model_config": json.dumps({**config, "output": [output or {}]}), "model_instance_kind": "CPU"}
+        )
+        return model
+
+    yield load
+    for name in VENDORED_NAMES:
+        sys.modules.pop(name, None)
+
+
+def _settings_text(model_dir: Path) -> str:
+    """The ``nrp_settings`` parameter of a model's config.pbtxt: JSON text, quoted there as a JSON string."""
+    text = (model_dir / "config.pbtxt").read_text(encoding="utf-8")
+    return json.loads(re.search(r'key: "nrp_settings" value \{ string_value: (".*") \}', text).group(1))
+
+
+def _nrp_settings(model_dir: Path) -> dict:
+    return json.loads(_settings_text(model_dir))
+
+
+def _answer(model, images: np.ndarray, parameters: dict) -> np.ndarray:
+    (response,) = model.execute([_Request(images, parameters)])
+    assert response.error is None, response.error
+    return response.output_tensors[0].array
+
+
+def test_an_exported_repository_adds_the_noise_level_it_was_exported_with(
+    artifacts: Path, tmp_path, python_model
+):
+    from nrp_deploy.kernels.philox import PUBLISHED_EPS, PUBLISHED_SIGMA, apply_dynamic_defense
+    from nrp_deploy.runtime.prepost import uint8_to_float
+
+    repo = tmp_path / "repo"
+    export = [
+        "export",
+        "triton",
+        "--model",
+        str(artifacts / "tiny.onnx"),
+        "-o",
+        str(repo),
+        "--engine",
+        "python",
+    ]
+    assert main([*export, "--noise-sigma", "0.02", "--noise-eps", "0.03"]) == 0
+    settings = _nrp_settings(repo / "nrp_preprocess")
+    assert (settings["sigma"], settings["eps"]) == (0.02, 0.03)
+    assert "sigma 0.02, eps 0.03" in (repo / "README.md").read_text()
+    published = _nrp_settings(artifacts / "repo_python" / "nrp_preprocess")
+    assert (published["sigma"], published["eps"]) == (PUBLISHED_SIGMA, PUBLISHED_EPS)
+
+    preprocess = python_model(repo / "nrp_preprocess", {"name": "input", "data_type": "TYPE_FP32"})
+    images = np.random.default_rng(4).integers(0, 256, (2, 12, 10, 3), dtype=np.uint8)
+    noisy = _answer(preprocess, images, {"dynamic": True, "seed": 5, "start_index": 2})
+    x = uint8_to_float(images)
+    np.testing.assert_array_equal(noisy, apply_dynamic_defense(x, 0.02, 0.03, 5, start_index=2))
+    assert not np.array_equal(
+        noisy, apply_dynamic_defense(x, PUBLISHED_SIGMA, PUBLISHED_EPS, 5, start_index=2)
+    )
+
+
+def test_nrp_serve_purifies_at_the_noise_level_it_was_started_with(artifacts: Path, tmp_path, python_model):
+    from nrp_deploy.runtime import DynamicDefense, load_purifier
+    from nrp_deploy.serving import ServeSettings, write_serve_repository
+
+    tiny = str(artifacts / "tiny.onnx")
+    settings = ServeSettings(
+        model=tiny, backend="onnxruntime", precision=None, threads=1, noise_sigma=0.02, noise_eps=0.03
+    )
+    repo = write_serve_repository(tmp_path, settings)
+    assert _nrp_settings(repo / "nrp_purifier")["noise_sigma"] == 0.02
+    model = python_model(repo / "nrp_purifier")
+    images = np.random.default_rng(5).integers(0, 256, (2, 12, 10, 3), dtype=np.uint8)
+    try:
+        served = _answer(model, images, {"dynamic": True, "seed": 5, "start_index": 2})
+    finally:
+        model.finalize()
+    with load_purifier(tiny, backend="onnxruntime", threads=1) as purifier:
+        expected = purifier(images, dynamic=DynamicDefense(sigma=0.02, eps=0.03, seed=5), start_index=2)
+        published = purifier(images, dynamic=DynamicDefense(seed=5), start_index=2)
+    np.testing.assert_array_equal(served, expected)
+    assert not np.array_equal(served, published)

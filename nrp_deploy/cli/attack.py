@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nrp_deploy.cli.common import finish_batch
+from nrp_deploy.cli.common import add_noise_options, dynamic_defense, finish_batch, noise_options_given
+from nrp_deploy.errors import NRPDeployError
+
+#: The gradient modes that average over the dynamic defence's noise (the rest see no noise).
+EOT_MODES = ("eot", "bpda-eot")
 
 
 def parse_budget(text: str) -> float:
@@ -106,6 +110,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--untargeted", dest="targeted", action="store_false", help="move away from the clean class"
     )
     pgd.add_argument("--eot-samples", type=int, default=8, help="noise draws per EOT gradient (default: 8)")
+    add_noise_options(
+        pgd, note="--mode eot and bpda-eot average over this noise: give the attacked deployment's level"
+    )
     pgd.set_defaults(handler=_run_attack_pgd)
 
 
@@ -133,6 +140,13 @@ def _run_attack_ssp(args: argparse.Namespace) -> int:
 def _run_attack_pgd(args: argparse.Namespace) -> int:
     from nrp_deploy.attacks.files import pgd_files
 
+    noise_options = noise_options_given(args)
+    if noise_options and args.mode not in EOT_MODES:
+        raise NRPDeployError(
+            f"{', '.join(noise_options)} set the noise that --mode {' and '.join(EOT_MODES)} average over; "
+            f"--mode {args.mode} sees none: choose an EOT mode or drop them"
+        )
+    noise = dynamic_defense(args)
     report = pgd_files(
         args.inputs,
         args.output,
@@ -151,5 +165,7 @@ def _run_attack_pgd(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         random_start=args.random_start,
         restarts=args.restarts,
+        sigma=noise.sigma,
+        dynamic_eps=noise.eps,
     )
     return finish_batch(report)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from nrp_deploy.cli.attack import parse_budget
-from nrp_deploy.cli.common import add_runtime_options
+from nrp_deploy.cli.common import add_noise_options, add_runtime_options, dynamic_defense
 
 SPEC_HELP = (
     "a registry name (efficientnet_lite0/1/2), path/to/file.py:callable, package.module:callable, a "
@@ -96,6 +96,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--iterations", type=int, default=None, help="attack steps (default: SSP 100, PGD and transfer 10)"
     )
     p.add_argument("--eot-samples", type=int, default=8, help="noise draws per EOT gradient (default: 8)")
+    add_noise_options(
+        p,
+        note="the dynamic and dynamic-fresh rows run it and the EOT attacks (pgd-eot, bpda-eot) average "
+        "over it, so the white-box attacker faces the noise measured",
+    )
     p.add_argument(
         "--untargeted", action="store_true", help="untargeted PGD through the defence (default: targeted)"
     )
@@ -136,6 +141,7 @@ def options_from_args(args: argparse.Namespace):  # -> EvalOptions
         else parse_channels(args.classifier_std, "std", "--classifier-std"),
         size=None if args.classifier_size is None else parse_size(args.classifier_size, "--classifier-size"),
     )
+    noise = dynamic_defense(args)
     return EvalOptions(
         model=args.model,
         attacks=_list(args.attacks),
@@ -149,6 +155,8 @@ def options_from_args(args: argparse.Namespace):  # -> EvalOptions
         ssp_features=args.ssp_features,
         feature_layer=args.feature_layer,
         baselines=_list(args.baselines),
+        noise_sigma=noise.sigma,
+        noise_eps=noise.eps,
         eps=args.eps,
         iterations=args.iterations,
         eot_samples=args.eot_samples,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from nrp_deploy.artifacts.metadata import PRECISIONS
-from nrp_deploy.cli.common import add_serving_options
+from nrp_deploy.cli.common import add_serving_options, dynamic_defense
 
 
 def _add_export_calibration(p: argparse.ArgumentParser) -> None:
@@ -90,7 +90,8 @@ def _add_export_triton(kinds: argparse._SubParsersAction) -> None:
         "the ensemble nrp_purifier (uint8 images in and out, request parameters dynamic / seed / start_index) "
         "over Python-backend pre- and post-processing and the purifier network (ONNX on the onnxruntime "
         "backend, a TensorRT plan built here on the tensorrt backend, or ONNX Runtime in a Python-backend model "
-        "for servers with only the Python backend), with dynamic batching, instance groups and warm-up.",
+        "for servers with only the Python backend), with dynamic batching, instance groups and warm-up. The "
+        "dynamic defence's noise level (--noise-sigma, --noise-eps) is written into the repository.",
     )
     p.add_argument("--model", default="default", help="registry name, checkpoint or .onnx (default: default)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="REPO", help="repository folder")
@@ -114,6 +115,7 @@ def _add_export_triton(kinds: argparse._SubParsersAction) -> None:
 def _run_export_triton(args: argparse.Namespace) -> int:
     from nrp_deploy.serving.triton_export import TritonExportOptions, export_triton_repository
 
+    noise = dynamic_defense(args)
     options = TritonExportOptions(
         precision=args.precision,
         engine=args.engine,
@@ -122,6 +124,8 @@ def _run_export_triton(args: argparse.Namespace) -> int:
         instances=args.instances,
         gpu=args.gpu,
         dynamic=args.dynamic,
+        noise_sigma=noise.sigma,
+        noise_eps=noise.eps,
         threads=args.threads,
         **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
     )

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nrp_deploy.cli.common import add_runtime_options, finish_batch
+from nrp_deploy.cli.common import (
+    add_noise_options,
+    add_runtime_options,
+    dynamic_defense,
+    finish_batch,
+    noise_options_given,
+)
 from nrp_deploy.errors import NRPDeployError
 
 if TYPE_CHECKING:
@@ -38,13 +44,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="registry name (default, NRP, NRP_resG), checkpoint, .onnx (with its .json) or TensorRT engine",
     )
     p.add_argument(
-        "--dynamic", action="store_true", help="dynamic inference: noise (sigma 0.05) within 16/255"
+        "--dynamic",
+        action="store_true",
+        help="dynamic inference: Gaussian noise, kept within a radius of the input, before purifying "
+        "(published: sigma 0.05 within 16/255; see --noise-sigma, --noise-eps)",
     )
     p.add_argument(
         "--seed",
         type=int,
         default=None,
         help="seed of the --dynamic noise (replays a run exactly); default: a fresh seed from the OS per batch",
+    )
+    add_noise_options(
+        p, note="with --dynamic; a server (--server) has its own, set when it is served or exported"
     )
     add_runtime_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the GPU when the backend can)")
@@ -108,6 +120,14 @@ def _run_purify(args: argparse.Namespace) -> int:
 
     if args.seed is not None and not args.dynamic:
         raise NRPDeployError("--seed sets the --dynamic noise; add --dynamic or drop --seed")
+    noise = noise_options_given(args)
+    if noise and args.server:
+        raise NRPDeployError(
+            f"{', '.join(noise)}: a server's noise level is set when it is served (nrp serve) or exported "
+            "(nrp export triton), and requests cannot change it; drop them with --server"
+        )
+    if noise and not args.dynamic:
+        raise NRPDeployError(f"{', '.join(noise)} set the --dynamic noise; add --dynamic or drop them")
     ray_only = [
         f"--{n.replace('_', '-')}" for n in ("actors", "gpus_per_actor") if getattr(args, n) is not None
     ]
@@ -181,7 +201,6 @@ def _run_purify_remote(args: argparse.Namespace) -> int:
 
 def _purifier_settings(args: argparse.Namespace) -> PurifierSettings:
     """The purifier the job runs, in process or on each Ray actor: ``load_purifier``'s arguments."""
-    from nrp_deploy.runtime import DynamicDefense
     from nrp_deploy.scale import PurifierSettings
 
     return PurifierSettings(
@@ -194,7 +213,7 @@ def _purifier_settings(args: argparse.Namespace) -> PurifierSettings:
         threads=args.threads,
         allow_failed=args.allow_failed,
         memory_budget=args.memory_budget,
-        dynamic=DynamicDefense(seed=args.seed) if args.dynamic else None,
+        dynamic=dynamic_defense(args, seed=args.seed) if args.dynamic else None,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nrp_deploy.cli.common import add_runtime_options, add_serving_options
+from nrp_deploy.cli.common import add_runtime_options, add_serving_options, dynamic_defense
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="serve a purifier behind NVIDIA Triton Inference Server (HTTP, gRPC, metrics)",
         description="Run the Triton Inference Server bundled with nvidia-pytriton over a purifier of any "
         "backend: uint8 images [N, H, W, 3] in, purified uint8 images out, requests of one image size joined "
-        "by Triton's dynamic batcher. Request parameters: dynamic (true/false), seed, start_index. Health at "
+        "by Triton's dynamic batcher. Request parameters: dynamic (true/false), seed, start_index; the dynamic "
+        "defence's noise level is the server's (--noise-sigma, --noise-eps). Health at "
         "/v2/health/ready, Prometheus metrics on the metrics port. SIGINT/SIGTERM shut it down cleanly: "
         "requests in flight finish. Needs the `serve` extra (numpy<2: its own environment).",
     )
@@ -38,6 +39,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from nrp_deploy.serving import Endpoints, ServeSettings, serve
     from nrp_deploy.serving.model_config import Batching
 
+    noise = dynamic_defense(args)
     settings = ServeSettings(
         model=args.model,
         backend=args.backend,
@@ -45,6 +47,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         dynamic=args.dynamic,
+        noise_sigma=noise.sigma,
+        noise_eps=noise.eps,
         **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
     )
     endpoints = Endpoints(args.host, args.http_port, args.grpc_port, args.metrics_port)

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nrp_deploy.attacks.pgd import EOT_SAMPLES, PGD_EPS
+from nrp_deploy.attacks.pgd import DYNAMIC_EPS, DYNAMIC_SIGMA, EOT_SAMPLES, PGD_EPS
 from nrp_deploy.errors import InputError
 from nrp_deploy.evaluation.threats import CATALOGUE, resolve_attacks
+from nrp_deploy.runtime.dynamic import check_noise_level
 
 PUBLISHED_EPS = PGD_EPS  # SSP's budget is the same 16/255
 
@@ -27,7 +28,9 @@ class EvalOptions:
     Defence: ``model`` is what the defence runs (registry name, checkpoint, or an ONNX / TensorRT artifact
     through ``backend`` / ``precision`` / ``device``); ``attack_model`` is the torch checkpoint the gray-box
     attacks differentiate, the attacker's local copy (default: ``model``). ``baselines`` adds training-free
-    defences (``blur``, ``jpeg``) to the comparison.
+    defences (``blur``, ``jpeg``) to the comparison. ``noise_sigma`` / ``noise_eps`` are the dynamic defence's
+    noise level (default: the published one): the ``dynamic`` and ``dynamic-fresh`` rows run it, and the EOT
+    attacks (``pgd-eot``, ``bpda-eot``) average over it, so a white-box attacker faces the deployed noise.
 
     Networks: ``classifier`` is the judged network (the target) and ``sources`` the attacker's own
     networks for the black-box transfer attacks (an ensemble when several), each a classifier spec
@@ -67,6 +70,8 @@ class EvalOptions:
     batch_size: int = 4
     seed: int = 0
     grid_images: int = 4
+    noise_sigma: float = DYNAMIC_SIGMA
+    noise_eps: float = DYNAMIC_EPS
     resolved: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +91,8 @@ class EvalOptions:
             f"restarts must be >= 1, got {self.restarts}",
         )
         _check(0 < self.eps <= 1, f"eps must be in (0, 1], got {self.eps}")
+        for name in ("noise_sigma", "noise_eps"):
+            check_noise_level(name, getattr(self, name))
         object.__setattr__(self, "resolved", resolve_attacks(self.attacks, self.threat_models, self.protocol))
         needs_sources = [a for a in self.resolved if "sources" in CATALOGUE[a].needs]
         if needs_sources and not self.sources:

@@ -61,7 +61,7 @@ def format_table(report: EvalReport) -> str:
     title = (
         f"per attack: {s['images']} images; defence: {s['defence']}; target {s['classifier']}; "
         f"local copy {s['attack_model']}; PGD {s['pgd']}; eps {_levels(s['eps'])}; iterations "
-        f"{s['iterations'] or 'as published'}"
+        f"{s['iterations'] or 'as published'}; {_noise_level(s)}"
     )
     failed = [f"failed: {f}: {e}" for f, e in report.failed]
     return "\n".join([title, "", *_markdown_rows(rows), *failed])
@@ -115,7 +115,7 @@ def format_defence_table(report: EvalReport) -> str:
     title = (
         f"{s['images']} images; target {s['classifier']}; sources {sources}; SSP on {s.get('ssp_features')}; "
         f"PGD {s['pgd']}; eps {_levels(s['eps'])}; iterations {s['iterations'] or 'as published'}; "
-        f"EOT {s['eot_samples']} draws"
+        f"EOT {s['eot_samples']} draws; {_noise_level(s)}"
     )
     return "\n".join([title, "", *_markdown_rows(rows)])
 
@@ -149,6 +149,13 @@ def _recovered(summary, defence: str) -> str:
         return "-"
     points, share = summary.recovered(defence)
     return f"{points:+.0f} pt" + ("" if share is None else f", {100 * share:.0f}%")
+
+
+def _noise_level(settings: dict) -> str:
+    """The dynamic defence's noise level as the tables' titles name it: ``dynamic noise sigma 0.05, eps
+    16/255`` (the dynamic rows run it, the EOT attacks average over it)."""
+    dynamic = settings["dynamic"]
+    return f"dynamic noise sigma {dynamic['sigma']:.4g}, eps {_levels(dynamic['eps'])}"
 
 
 def _levels(eps: float) -> str:

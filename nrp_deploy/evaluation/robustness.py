@@ -258,7 +258,8 @@ def evaluate(
             options.model, options.backend, options.precision, options.device
         )
     suite = AttackSuite(options, deployed=lambda x: purify(x, None))
-    noise = {"dynamic": DynamicDefense(seed=options.seed), "dynamic-fresh": DynamicDefense(seed=None)}
+    level = {"sigma": options.noise_sigma, "eps": options.noise_eps}
+    noise = {"dynamic": DynamicDefense(**level, seed=options.seed), "dynamic-fresh": DynamicDefense(**level)}
     attacks = options.resolved
     defences = (*DEFENCES, *extra_defences)
     results = {a: AttackResult(a, 0.0 if a == "none" else options.eps, defences) for a in attacks}
@@ -324,7 +325,12 @@ def _settings(
         "random_start": options.random_start,
         "restarts": options.restarts,
         "seed": options.seed,
-        "dynamic": {"seed": options.seed, "fresh": "a new OS-drawn seed per call (not replayable)"},
+        "dynamic": {
+            "sigma": options.noise_sigma,
+            "eps": options.noise_eps,
+            "seed": options.seed,
+            "fresh": "a new OS-drawn seed per call (not replayable)",
+        },
         "device": options.device,
         "images": sum(len(n) for n, _ in batches),
         "seconds": round(seconds, 1),

@@ -105,6 +105,8 @@ class AttackSuite:
             step=opts.scaled_step(PGD_STEP),
             iterations=PGD_ITERATIONS if opts.iterations is None else opts.iterations,
             eot_samples=opts.eot_samples,
+            sigma=opts.noise_sigma,
+            dynamic_eps=opts.noise_eps,
             generator=generator,
             random_start=opts.random_start,
             restarts=opts.restarts,

@@ -22,7 +22,9 @@ from types import FrameType
 
 from nrp_deploy.artifacts.sources import identify
 from nrp_deploy.errors import BackendUnavailableError, InputError
+from nrp_deploy.kernels.philox import PUBLISHED_EPS, PUBLISHED_SIGMA
 from nrp_deploy.runtime.backends import backend_module
+from nrp_deploy.runtime.dynamic import check_noise_level
 from nrp_deploy.runtime.on_demand import onnx_for
 from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS, load_purifier
 from nrp_deploy.serving import protocol
@@ -37,7 +39,8 @@ WARMUP_SIDE = 64
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """What the served Purifier is (the arguments of ``load_purifier``) and the dynamic-defence default."""
+    """What the served Purifier is (the arguments of ``load_purifier``), the dynamic-defence default and
+    its noise level (``noise_sigma``, ``noise_eps``: the server's own, which requests cannot change)."""
 
     model: str = "default"
     backend: str = "auto"
@@ -47,6 +50,12 @@ class ServeSettings:
     dynamic: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     sys_path: list[str] = field(default_factory=lambda: [p for p in sys.path if p])
+    noise_sigma: float = PUBLISHED_SIGMA
+    noise_eps: float = PUBLISHED_EPS
+
+    def __post_init__(self) -> None:
+        for name in ("noise_sigma", "noise_eps"):  # refused here, not by every request inside the server
+            check_noise_level(name, getattr(self, name))
 
 
 def _absolute_model(model: str) -> str:

@@ -30,6 +30,7 @@ from nrp_deploy.artifacts.specs import make_profile
 from nrp_deploy.errors import ExportError, InputError
 from nrp_deploy.kernels.philox import PUBLISHED_EPS, PUBLISHED_SIGMA
 from nrp_deploy.runtime import prepost
+from nrp_deploy.runtime.dynamic import check_noise_level
 from nrp_deploy.runtime.on_demand import onnx_for
 from nrp_deploy.runtime.purifier import DEFAULT_MAX_PIXELS
 from nrp_deploy.serving import protocol
@@ -58,7 +59,8 @@ TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 
 @dataclass(frozen=True)
 class TritonExportOptions:
-    """How the repository serves: the network's engine, batching, instances, the defence's default."""
+    """How the repository serves: the network's engine, batching, instances, the defence's default and its
+    noise level (``noise_sigma``, ``noise_eps``: written into the repository, so requests cannot change it)."""
 
     precision: str = "fp32"
     engine: str = "onnxruntime"
@@ -69,6 +71,8 @@ class TritonExportOptions:
     dynamic: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     threads: int | None = None
+    noise_sigma: float = PUBLISHED_SIGMA
+    noise_eps: float = PUBLISHED_EPS
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -78,6 +82,8 @@ class TritonExportOptions:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.delay_us < 0:
             raise InputError(f"delay_us must be >= 0, got {self.delay_us}")
+        for name in ("noise_sigma", "noise_eps"):
+            check_noise_level(name, getattr(self, name))
 
 
 def export_triton_repository(
@@ -150,8 +156,8 @@ def _write(root: Path, onnx: Path, options: TritonExportOptions) -> None:
     gpu = options.gpu or options.engine == "tensorrt"
     settings = {
         "dynamic": options.dynamic,
-        "sigma": PUBLISHED_SIGMA,
-        "eps": PUBLISHED_EPS,
+        "sigma": options.noise_sigma,
+        "eps": options.noise_eps,
         "max_pixels": options.max_pixels,
         "threads": options.threads,
     }
@@ -228,8 +234,10 @@ Exported by nrp-deploy from `{onnx.name}` ({options.precision}, network tensors 
 | `nrp_postprocess` | Python backend: float NCHW -> uint8 NHWC |
 
 Request parameters: `dynamic` (true/false; default {str(options.dynamic).lower()}), `seed` (0 <= seed < 2**64;
-none: a fresh seed per request), `start_index` (noise index of the request's first image). The Python-backend
-models need numpy (in every NGC Triton container) and nothing from nrp-deploy.
+none: a fresh seed per request), `start_index` (noise index of the request's first image). The dynamic
+defence's noise level was fixed at export: sigma {options.noise_sigma:g}, eps {options.noise_eps:.4g}
+(`nrp_preprocess`'s `nrp_settings`; export again to change it). The Python-backend models need numpy (in
+every NGC Triton container) and nothing from nrp-deploy.
 
 Serve it with the NGC container (pick the release whose Triton matches your drivers):
 

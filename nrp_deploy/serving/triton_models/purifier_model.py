@@ -4,7 +4,8 @@ Triton checks each request's dtype, rank, channel count and batch size before it
 checks the rest (empty images, the pixel limit, the request parameters) request by request and answers
 a bad request with its own error, so the other requests of the same dynamic batch are still served.
 Requests without the dynamic defence whose images have one size run as one Purifier call; each request
-with the dynamic defence runs alone, keyed by its own seed, so it replays exactly as in process.
+with the dynamic defence runs alone, keyed by its own seed, so it replays exactly as in process, at the
+noise level the server was started with (``ServeSettings.noise_sigma`` / ``noise_eps``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class TritonPythonModel:
         if args["model_instance_kind"] == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
         self.dynamic_default = settings["dynamic"]
+        self.noise_level = {"sigma": settings["noise_sigma"], "eps": settings["noise_eps"]}
         self.max_pixels = settings["max_pixels"]
         self.purifier = load_purifier(
             settings["model"],
@@ -55,7 +57,7 @@ class TritonPythonModel:
                 responses[k] = _error(exc)
                 continue
             if options.dynamic:
-                dynamic = DynamicDefense(seed=options.seed)
+                dynamic = DynamicDefense(**self.noise_level, seed=options.seed)
                 responses[k] = self._respond([(k, images)], dynamic, options.start_index)[0]
             else:
                 plain.setdefault(images.shape[1:3], []).append((k, images))
