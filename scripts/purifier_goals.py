@@ -9,7 +9,8 @@ black-box attacks crafted on other networks):
 - the dynamic defence at least as robust as the static purifier under every attack.
 
 The dynamic defence counts at its weaker of the two noise draws the report holds (fixed and fresh noise),
-so one lucky draw does not pass a goal. Prints one row per goal (measured, goal, met) as Markdown; the
+so one lucky draw does not pass a goal. The goals are set at the published noise level (sigma 0.05 within
+16/255); the header names the level the report ran at and says so when it is another one. Prints one row per goal (measured, goal, met) as Markdown; the
 exit status is 0 when every goal is met, 1 when any is not, 2 when the report lacks what a goal needs
 (run ``nrp eval ... --threat-model black-box --attacks none --baselines blur,jpeg``).
 
@@ -29,6 +30,7 @@ RECOVERED_SHARE, BASELINE_MARGIN = 0.70, 0.15
 BLACK_BOX = ("ssp", "mi-fgsm", "di-fgsm", "ti-dim")
 BASELINES = ("blur", "jpeg")
 DYNAMIC = ("dynamic", "dynamic-fresh")
+PUBLISHED_SIGMA, PUBLISHED_EPS = 0.05, 16 / 255
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,19 @@ def check(report: dict) -> list[Goal]:
     return goals
 
 
-def markdown(goals: list[Goal], images: int) -> str:
+def noise_level(report: dict) -> str:
+    """The dynamic defence's level in ``report`` (reports written before it was recorded: the published)."""
+    dynamic = report.get("settings", {}).get("dynamic", {})
+    sigma, eps = dynamic.get("sigma", PUBLISHED_SIGMA), dynamic.get("eps", PUBLISHED_EPS)
+    level = f"dynamic defence at sigma {sigma:g}, eps {eps * 255:.4g}/255"
+    if abs(sigma - PUBLISHED_SIGMA) > 1e-9 or abs(eps - PUBLISHED_EPS) > 1e-9:
+        level += " (not the published level the goals are set at)"
+    return level
+
+
+def markdown(goals: list[Goal], images: int, level: str) -> str:
     lines = [
-        f"Goals on {images} images:",
+        f"Goals on {images} images, {level}:",
         "",
         "| goal | measured | target | met |",
         "| --- | --- | --- | --- |",
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.report}: cannot check the goals: {exc}", file=sys.stderr)
         return 2
     images = next(row["images"] for row in report["attacks"] if row["attack"] == "none")
-    print(markdown(goals, images))
+    print(markdown(goals, images, noise_level(report)))
     return 0 if all(g.met for g in goals) else 1
 
 

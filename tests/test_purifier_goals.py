@@ -114,3 +114,16 @@ def test_an_incomplete_report_exits_2_naming_why(goals_module, tmp_path: Path, c
     path.write_text(content)
     assert goals_module.main([str(path)]) == 2
     assert "cannot check the goals" in capsys.readouterr().err
+
+
+def test_the_header_names_the_noise_level_and_flags_another_one(goals_module, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "report.json"
+    published = {**_report(), "settings": {"dynamic": {"sigma": 0.05, "eps": 16 / 255, "seed": 0}}}
+    path.write_text(json.dumps(published))
+    goals_module.main([str(path)])
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "sigma 0.05, eps 16/255" in header and "not the published" not in header
+    path.write_text(json.dumps({**_report(), "settings": {"dynamic": {"sigma": 0.02, "eps": 16 / 255}}}))
+    goals_module.main([str(path)])
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "sigma 0.02" in header and "not the published level" in header
