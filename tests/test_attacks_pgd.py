@@ -365,9 +365,11 @@ def test_eot_without_noise_is_the_full_gradient_attack():
     assert not torch.equal(published.adversarial, static.adversarial)
 
 
+@pytest.mark.parametrize("eot_samples", [1, 3])
 @pytest.mark.parametrize("mode", ["eot", "bpda-eot"])
-def test_every_noise_draw_of_an_eot_attack_has_the_level_asked_for(mode, monkeypatch):
-    """The gradients and the restarts' scoring alike draw the noise at the given sigma and eps."""
+def test_every_noise_draw_of_an_eot_attack_has_the_level_asked_for(mode, eot_samples, monkeypatch):
+    """The gradients and the restarts' scoring alike draw the noise at the given sigma and eps, one draw
+    included: the scoring faces the randomised defence the gradients were taken through."""
     from nrp_deploy.attacks import pgd
 
     levels = []
@@ -378,7 +380,7 @@ def test_every_noise_draw_of_an_eot_attack_has_the_level_asked_for(mode, monkeyp
 
     monkeypatch.setattr(pgd, "dynamic_input", recording)
     classifier, purifier = _models()
-    iterations, eot_samples, restarts = 2, 3, 2
+    iterations, restarts = 2, 2
     pgd_attack(
         _images(),
         classifier,

@@ -277,13 +277,14 @@ def _score(
     """Per image, how good an adversary is for the attacker: success first (+1e6), then the loss (its
     negative for a targeted attack); the noise of a randomised defence (``sigma``, ``dynamic_eps``) is
     averaged over ``eot_samples``."""
-    draws = eot_samples if mode in ("eot", "bpda-eot") else 1
+    randomised = mode in ("eot", "bpda-eot")
+    draws = eot_samples if randomised else 1
     loss = torch.zeros(len(adversarial), device=adversarial.device)
     hits = torch.zeros(len(adversarial), device=adversarial.device)
     with torch.no_grad():
         for _ in range(draws):
             x = adversarial
-            if draws > 1:
+            if randomised:
                 x = dynamic_input(x, sigma=sigma, eps=dynamic_eps, generator=generator)
             logits = classifier(purifier(x).clamp(0.0, 1.0))
             loss += F.cross_entropy(logits, labels, reduction="none")
