@@ -49,6 +49,7 @@ from nrp_deploy.models.eager import dynamic_input
 from nrp_deploy.runtime.dynamic import check_noise_level
 
 GRADIENT_MODES = ("full", "bpda", "eot", "bpda-eot")
+EOT_MODES = ("eot", "bpda-eot")  # the modes that draw the dynamic defence's noise
 PGD_EPS = 16 / 255
 PGD_STEP = 2 / 255
 PGD_ITERATIONS = 10
@@ -86,7 +87,7 @@ def check_pgd_options(
 def _check_mode(mode: str, eot_samples: int) -> None:
     if mode not in GRADIENT_MODES:
         raise InputError(f"unknown gradient mode {mode!r}; choose one of {', '.join(GRADIENT_MODES)}")
-    if mode in ("eot", "bpda-eot") and eot_samples < 1:
+    if mode in EOT_MODES and eot_samples < 1:
         raise InputError(f"EOT needs at least one noise sample, got {eot_samples}")
 
 
@@ -277,7 +278,7 @@ def _score(
     """Per image, how good an adversary is for the attacker: success first (+1e6), then the loss (its
     negative for a targeted attack); the noise of a randomised defence (``sigma``, ``dynamic_eps``) is
     averaged over ``eot_samples``."""
-    randomised = mode in ("eot", "bpda-eot")
+    randomised = mode in EOT_MODES
     draws = eot_samples if randomised else 1
     loss = torch.zeros(len(adversarial), device=adversarial.device)
     hits = torch.zeros(len(adversarial), device=adversarial.device)

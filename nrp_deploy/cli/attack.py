@@ -8,9 +8,6 @@ from pathlib import Path
 from nrp_deploy.cli.common import add_noise_options, dynamic_defense, finish_batch, noise_options_given
 from nrp_deploy.errors import NRPDeployError
 
-#: The gradient modes that average over the dynamic defence's noise (the rest see no noise).
-EOT_MODES = ("eot", "bpda-eot")
-
 
 def parse_budget(text: str) -> float:
     """A perturbation size as a decimal or a fraction of 255 levels: ``0.01``, ``16/255``."""
@@ -139,6 +136,7 @@ def _run_attack_ssp(args: argparse.Namespace) -> int:
 
 def _run_attack_pgd(args: argparse.Namespace) -> int:
     from nrp_deploy.attacks.files import pgd_files
+    from nrp_deploy.attacks.pgd import EOT_MODES
 
     noise_options = noise_options_given(args)
     if noise_options and args.mode not in EOT_MODES:
