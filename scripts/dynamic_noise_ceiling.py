@@ -19,7 +19,6 @@ Usage: python scripts/dynamic_noise_ceiling.py PHOTOS OUT_DIR [--model default] 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -32,6 +31,7 @@ from PIL import Image
 
 from nrp_deploy.attacks.classifiers import load_classifier
 from nrp_deploy.bench.machine import machine_info
+from nrp_deploy.evaluation.baselines import jpeg_round_trip
 from nrp_deploy.evaluation.metrics import psnr
 from nrp_deploy.evaluation.robustness import runtime_purify_fn
 from nrp_deploy.fileutil import write_bytes_atomic, write_json_atomic
@@ -70,12 +70,9 @@ def per_image(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarr
 
 
 def jpeg(x: np.ndarray, quality: int) -> np.ndarray:
-    def one(image: np.ndarray) -> np.ndarray:
-        buffer = io.BytesIO()
-        Image.fromarray(np.rint(image * 255).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
-        return np.asarray(Image.open(buffer), dtype=np.float32) / 255
-
-    return per_image(one, x)
+    """The evaluation's JPEG baseline at ``quality``, on a float NCHW batch."""
+    images = np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    return jpeg_round_trip(images, quality).transpose(0, 3, 1, 2).astype(np.float32) / 255
 
 
 def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
