@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "blend_weights.py"
-
 
 @pytest.fixture(scope="module")
-def blend_module():
-    spec = importlib.util.spec_from_file_location("blend_weights", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def blend_module(load_script):
+    return load_script("blend_weights")
 
 
 def _tiny(seed: int, nb: int = 1) -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ and the report renders real results (tables and the plot) from the files the GPU
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,14 +17,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "device_check.py"
 GPU_STEPS = ["install", "gpu-tests", "kernels-bench", "nrp-bench", "nrp-bench-compiled"]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_dry_run_names_every_step_and_why_it_skipped(tmp_path):
@@ -50,18 +41,18 @@ def test_dry_run_names_every_step_and_why_it_skipped(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["device_check.log", "summary.json", "summary.md"]
 
 
-def test_without_a_gpu_the_reason_is_the_missing_device(tmp_path):
+def test_without_a_gpu_the_reason_is_the_missing_device(tmp_path, load_script):
     from nrp_deploy.kernels import cuda_device_count
 
     if cuda_device_count():
         pytest.skip("a CUDA device is present here")
-    summary = _module().check(tmp_path, budget=60, wheels=None, dry_run=False)
+    summary = load_script("device_check").check(tmp_path, budget=60, wheels=None, dry_run=False)
     reasons = {s["reason"] for s in summary["steps"] if s["name"] != "environment"}
     assert len(reasons) == 1 and reasons.pop().startswith("no CUDA device (")
 
 
-def test_a_step_that_overruns_or_fails_is_recorded(tmp_path):
-    module = _module()
+def test_a_step_that_overruns_or_fails_is_recorded(tmp_path, load_script):
+    module = load_script("device_check")
     env = module._env(None)
     with open(tmp_path / "log", "w") as log:
         slow = module.Step(
@@ -74,9 +65,9 @@ def test_a_step_that_overruns_or_fails_is_recorded(tmp_path):
     assert failing.status == "failed" and failing.returncode == 3 and failing.reason == "exit status 3"
 
 
-def test_report_renders_results_and_plot(tmp_path):
+def test_report_renders_results_and_plot(tmp_path, load_script):
     pytest.importorskip("matplotlib")
-    module = _module()
+    module = load_script("device_check")
     kernels = [
         {"op": op, "batch": b, "fused_us": 10.0 * b, "unfused_us": 60.0 * b, "speedup": 6.0, "fused_gbps": 2500,
          "copy_share": 0.8}
@@ -118,10 +109,10 @@ ERROR tests/test_attacks_features.py - ModuleNotFoundError: No module named 'eff
 """
 
 
-def test_collection_errors_are_reported_apart_from_test_failures():
+def test_collection_errors_are_reported_apart_from_test_failures(load_script):
     """A test file that cannot be collected (a missing optional package) is listed; it does not make a
     step fail whose every collected test passed, and failures still fail it."""
-    module = _module()
+    module = load_script("device_check")
     passed = module.Step("gpu-tests", 10, ["pytest"], status="failed", returncode=1)
     module.judge_tests(passed, COLLECTION_ERROR_OUTPUT)
     assert passed.status == "ok" and "1 test file(s) could not be collected" in passed.reason
@@ -141,8 +132,8 @@ def test_collection_errors_are_reported_apart_from_test_failures():
     assert "- tests/test_attacks_features.py: ModuleNotFoundError" in markdown
 
 
-def test_partial_bench_results_and_backends_that_could_not_run_reach_the_summary(tmp_path):
-    module = _module()
+def test_partial_bench_results_and_backends_that_could_not_run_reach_the_summary(tmp_path, load_script):
+    module = load_script("device_check")
     doc = {
         "models": [{"name": "NRP_resG", "backends": [
             {"backend": "torch-fp32", "status": "ok"},

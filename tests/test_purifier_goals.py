@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "purifier_goals.py"
-
 
 @pytest.fixture(scope="module")
-def goals_module():
-    spec = importlib.util.spec_from_file_location("purifier_goals", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+def goals_module(load_script):
+    return load_script("purifier_goals")
 
 
 def _row(attack: str, undefended: float, purified: float, dynamic: float, blur: float, jpeg: float) -> dict:
